@@ -1,0 +1,43 @@
+# vislang workspace. `make demo` and `make test` install what they need on first use (Python 3.11,
+# torch and torchvision pinned and installed first, then shared/ and every packages/* editable) and
+# nothing afterwards, until a pyproject.toml changes.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.vislang-installed
+PACKAGES := $(sort $(wildcard packages/*/pyproject.toml))
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-full lint bench clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml shared/pyproject.toml constraints.txt $(PACKAGES)
+	$(PIP) install --disable-pip-version-check -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --disable-pip-version-check -c constraints.txt -e shared $(foreach p,$(PACKAGES),-e $(dir $(p))) -e ".[dev]"
+	touch $(STAMP)
+
+# The project's main job on its embedded default: the synthetic world's contact sheet.
+demo: $(STAMP)
+	$(PY) -m vislang.shared.data.synthetic preview --out demo_outputs/synthetic_preview.png
+	@echo "wrote demo_outputs/synthetic_preview.png"
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-full: $(STAMP)
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check shared packages tests benchmarks
+	$(PY) -m ruff format --check shared packages tests benchmarks
+
+bench: $(STAMP)
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_outputs lightning_logs

@@ -1,0 +1,184 @@
+"""The `lightning` command: subcommands, one-line errors, presets, checkpoint handling, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.demos import boring_classes
+
+from vislang.shared.cli import build_cli, one_line_error
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS = sorted((REPO / "shared" / "configs" / "trainer").glob("*.yaml"))
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch) -> None:
+    # under pytest sys.argv holds pytest's arguments, which LightningCLI would warn about
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+
+
+MODEL_WITH_HPARAMS = """
+from lightning.pytorch.demos.boring_classes import DemoModel
+
+class RecordedDemoModel(DemoModel):
+    def __init__(self, out_dim: int = 10, learning_rate: float = 0.02) -> None:
+        super().__init__(out_dim, learning_rate)
+        self.save_hyperparameters()
+"""
+
+
+def write_config(path: Path, model: str = "lightning.pytorch.demos.boring_classes.DemoModel", **trainer: object) -> Path:
+    config = {
+        "model": {"class_path": model, "init_args": {"out_dim": 2, "learning_rate": 0.02}},
+        "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
+        "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, **trainer},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command", [[str(BIN / "lightning")], [sys.executable, "-m", "vislang.shared"]])
+def test_help_lists_the_four_subcommands(command: list[str], tmp_path: Path) -> None:
+    result = run(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert f"    {subcommand} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("--model.init_args.out_dimm=3", "out_dimm"),
+        ("--trainer.max_epoch=3", "trainer.max_epoch"),  # a prefix of max_epochs: must not be guessed
+        ("--model.init_args.out_dim=abc", "out_dim"),
+        ("--model.class_path=nonexistent_pkg.Model", "nonexistent_pkg"),
+    ],
+)
+def test_bad_key_fails_with_one_line_naming_it(override: str, named: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml")
+    result = run(str(BIN / "lightning"), "fit", "-c", str(config), override, cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert named in errors[0]
+    assert "usage:" not in result.stderr
+
+
+def test_misspelled_key_in_config_file_stops_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    built = []
+    original_init = boring_classes.DemoModel.__init__
+    monkeypatch.setattr(boring_classes.DemoModel, "__init__", lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    config = write_config(tmp_path / "config.yaml")
+    text = config.read_text().replace("learning_rate", "learning_rat")
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "-c", str(config)])
+    assert exit_info.value.code == 2
+    assert "learning_rat" in capsys.readouterr().err
+    assert built == []  # nothing was instantiated
+
+
+def test_one_line_error_reduces_nested_jsonargparse_messages() -> None:
+    nested = (
+        'Parser key "model":\n  Does not validate against any of the Union subtypes\n'
+        "  Subtypes: [<class 'NoneType'>, <class 'LightningModule'>]\n  Errors:\n"
+        "    - Expected a <class 'NoneType'>\n    - Problem with given class_path 'pkg.Model':\n"
+        '        Parser key "hidden":\n          Expected a <class \'int\'>. Got value: abc\n'
+        "  Given value type: <class 'str'>\n"
+    )
+    assert one_line_error(nested) == "model: class_path 'pkg.Model': hidden: Expected a <class 'int'>. Got value: abc"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_trainer_preset_parses_and_keeps_its_settings(preset: Path, tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "config.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "-c", str(config), "--trainer", str(preset), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    expected = yaml.safe_load(preset.read_text())
+    for key, value in expected.items():
+        if key == "strategy" and isinstance(value, dict):
+            # the FSDP wrap policy is what Lightning's own strategy loses in printed configs
+            assert printed["strategy"]["class_path"] == value["class_path"]
+            for arg, arg_value in value["init_args"].items():
+                assert printed["strategy"]["init_args"][arg] == arg_value
+        else:
+            assert printed[key] == value, key
+
+
+def test_fsdp_strategy_resolves_import_paths() -> None:
+    from vislang.shared.strategies import FSDP
+
+    strategy = FSDP(wrap_modules=["torch.nn.TransformerEncoderLayer"], checkpoint_modules=["torch.nn.Linear"])
+    assert strategy.wrap_modules == ["torch.nn.TransformerEncoderLayer"]
+    with pytest.raises(ValueError, match="torch.nn.NoSuchLayer"):
+        FSDP(wrap_modules=["torch.nn.NoSuchLayer"])
+
+
+def test_ckpt_path_file_keeps_config_arguments_and_warns(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "recorded_demo.py").write_text(MODEL_WITH_HPARAMS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(
+        tmp_path / "config.yaml", model="recorded_demo.RecordedDemoModel",
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+    )  # fmt: skip
+    first = build_cli(["fit", "-c", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    checkpoint = tmp_path / "first.ckpt"
+    first.trainer.save_checkpoint(checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["hyper_parameters"]["learning_rate"] == 0.02
+
+    with pytest.warns(UserWarning, match=r"learning_rate: checkpoint 0\.02, config 0\.5"):
+        # max_epochs is already reached by the checkpoint: the fit restores it and stops at once
+        second = build_cli(
+            ["fit", "-c", str(config), "--model.init_args.learning_rate=0.5", "--ckpt_path", str(checkpoint)]
+        )
+    # Plain LightningCLI would have built the model with the checkpoint's 0.02.
+    assert second.model.learning_rate == 0.5
+
+
+def test_resume_with_ckpt_path_last(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    config = write_config(
+        tmp_path / "config.yaml",
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=[
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(checkpoints), "save_last": True},
+            }
+        ],
+    )
+    base = ["fit", "-c", str(config), "--ckpt_path", "last", "--trainer.default_root_dir", str(tmp_path)]
+    first = build_cli([*base, "--trainer.max_epochs", "1"])
+    assert first.trainer.global_step == 2 and (checkpoints / "last.ckpt").is_file()
+    second = build_cli([*base, "--trainer.max_epochs", "2"])
+    # resumed from epoch 1: two more steps, not four
+    assert second.trainer.global_step == 4
+    assert second.trainer.current_epoch == 2
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_from_the_console_script(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    result = run(
+        str(BIN / "lightning"), "fit", "-c", str(config),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.default_root_dir", str(tmp_path),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
