@@ -1,0 +1,321 @@
+"""VLAB: Video-Language pre-training by feature Adapting and Blending (He et al., 2023).
+
+The model reads top to bottom as the abstract describes it:
+
+1. **Image stream** — a CLIP ViT applied to every frame independently: CLIP's own, strong
+   per-image features.
+2. **Video stream (feature adapting)** — a second copy of the same CLIP ViT whose residual blocks
+   carry a *video adapter* that mixes information across frames. The adapter's output projection
+   starts at zero, so at step 0 this stream *is* CLIP; training moves it away only as far as the
+   temporal signal pays.
+3. **Feature blending** — gated cross-attention from the video stream (queries) to the image stream
+   (keys, values), gate tanh(α) with α = 0 at init (Flamingo's gated cross-attention), trained end
+   to end: the model learns how much of each stream to keep.
+4. **Heads** — a contrastive video-text head (CLIP's text tower, symmetric InfoNCE) and a generative
+   text decoder with cross-attention to the blended visual tokens (captioning and open-ended QA,
+   as in VALOR/COSA, the authors' sister code bases).
+
+The paper's full text is not available; where it is silent (adapter form and placement, blending
+direction, pooling, decoder), the choice here is a config switch and is listed as an assumption
+in the package README.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache
+
+__all__ = [
+    "PRESETS",
+    "GatedCrossAttentionBlend",
+    "TemporalAdapter",
+    "VLAB",
+    "VLABConfig",
+    "build_vlab",
+]
+
+
+@dataclass
+class VLABConfig:
+    """Sizes and switches of a VLAB model. Named presets are in `PRESETS`.
+
+    Args:
+        clip_arch: open_clip architecture name (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, ...).
+        clip_overrides: open_clip `create_model` keyword overrides (whole `vision_cfg`/`text_cfg`
+            dicts, `embed_dim`); how the tiny preset shrinks CLIP.
+        adapter: temporal mixing inside the video adapter: `attention` (self-attention over the
+            T frames of every spatial token, TimeSformer's divided attention) or `conv` (depthwise
+            temporal convolution, ST-Adapter style).
+        adapter_every: an adapter in every k-th residual block of the video stream (1 = all).
+        adapter_ratio: adapter bottleneck width as a fraction of the ViT width.
+        max_frames: longest clip the adapter's temporal position embedding supports.
+        blend_heads: heads of the blending cross-attention.
+        decoder: BERT sizes of the generative decoder (`hidden_size`, `num_hidden_layers`,
+            `num_attention_heads`, `intermediate_size`, `max_position_embeddings`).
+    """
+
+    clip_arch: str = "ViT-B-16"
+    clip_overrides: dict[str, Any] = field(default_factory=dict)
+    adapter: Literal["attention", "conv"] = "attention"
+    adapter_every: int = 1
+    adapter_ratio: float = 0.25
+    max_frames: int = 16
+    blend_heads: int = 8
+    decoder: dict[str, int] = field(
+        default_factory=lambda: dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=512,
+        )
+    )  # fmt: skip
+
+
+_BERT_BASE = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512
+)
+_BERT_LARGE = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=512
+)
+
+PRESETS: dict[str, VLABConfig] = {
+    # Runs on a laptop CPU in minutes: CLIP shrunk to 2 layers of width 64 at 32 px.
+    "tiny": VLABConfig(
+        clip_arch="ViT-B-32",
+        clip_overrides=dict(
+            embed_dim=64,
+            vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+            text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
+        ),
+        adapter_ratio=0.5,
+        blend_heads=2,
+        decoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                     max_position_embeddings=64),
+    ),  # fmt: skip
+    "vlab_b32": VLABConfig(clip_arch="ViT-B-32", decoder=_BERT_BASE),
+    "vlab_b16": VLABConfig(clip_arch="ViT-B-16", decoder=_BERT_BASE),
+    "vlab_l14": VLABConfig(clip_arch="ViT-L-14", blend_heads=16, decoder=_BERT_LARGE),
+}
+
+
+class TemporalAdapter(nn.Module):
+    """Bottleneck adapter that mixes each token with the same token in the other frames (§feature adapting).
+
+    It runs before a CLIP residual block, on the B·T frames the block sees as a batch:
+    x + up(mix_T(down(norm(x)))). `up` is zero-initialised, so the adapter starts as the identity
+    and the video stream starts as CLIP.
+    """
+
+    def __init__(self, width: int, bottleneck: int, kind: Literal["attention", "conv"], max_frames: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.num_frames = 1  # set by VLAB before every forward; frames arrive flattened into the batch
+        self.norm = nn.LayerNorm(width)
+        self.down = nn.Linear(width, bottleneck)
+        if kind == "attention":
+            self.frame_position = nn.Parameter(torch.zeros(max_frames, bottleneck))
+            self.mix = nn.MultiheadAttention(bottleneck, num_heads=max(1, bottleneck // 64), batch_first=True)
+        elif kind == "conv":
+            self.mix = nn.Conv1d(bottleneck, bottleneck, kernel_size=3, padding=1, groups=bottleneck)
+        else:
+            raise ValueError(f"adapter must be 'attention' or 'conv', got {kind!r}")
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B·T, L, D) tokens of B clips of T frames → same shape."""
+        frames_x_clips, length, _ = x.shape
+        frames = self.num_frames
+        if frames_x_clips % frames:
+            raise ValueError(f"batch of {frames_x_clips} frames is not a whole number of {frames}-frame clips")
+        clips = frames_x_clips // frames
+        h = self.down(self.norm(x))
+        width = h.shape[-1]
+        # (B, T, L, d) → one length-T sequence per (clip, token)
+        h = h.view(clips, frames, length, width).permute(0, 2, 1, 3).reshape(clips * length, frames, width)
+        if self.kind == "attention":
+            if frames > self.frame_position.shape[0]:
+                raise ValueError(f"clip of {frames} frames exceeds max_frames={self.frame_position.shape[0]}")
+            h = h + self.frame_position[:frames]
+            h = self.mix(h, h, h, need_weights=False)[0]
+        else:
+            h = self.mix(h.transpose(1, 2)).transpose(1, 2)
+        h = F.gelu(h).view(clips, length, frames, width).permute(0, 2, 1, 3).reshape(frames_x_clips, length, width)
+        return x + self.up(h)
+
+
+class GatedCrossAttentionBlend(nn.Module):
+    """Feature blending: video tokens attend to image tokens; tanh-gated residuals start closed (α = 0).
+
+    The gated cross-attention + gated feed-forward pair follows Flamingo (Alayrac et al. 2022, §2.2);
+    that VLAB blends this way is an assumption (the paper's text says "blending" through
+    cross-attention, trained end to end).
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_video = nn.LayerNorm(width)
+        self.norm_image = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attention_gate = nn.Parameter(torch.zeros(()))
+        self.norm_ffn = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.ffn_gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, video_tokens: Tensor, image_tokens: Tensor) -> Tensor:
+        """Both (B, T·L, D): every token of the clip can look at every frame's CLIP tokens."""
+        image = self.norm_image(image_tokens)
+        attended = self.attention(self.norm_video(video_tokens), image, image, need_weights=False)[0]
+        x = video_tokens + torch.tanh(self.attention_gate) * attended
+        return x + torch.tanh(self.ffn_gate) * self.ffn(self.norm_ffn(x))
+
+
+class VLAB(nn.Module):
+    """The two CLIP streams, the blending, the contrastive text tower and the generative decoder.
+
+    State-dict layout: `clip.*` is an open_clip CLIP (its `visual` is the image stream, its text
+    tower the contrastive text encoder), `video_visual.*` the adapted copy of `clip.visual`, so an
+    open_clip checkpoint maps onto both with its own key names (see `load_clip_state_dict`).
+    """
+
+    def __init__(self, config: VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        # build where the caller builds (the meta device for parameter counting of full-size presets)
+        device = torch.get_default_device()
+        self.clip = open_clip.create_model(config.clip_arch, pretrained=None, device=device, **config.clip_overrides)
+        visual = self.clip.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
+            raise ValueError(f"{config.clip_arch}: VLAB's adapters need an open_clip native ViT (not a timm trunk)")
+        width = visual.transformer.width
+
+        # §feature adapting: a second CLIP ViT whose blocks carry temporal adapters. Attached as
+        # submodules with a forward pre-hook, so the block's own parameter names stay CLIP's.
+        self.video_visual = copy.deepcopy(visual)
+        for index, block in enumerate(self.video_visual.transformer.resblocks):
+            if index % config.adapter_every == 0:
+                bottleneck = max(8, int(width * config.adapter_ratio))
+                block.add_module("temporal_adapter", TemporalAdapter(width, bottleneck, config.adapter, config.max_frames))
+                block.register_forward_pre_hook(_run_adapter_first, with_kwargs=True)
+
+        # §feature blending
+        self.blend = GatedCrossAttentionBlend(width, config.blend_heads)
+
+        # generative head: a BERT decoder cross-attending to the blended visual tokens (VALOR/COSA style)
+        decoder_config = BertConfig(
+            vocab_size=decoder_vocab_size, pad_token_id=decoder_pad_token_id, is_decoder=True,
+            add_cross_attention=True, **config.decoder,
+        )  # fmt: skip
+        self.visual_to_decoder = nn.Linear(width, decoder_config.hidden_size)
+        self.decoder = BertLMHeadModel(decoder_config)
+
+    # ---- encoders ---------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> list[TemporalAdapter]:
+        return [m for m in self.video_visual.modules() if isinstance(m, TemporalAdapter)]
+
+    def _set_num_frames(self, num_frames: int) -> None:
+        for adapter in self.adapters:
+            adapter.num_frames = num_frames
+
+    def encode_video_tokens(self, video: Tensor) -> Tensor:
+        """video: (B, T, 3, H, W) normalised frames → blended tokens (B, T, 1+N, D) before `ln_post`."""
+        clips, frames = video.shape[:2]
+        flat = video.flatten(0, 1)
+        self._set_num_frames(frames)
+        # image stream: CLIP per frame; video stream: the adapted copy, frames mixed in every block
+        image_tokens = self.clip.visual.transformer(self.clip.visual._embeds(flat))
+        video_tokens = self.video_visual.transformer(self.video_visual._embeds(flat))
+        length = video_tokens.shape[1]
+        blended = self.blend(
+            video_tokens.reshape(clips, frames * length, -1), image_tokens.reshape(clips, frames * length, -1)
+        )
+        return blended.view(clips, frames, length, -1)
+
+    def frame_embeddings(self, tokens: Tensor) -> Tensor:
+        """Per-frame CLIP embeddings (B, T, E) from blended tokens: CLIP's own `ln_post` + projection of CLS."""
+        cls = self.video_visual.ln_post(tokens[:, :, 0])
+        return cls @ self.video_visual.proj if self.video_visual.proj is not None else cls
+
+    def encode_video(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, 3, H, W) → (unit-norm clip embedding (B, E), blended tokens (B, T, 1+N, D))."""
+        tokens = self.encode_video_tokens(video)
+        # mean of the frames' embeddings (CLIP4Clip's "meanP"), then unit norm for cosine similarity
+        return F.normalize(self.frame_embeddings(tokens).mean(dim=1), dim=-1), tokens
+
+    def encode_text(self, text_ids: Tensor) -> Tensor:
+        """CLIP BPE ids (B, context) → unit-norm text embedding (B, E)."""
+        return self.clip.encode_text(text_ids, normalize=True)
+
+    def logit_scale(self) -> Tensor:
+        # CLIP clamps the learnable temperature at 100 (log 100 ≈ 4.6052)
+        return self.clip.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    # ---- generative head --------------------------------------------------------------------
+
+    def decoder_memory(self, tokens: Tensor) -> Tensor:
+        """Blended tokens (B, T, 1+N, D) → cross-attention memory (B, T·(1+N), H) for the decoder."""
+        return self.visual_to_decoder(self.video_visual.ln_post(tokens.flatten(1, 2)))
+
+    def decoder_loss(self, memory: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+        """Next-token cross-entropy on the positions whose label is not -100 (caption, or QA answer)."""
+        output = self.decoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, labels=labels
+        )
+        return output.loss
+
+    @torch.no_grad()
+    def generate(
+        self, memory: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, end_token_id: int
+    ) -> list[list[int]]:
+        """Greedy decoding after a (left-padded) prompt, with the decoder's KV cache; returns new ids per item."""
+        # BERT's cross-attention layers need an encoder-decoder cache; transformers 5 creates a plain
+        # DynamicCache for a decoder-only model and then fails inside cross-attention.
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        output = self.decoder.generate(
+            input_ids=prompt_ids,
+            cache=cache,
+            attention_mask=prompt_mask,
+            encoder_hidden_states=memory,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=end_token_id,
+            pad_token_id=self.decoder.config.pad_token_id,
+        )
+        generated = output[:, prompt_ids.shape[1] :].tolist()
+        return [seq[: seq.index(end_token_id)] if end_token_id in seq else seq for seq in generated]
+
+
+def _run_adapter_first(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    # open_clip passes the tokens positionally (also under gradient checkpointing)
+    return (block.temporal_adapter(args[0]), *args[1:]), kwargs
+
+
+def build_vlab(preset: str | VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> VLAB:
+    """Build a VLAB from a preset name (`tiny`, `vlab_b32`, `vlab_b16`, `vlab_l14`) or a config."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown VLAB preset {preset!r}; choose one of {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    return VLAB(preset, decoder_vocab_size, decoder_pad_token_id)
+
+
+def load_clip_state_dict(model: VLAB, state_dict: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Load open_clip CLIP weights into both streams and the text tower.
+
+    Returns (missing, unexpected) keys; for a complete CLIP checkpoint `missing` holds only the
+    adapters, the blending and the generative head, which CLIP does not have.
+    """
+    mapped = {f"clip.{key}": value for key, value in state_dict.items()}
+    mapped.update({f"video_{key}": value for key, value in state_dict.items() if key.startswith("visual.")})
+    result = model.load_state_dict(mapped, strict=False)
+    return list(result.missing_keys), list(result.unexpected_keys)

@@ -1,0 +1,115 @@
+"""VLAB model: the video stream starts as CLIP, CLIP weights load, presets match CLIP's sizes."""
+
+from __future__ import annotations
+
+import re
+
+import open_clip
+import pytest
+import torch
+
+from vislang.vlab.model import PRESETS, TemporalAdapter, VLABConfig, build_vlab, load_clip_state_dict
+
+NEW_MODULE_KEYS = re.compile(r"^(video_visual\.transformer\.resblocks\.\d+\.temporal_adapter\.|blend\.|decoder\.|visual_to_decoder\.)")
+
+
+def tiny(adapter: str = "attention") -> VLABConfig:
+    config = PRESETS["tiny"]
+    return VLABConfig(**{**config.__dict__, "adapter": adapter})
+
+
+@pytest.mark.parametrize("adapter", ["attention", "conv"])
+def test_video_stream_equals_clip_per_frame_at_init(adapter: str) -> None:
+    torch.manual_seed(0)
+    model = build_vlab(tiny(adapter), decoder_vocab_size=50).eval()
+    video = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        per_frame = model.frame_embeddings(model.encode_video_tokens(video))
+        clip = model.clip.encode_image(video.flatten(0, 1)).view(2, 4, -1)
+        assert torch.allclose(per_frame, clip, atol=1e-5)
+
+        # the property depends on the zero-initialised adapter output: open it and the streams differ
+        torch.nn.init.normal_(model.adapters[0].up.weight, std=0.1)
+        moved = model.frame_embeddings(model.encode_video_tokens(video))
+        assert (moved - clip).abs().max() > 1e-3
+
+
+def test_adapter_mixes_frames_and_image_stream_does_not() -> None:
+    torch.manual_seed(0)
+    model = build_vlab(tiny(), decoder_vocab_size=50).eval()
+    for adapter in model.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    video = torch.randn(1, 4, 3, 32, 32)
+    changed = video.clone()
+    changed[:, 3] = torch.randn(3, 32, 32)
+    with torch.no_grad():
+        first_frame = model.frame_embeddings(model.encode_video_tokens(video))[:, 0]
+        first_frame_after = model.frame_embeddings(model.encode_video_tokens(changed))[:, 0]
+        clip_first = model.clip.encode_image(video[:, 0])
+        clip_first_after = model.clip.encode_image(changed[:, 0])
+    assert (first_frame - first_frame_after).abs().max() > 1e-4  # frame 0 saw frame 3
+    assert torch.equal(clip_first, clip_first_after)  # CLIP per frame cannot
+
+
+def test_open_clip_weights_load_with_only_new_modules_missing() -> None:
+    torch.manual_seed(1)
+    config = PRESETS["tiny"]
+    clip = open_clip.create_model(config.clip_arch, pretrained=None, **config.clip_overrides)
+    state = clip.state_dict()
+    model = build_vlab("tiny", decoder_vocab_size=50)
+    missing, unexpected = load_clip_state_dict(model, state)
+    assert unexpected == []
+    assert missing and all(NEW_MODULE_KEYS.match(key) for key in missing), [k for k in missing if not NEW_MODULE_KEYS.match(k)]
+    assert any(".temporal_adapter." in key for key in missing) and any(key.startswith("blend.") for key in missing)
+    # both streams and the text tower now hold CLIP's tensors
+    assert torch.equal(model.clip.visual.conv1.weight, state["visual.conv1.weight"])
+    assert torch.equal(model.video_visual.conv1.weight, state["visual.conv1.weight"])
+    assert torch.equal(model.clip.token_embedding.weight, state["token_embedding.weight"])
+
+
+# open_clip's published sizes of the CLIP towers (text + image), which the presets must reproduce exactly
+CLIP_PARAMETERS_M = {"vlab_b32": 151.28, "vlab_b16": 149.62, "vlab_l14": 427.62}
+
+
+@pytest.mark.parametrize("preset", sorted(CLIP_PARAMETERS_M))
+def test_full_size_presets_build_on_meta_device(preset: str) -> None:
+    with torch.device("meta"):
+        model = build_vlab(preset, decoder_vocab_size=30522)
+    count = lambda prefix: sum(p.numel() for k, p in model.named_parameters() if k.startswith(prefix)) / 1e6  # noqa: E731
+    assert count("clip.") == pytest.approx(CLIP_PARAMETERS_M[preset], abs=0.01)
+    visual = sum(p.numel() for p in model.clip.visual.parameters()) / 1e6
+    adapters = sum(p.numel() for a in model.adapters for p in a.parameters()) / 1e6
+    assert count("video_visual.") == pytest.approx(visual + adapters, abs=1e-6)
+    assert 0 < adapters < 0.1 * visual  # adapters are a small addition to the ViT
+
+
+def test_generation_with_cache_equals_greedy_without_cache() -> None:
+    torch.manual_seed(0)
+    model = build_vlab("tiny", decoder_vocab_size=60).eval()
+    with torch.no_grad():
+        memory = model.decoder_memory(model.encode_video_tokens(torch.randn(2, 4, 3, 32, 32)))
+        prompt = torch.randint(5, 60, (2, 5))
+        generated = model.generate(memory, prompt, torch.ones_like(prompt), max_new_tokens=4, end_token_id=-1)
+        sequence = prompt
+        for _ in range(4):
+            logits = model.decoder(input_ids=sequence, encoder_hidden_states=memory).logits[:, -1]
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+    assert generated == sequence[:, 5:].tolist()
+
+
+def test_gradient_checkpointing_still_trains_the_adapters() -> None:
+    torch.manual_seed(0)
+    model = build_vlab("tiny", decoder_vocab_size=50)
+    model.video_visual.set_grad_checkpointing(True)
+    for adapter in model.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    embedding, _ = model.encode_video(torch.randn(2, 4, 3, 32, 32))
+    embedding.sum().backward()
+    assert all(a.down.weight.grad is not None and a.down.weight.grad.abs().sum() > 0 for a in model.adapters)
+
+
+def test_adapter_rejects_a_ragged_batch() -> None:
+    adapter = TemporalAdapter(16, 8, "conv", max_frames=8)
+    adapter.num_frames = 4
+    with pytest.raises(ValueError, match="not a whole number of 4-frame clips"):
+        adapter(torch.randn(6, 5, 16))
