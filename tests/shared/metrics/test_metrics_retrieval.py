@@ -1,0 +1,130 @@
+"""Retrieval metrics: hand-built score matrices, ties, multi-positive, blockwise equality, properties."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vislang.shared.metrics import (
+    RetrievalMetric,
+    blockwise_similarity,
+    dual_softmax,
+    positives_from_keys,
+    retrieval_metrics,
+    retrieval_ranks,
+    transpose_positives,
+)
+
+
+def test_planted_ranks_single_positive():
+    # Row i's correct target is column i; planted 0-based ranks 0, 2, 5, 11.
+    sim = torch.zeros(4, 12)
+    for row, rank in enumerate([0, 2, 5, 11]):
+        sim[row] = -torch.arange(12, dtype=torch.float)  # column c scores -c: column order = rank order
+        sim[row, row], sim[row, rank] = sim[row, rank].item(), sim[row, row].item()
+    positives = torch.arange(4)
+    assert retrieval_ranks(sim, positives).tolist() == [0, 2, 5, 11]
+    out = retrieval_metrics(sim, positives)
+    assert out == {"R@1": 25.0, "R@5": 50.0, "R@10": 75.0, "MdR": 4.5, "MnR": 5.5}  # median(0,2,5,11)=3.5
+
+
+def test_ties_count_against_the_query():
+    sim = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.5, 0.9, 0.9, 0.9], [0.0, 0.0, 0.0, 0.0]])
+    # row 0: positive col 0 tied with 2 wrong targets -> rank 2; row 1: col 1 tied with 2 -> rank 2;
+    # row 2: all tied -> rank 3 (every wrong target counts).
+    assert retrieval_ranks(sim, [[0], [1], [3]]).tolist() == [2, 2, 3]
+    assert retrieval_metrics(sim, [[0], [1], [3]])["R@1"] == 0.0
+
+
+def test_multi_positive_best_ranked_counts_three_images_five_captions():
+    # Text retrieval (rows = 3 images, columns = 15 captions, captions 5i..5i+4 belong to image i).
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.rand(3, 15, generator=gen) * 0.5
+    sim[0, 3] = 2.0  # image 0: one of its captions on top -> rank 0
+    sim[1, [0, 1]] = 3.0  # image 1: two wrong captions above its best (caption 7) -> rank 2
+    sim[1, 7] = 1.0
+    sim[2, 10:15] = -1.0  # image 2: all its captions last -> rank 10
+    positives = [list(range(5 * i, 5 * i + 5)) for i in range(3)]
+    mask = torch.zeros(3, 15, dtype=torch.bool)
+    for i, cols in enumerate(positives):
+        mask[i, cols] = True
+    assert retrieval_ranks(sim, positives).tolist() == [0, 2, 10]
+    assert retrieval_ranks(sim, mask).tolist() == [0, 2, 10]
+    # Image retrieval: each caption has a single correct image.
+    t2i = transpose_positives(positives, 15)
+    assert t2i[7] == [1] and len(t2i) == 15
+    assert retrieval_ranks(sim.T, t2i).shape == (15,)
+    assert positives_from_keys([5, 6, 5], [6, 5, 7]) == [[1], [0], [1]]
+
+
+def test_errors_are_one_line():
+    with pytest.raises(ValueError, match=r"without any positive target: \[1\]"):
+        retrieval_ranks(torch.zeros(2, 3), [[0], []])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_ranks(torch.tensor([[float("nan"), 0.0]]), [[0]])
+    with pytest.raises(ValueError, match="describe 1 queries"):
+        retrieval_ranks(torch.zeros(2, 3), [[0]])
+
+
+def test_blockwise_equals_matmul_and_blocks_do_not_change_ranks():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(37, 8, generator=gen), torch.randn(23, 8, generator=gen)
+    sim = blockwise_similarity(a, b, block_size=5)
+    torch.testing.assert_close(sim, a @ b.T, rtol=0, atol=1e-5)
+    pos = torch.randint(0, 23, (37,), generator=gen)
+    assert retrieval_metrics(sim, pos, block_size=4) == retrieval_metrics(sim, pos, block_size=1000)
+
+
+def test_dual_softmax_matches_dense_formula():
+    gen = torch.Generator().manual_seed(2)
+    sim = torch.randn(13, 9, generator=gen, dtype=torch.float64)
+    expected0 = sim * torch.softmax(sim / 0.05, dim=0) * 13
+    expected1 = sim * torch.softmax(sim / 0.05, dim=1) * 9
+    torch.testing.assert_close(dual_softmax(sim.clone(), 0.05, dim=0, block_size=4), expected0)
+    torch.testing.assert_close(dual_softmax(sim.clone(), 0.05, dim=1, block_size=4), expected1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**31 - 1), st.integers(1, 12))
+def test_recall_never_decreases_with_k(n, m, seed, levels):
+    gen = torch.Generator().manual_seed(seed)
+    sim = torch.randint(0, levels, (n, m), generator=gen).float()  # few levels -> many ties
+    pos = torch.randint(0, m, (n,), generator=gen)
+    ks = list(range(1, m + 2))
+    out = retrieval_metrics(sim, pos, ks=ks)
+    recalls = [out[f"R@{k}"] for k in ks]
+    assert all(x <= y for x, y in zip(recalls, recalls[1:], strict=False))
+    assert recalls[-1] == 100.0
+    assert 1 <= out["MdR"] <= m and 1 <= out["MnR"] <= m
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_perfect_similarity_scores_100(n, seed):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sim = torch.eye(n)[:, perm]  # query i's only high score is at its positive column
+    out = retrieval_metrics(sim, [[int(torch.nonzero(perm == i))] for i in range(n)])
+    assert out["R@1"] == out["R@5"] == out["R@10"] == 100.0
+    assert out["MdR"] == out["MnR"] == 1.0
+
+
+def test_metric_both_directions_with_duplicates():
+    gen = torch.Generator().manual_seed(3)
+    video = torch.nn.functional.normalize(torch.randn(4, 6, generator=gen), dim=-1)
+    text = torch.nn.functional.normalize(video.repeat_interleave(2, 0) + 0.3 * torch.randn(8, 6, generator=gen), dim=-1)
+    text_key = torch.arange(4).repeat_interleave(2)  # two captions per video
+    metric = RetrievalMetric()
+    metric.update(text[:5], text_key[:5], torch.arange(5), video[text_key[:5]], text_key[:5])
+    metric.update(text[4:], text_key[4:], torch.arange(4, 8), video[text_key[4:]], text_key[4:])  # index 4 twice
+    out = metric.compute()
+    sim = text @ video.T
+    pos = [[int(k)] for k in text_key]
+    expected_t2v = retrieval_metrics(sim, pos)
+    expected_v2t = retrieval_metrics(sim.T, transpose_positives(pos, 4))
+    assert {k[4:]: v for k, v in out.items() if k.startswith("t2v/")} == pytest.approx(expected_t2v)
+    assert {k[4:]: v for k, v in out.items() if k.startswith("v2t/")} == pytest.approx(expected_v2t)
+    assert out["rsum"] == pytest.approx(sum(v for k, v in {**expected_t2v}.items() if k.startswith("R@")) +
+                                        sum(v for k, v in expected_v2t.items() if k.startswith("R@")))  # fmt: skip
+    dsl = RetrievalMetric(dual_softmax_temperature=0.05)
+    dsl.update(text, text_key, torch.arange(8), video[text_key], text_key)
+    expected_dsl = retrieval_metrics(sim * torch.softmax(sim / 0.05, dim=0) * 8, pos)
+    assert {k[4:]: v for k, v in dsl.compute().items() if k.startswith("t2v/")} == pytest.approx(expected_dsl)
