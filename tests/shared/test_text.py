@@ -113,3 +113,19 @@ def test_missing_local_directory_is_not_treated_as_hub_name(tmp_path: Path) -> N
         load_tokenizer(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="text model directory not found"):
         load_text_model("./no/such/dir")
+
+
+def test_shipped_synthetic_tokenizer_covers_the_world() -> None:
+    from vislang.shared.data.synthetic import SyntheticWorld, vocabulary
+    from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+
+    tokenizer = load_tokenizer(SYNTHETIC_TOKENIZER_DIR)
+    # every word the world can say is a single token: no [UNK], no splitting (rebuild the asset with
+    # `python -m vislang.shared.text` when the world's templates change)
+    for word in vocabulary():
+        assert tokenizer.tokenize(word) == [word.lower()], f"{word!r} is not one token: rebuild the tokenizer"
+    world = SyntheticWorld(seed=3)
+    for text in world.video_captions(5) + [q.question for q in world.video_qa(5)]:
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.lower().replace(" ", "")

@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # transformers takes seconds to import; load it only when a f
 
 __all__ = [
     "BERT_SPECIAL_TOKENS",
+    "SYNTHETIC_TOKENIZER_DIR",
     "HubModelUnavailableError",
+    "build_synthetic_tokenizer",
     "load_text_model",
     "load_tokenizer",
     "tiny_bert_config",
@@ -234,3 +236,22 @@ def tiny_bert_config(
         max_position_embeddings=max_position,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
     )
+
+
+SYNTHETIC_TOKENIZER_DIR = Path(__file__).parent / "assets" / "synthetic_wordpiece"
+"""The synthetic world's WordPiece tokenizer, shipped with vislang-shared (a few kB), so demos and tests
+load a tokenizer from disk exactly as they would load ``bert-base-uncased`` -- without a download and
+without training one first. Rebuild it with ``python -m vislang.shared.text`` when the world's templates
+change; a test checks that every word of the world is one of its tokens. (The tokenizers library's trainer
+orders equally frequent pieces arbitrarily, so two builds may number the ids differently.)"""
+
+
+def build_synthetic_tokenizer(out_dir: str | os.PathLike[str] = SYNTHETIC_TOKENIZER_DIR) -> Path:
+    """Train the WordPiece tokenizer of the synthetic world's corpus (every template word included)."""
+    from vislang.shared.data.synthetic import SyntheticWorld
+
+    return train_wordpiece_tokenizer(SyntheticWorld(seed=0).corpus(), out_dir, vocab_size=1000)
+
+
+if __name__ == "__main__":
+    print(f"wrote {build_synthetic_tokenizer()}")
