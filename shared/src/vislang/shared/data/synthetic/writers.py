@@ -235,7 +235,7 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
         return out
     videos, sentences, qa = [], [], {name: [] for name in splits}
     split_of = {index: name for name, indices in splits.items() for index in indices}
-    for index in tqdm(sorted(split_of), desc=f"synthetic MSRVTT -> {out}", unit="video"):
+    for index in tqdm(sorted(split_of), desc=f"synthetic MSRVTT -> {out}", unit="video", disable=None):
         sample = world.video_sample(index)
         video_id = sample.video.video_id
         # near-lossless x264 keeps the flat colours recognisable at tiny sizes

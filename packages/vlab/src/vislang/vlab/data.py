@@ -1,0 +1,395 @@
+"""Video-text data for VLAB: MSRVTT, MSVD, TGIF-FrameQA and WebVid in their real on-disk layouts.
+
+Every dataset is read from the files the benchmark ships (or the files the community's loaders use,
+CLIP4Clip's and VALOR's, where the benchmark ships none); the synthetic world writes the same
+layouts, so the demo and the tests run this very code. Expected layouts are in the package README
+and in each `read_*` function's docstring; a missing file stops `setup` at once with its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vislang.shared.data.robust import RobustDataset, collate_with_failures
+from vislang.shared.data.video import VideoReader, tsn_indices
+from vislang.shared.metrics.ddp import evaluation_sampler
+
+Task = Literal["retrieval", "caption", "qa"]
+DatasetName = Literal["msrvtt", "msvd", "tgif", "webvid"]
+
+# CLIP's normalisation (OpenAI CLIP, open_clip `OPENAI_DATASET_MEAN/STD`)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+__all__ = [
+    "VLABDataModule",
+    "VideoTextDataset",
+    "VideoTextItem",
+    "load_clip",
+    "read_msrvtt",
+    "read_msvd",
+    "read_tgif_frameqa",
+    "read_webvid",
+]
+
+
+@dataclass
+class VideoTextItem:
+    """One sample: a video file and the texts that go with it for one task."""
+
+    video: Path
+    captions: list[str] = field(default_factory=list)
+    question: str | None = None
+    answer: str | None = None
+
+
+def _require(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing {', '.join(missing)} (see packages/vlab/README.md, 'Data layout', for what goes where)"
+        )
+
+
+# ---- MSRVTT ------------------------------------------------------------------------------------
+
+
+def read_msrvtt(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+    """MSRVTT in the CLIP4Clip layout plus MSRVTT-QA.
+
+    root/
+        videos/videoN.mp4
+        MSRVTT_data.json            {"videos": [...], "sentences": [{"video_id", "caption"}, ...]}
+        MSRVTT_train.9k.csv         column video_id: the retrieval training videos
+        MSRVTT_JSFUSION_test.csv    key,vid_key,video_id,sentence: the 1k-A test set, one sentence per video
+        standardsplit_{train,val,test}_id.json   (caption task; list of "videoN"; VALOR's files)
+        msrvtt_qa/{train,val,test}_qa.json       [{"question", "answer", "video_id": N, "id"}]
+
+    Retrieval trains on every caption of the 9k videos and evaluates on 1k-A (validation uses the
+    test set, as CLIP4Clip: 1k-A has no validation split). Captioning uses the standard split;
+    without the split files, the official one by index (video0-6512 / 6513-7009 / 7010-9999).
+    """
+    video_dir = root / videos
+    if task == "qa":
+        path = root / "msrvtt_qa" / f"{split}_qa.json"
+        _require(path)
+        return [
+            VideoTextItem(video_dir / f"video{entry['video_id']}.mp4", question=entry["question"], answer=entry["answer"])
+            for entry in json.loads(path.read_text())
+        ]
+    if task == "retrieval" and split != "train":
+        path = root / "MSRVTT_JSFUSION_test.csv"
+        _require(path)
+        with path.open(newline="") as handle:
+            return [VideoTextItem(video_dir / f"{row['video_id']}.mp4", [row["sentence"]]) for row in csv.DictReader(handle)]
+    data_path = root / "MSRVTT_data.json"
+    _require(data_path)
+    captions: dict[str, list[str]] = {}
+    for sentence in json.loads(data_path.read_text())["sentences"]:
+        captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
+    if task == "retrieval":
+        path = root / "MSRVTT_train.9k.csv"
+        _require(path)
+        with path.open(newline="") as handle:
+            video_ids = [row["video_id"] for row in csv.DictReader(handle)]
+    else:
+        split_file = root / f"standardsplit_{split}_id.json"
+        if split_file.exists():
+            video_ids = json.loads(split_file.read_text())
+        else:
+            bounds = {"train": (0, 6513), "val": (6513, 7010), "test": (7010, 10000)}[split]
+            video_ids = [f"video{i}" for i in range(*bounds)]
+    missing = [v for v in video_ids if v not in captions]
+    if missing:
+        raise ValueError(f"{data_path}: no sentences for {len(missing)} listed videos, e.g. {missing[:3]}")
+    return [VideoTextItem(video_dir / f"{v}.mp4", captions[v]) for v in video_ids]
+
+
+# ---- MSVD --------------------------------------------------------------------------------------
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and strings only: raw-captions.pkl is data, and a pickle can run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is allowed")
+
+
+def read_msvd(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+    """MSVD in the CLIP4Clip layout plus MSVD-QA.
+
+    root/
+        videos/<clip name>.avi
+        {train,val,test}_list.txt       one clip name per line
+        raw-captions.pkl                {clip name: [[token, ...], ...]}  (read as plain data only)
+        msvd_qa/{train,val,test}_qa.json  [{"question", "answer", "video_id": N, "id"}]
+        msvd_qa/youtube_mapping.txt     lines "<clip name> vid<N>" (N is 1-based)
+    """
+    video_dir = root / videos
+    if task == "qa":
+        path, mapping_path = root / "msvd_qa" / f"{split}_qa.json", root / "msvd_qa" / "youtube_mapping.txt"
+        _require(path, mapping_path)
+        clip_of = {}
+        for line in mapping_path.read_text().split("\n"):
+            if line.strip():
+                clip, vid = line.split()
+                clip_of[int(vid.removeprefix("vid"))] = clip
+        return [
+            VideoTextItem(_find_video(video_dir, clip_of[entry["video_id"]]), question=entry["question"], answer=entry["answer"])
+            for entry in json.loads(path.read_text())
+        ]
+    list_path, captions_path = root / f"{split}_list.txt", root / "raw-captions.pkl"
+    _require(list_path, captions_path)
+    raw = _PlainDataUnpickler(io.BytesIO(captions_path.read_bytes())).load()
+    clips = [line.strip() for line in list_path.read_text().split("\n") if line.strip()]
+    return [VideoTextItem(_find_video(video_dir, clip), [" ".join(tokens) for tokens in raw[clip]]) for clip in clips]
+
+
+def _find_video(video_dir: Path, stem: str) -> Path:
+    for suffix in (".avi", ".mp4", ".webm", ".mkv"):
+        if (video_dir / f"{stem}{suffix}").exists():
+            return video_dir / f"{stem}{suffix}"
+    return video_dir / f"{stem}.avi"  # reported as a missing file when loaded
+
+
+# ---- TGIF-FrameQA ------------------------------------------------------------------------------
+
+
+def read_tgif_frameqa(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "gifs") -> list[VideoTextItem]:
+    """TGIF-QA FrameQA: tab-separated `{Train,Test}_frameqa_question.csv` and `gifs/<gif_name>.gif`.
+
+    Header: gif_name, question, answer, type, vid_id, key, description. TGIF has no validation
+    split; `val` reads the test file, as the QA papers report test accuracy.
+    """
+    if task != "qa":
+        raise ValueError("TGIF-FrameQA provides only the qa task")
+    path = root / f"{'Train' if split == 'train' else 'Test'}_frameqa_question.csv"
+    _require(path)
+    with path.open(newline="") as handle:
+        return [
+            VideoTextItem(root / videos / f"{row['gif_name']}.gif", question=row["question"], answer=row["answer"])
+            for row in csv.DictReader(handle, delimiter="\t")
+        ]
+
+
+# ---- WebVid ------------------------------------------------------------------------------------
+
+
+def read_webvid(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+    """WebVid-2.5M/10M: `results_2M_{train,val}.csv` (videoid, contentUrl, duration, page_dir, name)
+    with videos at `videos/<page_dir>/<videoid>.mp4`, as the download script lays them out."""
+    if task == "qa":
+        raise ValueError("WebVid provides captions only (retrieval, caption)")
+    path = root / f"results_2M_{'train' if split == 'train' else 'val'}.csv"
+    _require(path)
+    with path.open(newline="") as handle:
+        return [
+            VideoTextItem(root / videos / row["page_dir"] / f"{row['videoid']}.mp4", [row["name"]])
+            for row in csv.DictReader(handle)
+        ]
+
+
+READERS = {"msrvtt": read_msrvtt, "msvd": read_msvd, "tgif": read_tgif_frameqa, "webvid": read_webvid}
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+
+class VideoTextDataset(Dataset):
+    """Frames of each item's video, sampled TSN-style (random frame per segment in training, the
+    segment centre in evaluation), resized, centre-cropped and CLIP-normalised, with its texts.
+
+    Readers open lazily inside the loader worker (decord is not fork-safe); a file that fails to
+    decode raises `VideoDecodeError`, which `RobustDataset` turns into a skipped, counted sample.
+    """
+
+    def __init__(self, items: Sequence[VideoTextItem], num_frames: int, image_size: int, train: bool) -> None:
+        self.items = list(items)
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        sample: dict[str, Any] = {"video": load_clip(item.video, self.num_frames, self.image_size, self.train), "index": index}
+        if item.captions:
+            if self.train:
+                sample["caption"] = random.choice(item.captions)
+            else:
+                sample["captions"] = item.captions
+        if item.question is not None:
+            sample["question"], sample["answer"] = item.question, item.answer
+        return sample
+
+
+class _CaptionPairs(Dataset):
+    """Every (video, caption) pair as its own sample (CLIP4Clip's `expand_msrvtt_sentences`)."""
+
+    def __init__(self, items: Sequence[VideoTextItem], **kwargs: Any) -> None:
+        pairs = [VideoTextItem(item.video, [caption]) for item in items for caption in item.captions]
+        self.inner = VideoTextDataset(pairs, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.inner[index]
+
+
+def load_clip(path: str | Path, num_frames: int, image_size: int, train: bool = False) -> Tensor:
+    """A clip as the model takes it: (T, 3, S, S) float, CLIP-normalised, TSN-sampled frames.
+
+    The reader is opened here, in the calling (loader worker) process, and resizes the short side to
+    `image_size` while decoding; the long side is centre-cropped. Training randomness comes from
+    `random`, which PyTorch re-seeds per worker and epoch (reproducible under `seed_everything`).
+    """
+    reader = VideoReader(path, size=image_size)
+    frames = reader.get_frames(tsn_indices(len(reader), num_frames, train=train))  # (T, H, W, 3) uint8
+    video = _centre_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), image_size)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (video.float() / 255.0 - mean) / std
+
+
+def _centre_crop(video: Tensor, size: int) -> Tensor:
+    height, width = video.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return video[..., top : top + size, left : left + size]
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack videos and indices; keep texts as lists of strings (the module tokenizes them)."""
+    batch: dict[str, Any] = {"video": torch.stack([s["video"] for s in samples]),
+                             "index": torch.tensor([s["index"] for s in samples])}  # fmt: skip
+    for key in ("caption", "captions", "question", "answer"):
+        if key in samples[0]:
+            batch[key] = [s[key] for s in samples]
+    return batch
+
+
+# ---- data module -------------------------------------------------------------------------------
+
+
+class VLABDataModule(LightningDataModule):
+    """Video-text data of one benchmark, for the tasks VLAB trains and evaluates on it.
+
+    Args:
+        dataset: which benchmark layout `root` holds: `msrvtt`, `msvd`, `tgif` (FrameQA) or `webvid`.
+        root: the dataset directory (layouts in the package README).
+        tasks: `retrieval`, `caption` and/or `qa`; training batches hold one sub-batch per task.
+        num_frames: frames per clip in training (VALOR/COSA: 4 for MSRVTT).
+        eval_num_frames: frames per clip in evaluation (VALOR/COSA: 8).
+        image_size: frame side after resize and centre crop (CLIP's 224; the tiny preset's 32).
+        batch_size: clips per task per device in training.
+        eval_batch_size: clips per device in evaluation.
+        num_workers: loader processes per device.
+        expand_captions: train retrieval/captioning on every (video, caption) pair rather than one
+            random caption per video per epoch.
+        max_failure_fraction: stop when more than this fraction of a split's videos fail to decode.
+        synthetic_videos: write this many synthetic-world videos into `root` in the `dataset`'s
+            layout before reading it (when `root` holds no such data yet); 0 for real data.
+        seed: seed of the synthetic world (frame sampling follows `seed_everything`).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName,
+        root: str,
+        tasks: list[Task] | None = None,
+        num_frames: int = 4,
+        eval_num_frames: int = 8,
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 4,
+        expand_captions: bool = True,
+        max_failure_fraction: float = 0.01,
+        synthetic_videos: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tasks: list[str] = list(tasks or ["retrieval"])
+        bad = set(self.tasks) - {"retrieval", "caption", "qa"}
+        if bad:
+            raise ValueError(f"tasks: unknown {sorted(bad)}; choose from retrieval, caption, qa")
+        self.eval_tasks = list(self.tasks)
+        self.root = Path(root)
+        self._splits: dict[tuple[str, str], Dataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.hparams.synthetic_videos:
+            from vislang.shared.data.synthetic import SyntheticWorld, writers
+
+            writer = getattr(writers, f"write_{self.hparams.dataset}", None)
+            if writer is None:
+                raise ValueError(f"the synthetic world has no {self.hparams.dataset} writer")
+            world = SyntheticWorld(seed=self.hparams.seed, image_size=self.hparams.image_size)
+            writer(world, self.root, num_videos=self.hparams.synthetic_videos)
+
+    def _dataset(self, task: str, split: str) -> Dataset:
+        key = (task, split)
+        if key not in self._splits:
+            items = READERS[self.hparams.dataset](self.root, task, split)
+            train = split == "train"
+            common = dict(
+                num_frames=self.hparams.num_frames if train else self.hparams.eval_num_frames,
+                image_size=self.hparams.image_size, train=train,
+            )  # fmt: skip
+            if train and task != "qa" and self.hparams.expand_captions:
+                dataset: Dataset = _CaptionPairs(items, **common)
+            else:
+                dataset = VideoTextDataset(items, **common)
+            self._splits[key] = RobustDataset(dataset, max_failure_fraction=self.hparams.max_failure_fraction)
+        return self._splits[key]
+
+    def setup(self, stage: str) -> None:
+        # read every annotation file the stage needs now, so a missing one fails before training
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        for task in self.tasks:
+            for split in splits:
+                self._dataset(task, split)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
+            shuffle=train if not self._distributed() else None,
+            sampler=None if train or not self._distributed() else evaluation_sampler(dataset),
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate_with_failures(collate),
+            drop_last=train,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {task: self._loader(self._dataset(task, "train"), train=True) for task in self.tasks}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self._dataset(task, "val"), train=False) for task in self.eval_tasks]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self._dataset(task, "test"), train=False) for task in self.eval_tasks]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()
