@@ -17,6 +17,7 @@ import gc
 import time
 
 import torch
+
 from vislang.shared.metrics import blockwise_similarity, retrieval_metrics, transpose_positives
 
 

@@ -86,7 +86,9 @@ def main() -> None:
         paths = [write_video(Path(tmp) / f"video{i}.mp4", world.video(i).frames, fps=25) for i in range(args.videos)]
         ours = clips_per_second(lambda p: load_clip(p, args.clip_frames, args.size), paths)
         naive = clips_per_second(lambda p: decode_all_then_subsample(p, args.clip_frames, args.size), paths)
-    print(f"data pipeline, {args.videos} H.264 videos of {args.frames} frames at {args.size} px, {args.clip_frames} frames per clip, 1 thread")
+    print(
+        f"data pipeline, {args.videos} H.264 videos of {args.frames} frames at {args.size} px, {args.clip_frames} frames per clip, 1 thread"
+    )
     print(f"  VLAB loader (decode only the sampled frames) : {ours:8.1f} clips/s")
     print(f"  decode every frame, then subsample           : {naive:8.1f} clips/s")
     print(f"  ratio                                        : {ours / naive:8.2f} x (target >= 2)")

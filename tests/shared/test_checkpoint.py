@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+
 from vislang.shared.checkpoint import (
     CheckpointError,
     LoadReport,

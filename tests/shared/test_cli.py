@@ -35,7 +35,9 @@ class RecordedDemoModel(DemoModel):
 """
 
 
-def write_config(path: Path, model: str = "lightning.pytorch.demos.boring_classes.DemoModel", **trainer: object) -> Path:
+def write_config(
+    path: Path, model: str = "lightning.pytorch.demos.boring_classes.DemoModel", **trainer: object
+) -> Path:
     config = {
         "model": {"class_path": model, "init_args": {"out_dim": 2, "learning_rate": 0.02}},
         "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
@@ -80,7 +82,9 @@ def test_bad_key_fails_with_one_line_naming_it(override: str, named: str, tmp_pa
 def test_misspelled_key_in_config_file_stops_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
     built = []
     original_init = boring_classes.DemoModel.__init__
-    monkeypatch.setattr(boring_classes.DemoModel, "__init__", lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    monkeypatch.setattr(
+        boring_classes.DemoModel, "__init__", lambda self, *a, **k: built.append(1) or original_init(self, *a, **k)
+    )
     config = write_config(tmp_path / "config.yaml")
     text = config.read_text().replace("learning_rate", "learning_rat")
     config.write_text(text)
@@ -96,7 +100,7 @@ def test_one_line_error_reduces_nested_jsonargparse_messages() -> None:
         'Parser key "model":\n  Does not validate against any of the Union subtypes\n'
         "  Subtypes: [<class 'NoneType'>, <class 'LightningModule'>]\n  Errors:\n"
         "    - Expected a <class 'NoneType'>\n    - Problem with given class_path 'pkg.Model':\n"
-        '        Parser key "hidden":\n          Expected a <class \'int\'>. Got value: abc\n'
+        "        Parser key \"hidden\":\n          Expected a <class 'int'>. Got value: abc\n"
         "  Given value type: <class 'str'>\n"
     )
     assert one_line_error(nested) == "model: class_path 'pkg.Model': hidden: Expected a <class 'int'>. Got value: abc"

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+
 from vislang.shared.distributed import gather_with_grad, is_distributed, rank, world_size
 
 WORLD = 2

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
 from vislang.shared.losses import (
     IGNORE_INDEX,
     MaskingIds,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,9 @@ def declared_distributions(distribution_dir: Path) -> set[str]:
 
 
 def test_vislang_is_a_namespace_package() -> None:
-    offenders = [p for p in REPO.glob("*/**/src/vislang/__init__.py")] + list(REPO.glob("shared/src/vislang/__init__.py"))
+    offenders = [p for p in REPO.glob("*/**/src/vislang/__init__.py")] + list(
+        REPO.glob("shared/src/vislang/__init__.py")
+    )
     assert offenders == [], "vislang must stay a namespace package so each distribution installs alone"
 
 

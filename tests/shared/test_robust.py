@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from vislang.shared.data.robust import (
     FAILURES_KEY,
     LoadFailureMonitor,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+
 from vislang.shared.data.synthetic import (
     CAPTIONS_PER_IMAGE,
     COLORS,

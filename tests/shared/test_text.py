@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from vislang.shared.text import (
     BERT_SPECIAL_TOKENS,
     HubModelUnavailableError,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from vislang.shared.data.robust import SampleLoadError
 from vislang.shared.data.video import (
     VideoDecodeError,

@@ -52,7 +52,9 @@ def test_msvd_reader_and_its_plain_data_pickle(tmp_path: Path) -> None:
 
     (tmp_path / "msvd_qa").mkdir()
     (tmp_path / "msvd_qa" / "youtube_mapping.txt").write_text("abc_1_5 vid1\n")
-    (tmp_path / "msvd_qa" / "test_qa.json").write_text(json.dumps([{"question": "what runs?", "answer": "cat", "video_id": 1, "id": 0}]))
+    (tmp_path / "msvd_qa" / "test_qa.json").write_text(
+        json.dumps([{"question": "what runs?", "answer": "cat", "video_id": 1, "id": 0}])
+    )
     assert read_msvd(tmp_path, "qa", "test")[0].answer == "cat"
 
     class Boom:
@@ -72,7 +74,9 @@ def test_tgif_and_webvid_readers(tmp_path: Path) -> None:
     )
     item = read_tgif_frameqa(tmp_path, "qa", "test")[0]
     assert item.video == tmp_path / "gifs" / "tumblr_x.gif" and item.answer == "jumping"
-    (tmp_path / "results_2M_val.csv").write_text("videoid,contentUrl,duration,page_dir,name\n7,http://x,PT00H00M10S,001_050,a dog\n")
+    (tmp_path / "results_2M_val.csv").write_text(
+        "videoid,contentUrl,duration,page_dir,name\n7,http://x,PT00H00M10S,001_050,a dog\n"
+    )
     item = read_webvid(tmp_path, "retrieval", "val")[0]
     assert item.video == tmp_path / "videos" / "001_050" / "7.mp4" and item.captions == ["a dog"]
 

@@ -10,7 +10,9 @@ import torch
 
 from vislang.vlab.model import PRESETS, TemporalAdapter, VLABConfig, build_vlab, load_clip_state_dict
 
-NEW_MODULE_KEYS = re.compile(r"^(video_visual\.transformer\.resblocks\.\d+\.temporal_adapter\.|blend\.|decoder\.|visual_to_decoder\.)")
+NEW_MODULE_KEYS = re.compile(
+    r"^(video_visual\.transformer\.resblocks\.\d+\.temporal_adapter\.|blend\.|decoder\.|visual_to_decoder\.)"
+)
 
 
 def tiny(adapter: str = "attention") -> VLABConfig:
@@ -59,7 +61,9 @@ def test_open_clip_weights_load_with_only_new_modules_missing() -> None:
     model = build_vlab("tiny", decoder_vocab_size=50)
     missing, unexpected = load_clip_state_dict(model, state)
     assert unexpected == []
-    assert missing and all(NEW_MODULE_KEYS.match(key) for key in missing), [k for k in missing if not NEW_MODULE_KEYS.match(k)]
+    assert missing and all(NEW_MODULE_KEYS.match(key) for key in missing), [
+        k for k in missing if not NEW_MODULE_KEYS.match(k)
+    ]
     assert any(".temporal_adapter." in key for key in missing) and any(key.startswith("blend.") for key in missing)
     # both streams and the text tower now hold CLIP's tensors
     assert torch.equal(model.clip.visual.conv1.weight, state["visual.conv1.weight"])

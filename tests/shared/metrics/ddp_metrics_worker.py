@@ -13,6 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
 from vislang.shared.metrics import (
     CaptionMetric,
     NLVR2Metric,

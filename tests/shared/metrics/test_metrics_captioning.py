@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
 from vislang.shared.metrics import CaptionMetric, JavaNotFoundWarning, caption_scores, ptb_tokenize, simple_tokenize
 from vislang.shared.metrics.captioning import PTB_JAR
 

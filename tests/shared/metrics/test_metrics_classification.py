@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from vislang.shared.metrics import (
     NLVR2Metric,
     SNLIVEAccuracy,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from vislang.shared.metrics import decode_strings, encode_strings, evaluation_sampler, first_occurrence
 
 WORKER = Path(__file__).with_name("ddp_metrics_worker.py")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vislang.shared.metrics import SegmentationIoU, match_masks, pair_intersection_union, segmentation_scores
 
 A = torch.zeros(4, 4)

@@ -112,7 +112,9 @@ class VislangCLI(LightningCLI):
         try:
             checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
         except Exception as err:  # the Trainer will raise its own, clearer error when it loads the file
-            warnings.warn(f"{ckpt_path}: could not read hyper-parameters to compare with the config ({err})")
+            warnings.warn(
+                f"{ckpt_path}: could not read hyper-parameters to compare with the config ({err})", stacklevel=1
+            )
             return
         saved = dict(checkpoint.get("hyper_parameters", {}))
         saved.pop("_instantiator", None)
@@ -128,7 +130,9 @@ class VislangCLI(LightningCLI):
             if key in configured_args and configured_args[key] != saved_value:
                 differences.append(f"{key}: checkpoint {saved_value!r}, config {configured_args[key]!r}")
         for line in differences:
-            warnings.warn(f"{ckpt_path}: model argument differs from the checkpoint, using the config's: {line}")
+            warnings.warn(
+                f"{ckpt_path}: model argument differs from the checkpoint, using the config's: {line}", stacklevel=1
+            )
 
 
 def main(args: ArgsType = None) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from vislang.shared.distributed import gather_with_grad, rank
 
 if TYPE_CHECKING:  # transformers is slow to import; only its type is needed here

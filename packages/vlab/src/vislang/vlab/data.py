@@ -68,7 +68,9 @@ def _require(*paths: Path) -> None:
 # ---- MSRVTT ------------------------------------------------------------------------------------
 
 
-def read_msrvtt(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+def read_msrvtt(
+    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
+) -> list[VideoTextItem]:
     """MSRVTT in the CLIP4Clip layout plus MSRVTT-QA.
 
     root/
@@ -88,14 +90,18 @@ def read_msrvtt(root: Path, task: Task, split: Literal["train", "val", "test"], 
         path = root / "msrvtt_qa" / f"{split}_qa.json"
         _require(path)
         return [
-            VideoTextItem(video_dir / f"video{entry['video_id']}.mp4", question=entry["question"], answer=entry["answer"])
+            VideoTextItem(
+                video_dir / f"video{entry['video_id']}.mp4", question=entry["question"], answer=entry["answer"]
+            )
             for entry in json.loads(path.read_text())
         ]
     if task == "retrieval" and split != "train":
         path = root / "MSRVTT_JSFUSION_test.csv"
         _require(path)
         with path.open(newline="") as handle:
-            return [VideoTextItem(video_dir / f"{row['video_id']}.mp4", [row["sentence"]]) for row in csv.DictReader(handle)]
+            return [
+                VideoTextItem(video_dir / f"{row['video_id']}.mp4", [row["sentence"]]) for row in csv.DictReader(handle)
+            ]
     data_path = root / "MSRVTT_data.json"
     _require(data_path)
     captions: dict[str, list[str]] = {}
@@ -129,7 +135,9 @@ class _PlainDataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is allowed")
 
 
-def read_msvd(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+def read_msvd(
+    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
+) -> list[VideoTextItem]:
     """MSVD in the CLIP4Clip layout plus MSVD-QA.
 
     root/
@@ -149,7 +157,9 @@ def read_msvd(root: Path, task: Task, split: Literal["train", "val", "test"], vi
                 clip, vid = line.split()
                 clip_of[int(vid.removeprefix("vid"))] = clip
         return [
-            VideoTextItem(_find_video(video_dir, clip_of[entry["video_id"]]), question=entry["question"], answer=entry["answer"])
+            VideoTextItem(
+                _find_video(video_dir, clip_of[entry["video_id"]]), question=entry["question"], answer=entry["answer"]
+            )
             for entry in json.loads(path.read_text())
         ]
     list_path, captions_path = root / f"{split}_list.txt", root / "raw-captions.pkl"
@@ -169,7 +179,9 @@ def _find_video(video_dir: Path, stem: str) -> Path:
 # ---- TGIF-FrameQA ------------------------------------------------------------------------------
 
 
-def read_tgif_frameqa(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "gifs") -> list[VideoTextItem]:
+def read_tgif_frameqa(
+    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "gifs"
+) -> list[VideoTextItem]:
     """TGIF-QA FrameQA: tab-separated `{Train,Test}_frameqa_question.csv` and `gifs/<gif_name>.gif`.
 
     Header: gif_name, question, answer, type, vid_id, key, description. TGIF has no validation
@@ -189,7 +201,9 @@ def read_tgif_frameqa(root: Path, task: Task, split: Literal["train", "val", "te
 # ---- WebVid ------------------------------------------------------------------------------------
 
 
-def read_webvid(root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos") -> list[VideoTextItem]:
+def read_webvid(
+    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
+) -> list[VideoTextItem]:
     """WebVid-2.5M/10M: `results_2M_{train,val}.csv` (videoid, contentUrl, duration, page_dir, name)
     with videos at `videos/<page_dir>/<videoid>.mp4`, as the download script lays them out."""
     if task == "qa":
@@ -228,7 +242,10 @@ class VideoTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        sample: dict[str, Any] = {"video": load_clip(item.video, self.num_frames, self.image_size, self.train), "index": index}
+        sample: dict[str, Any] = {
+            "video": load_clip(item.video, self.num_frames, self.image_size, self.train),
+            "index": index,
+        }
         if item.captions:
             if self.train:
                 sample["caption"] = random.choice(item.captions)

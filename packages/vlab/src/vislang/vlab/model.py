@@ -95,8 +95,13 @@ PRESETS: dict[str, VLABConfig] = {
         ),
         adapter_ratio=0.5,
         blend_heads=2,
-        decoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                     max_position_embeddings=64),
+        decoder=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        ),
     ),  # fmt: skip
     "vlab_b32": VLABConfig(clip_arch="ViT-B-32", decoder=_BERT_BASE),
     "vlab_b16": VLABConfig(clip_arch="ViT-B-16", decoder=_BERT_BASE),
@@ -202,7 +207,9 @@ class VLAB(nn.Module):
         for index, block in enumerate(self.video_visual.transformer.resblocks):
             if index % config.adapter_every == 0:
                 bottleneck = max(8, int(width * config.adapter_ratio))
-                block.add_module("temporal_adapter", TemporalAdapter(width, bottleneck, config.adapter, config.max_frames))
+                block.add_module(
+                    "temporal_adapter", TemporalAdapter(width, bottleneck, config.adapter, config.max_frames)
+                )
                 block.register_forward_pre_hook(_run_adapter_first, with_kwargs=True)
 
         # §feature blending

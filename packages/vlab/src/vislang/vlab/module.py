@@ -242,10 +242,13 @@ class VLABModule(LightningModule):
         task = self._eval_task(dataloader_idx)
         video_embedding, tokens = self.model.encode_video(batch["video"])
         if task == "retrieval":
-            return [{"index": int(i), "video_embedding": e.float().cpu()} for i, e in zip(batch["index"], video_embedding)]
+            return [
+                {"index": int(i), "video_embedding": e.float().cpu()}
+                for i, e in zip(batch["index"], video_embedding, strict=True)
+            ]
         prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
         texts = self._generate(tokens, prompts, task)
-        return [{"index": int(i), "prediction": t} for i, t in zip(batch["index"], texts)]
+        return [{"index": int(i), "prediction": t} for i, t in zip(batch["index"], texts, strict=True)]
 
     # ---- inference from Python ----------------------------------------------------------------
 

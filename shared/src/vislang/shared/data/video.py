@@ -39,6 +39,7 @@ from typing import Any, Literal, NamedTuple
 import av
 import numpy as np
 import torch
+
 from vislang.shared.data.robust import SampleLoadError
 
 __all__ = [

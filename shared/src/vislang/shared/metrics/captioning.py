@@ -34,6 +34,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 from torch import Tensor
+
 from vislang.shared.metrics.ddp import SampleMetric
 
 __all__ = [

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from vislang.shared.metrics.ddp import SampleMetric, first_occurrence
 
 __all__ = [

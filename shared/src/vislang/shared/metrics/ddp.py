@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, SequentialSampler
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
 from vislang.shared.distributed import is_distributed
 from vislang.shared.distributed import rank as _rank
 from vislang.shared.distributed import world_size as _world_size

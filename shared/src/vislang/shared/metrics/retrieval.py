@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
 from vislang.shared.metrics.ddp import SampleMetric, first_occurrence
 
 __all__ = [

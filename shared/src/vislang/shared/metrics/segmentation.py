@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
 from vislang.shared.metrics.ddp import SampleMetric, first_occurrence
 
 __all__ = ["SegmentationIoU", "match_masks", "pair_intersection_union", "segmentation_scores"]

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from vislang.shared.metrics.ddp import SampleMetric
 
 __all__ = [

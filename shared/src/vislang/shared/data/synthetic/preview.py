@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
 from vislang.shared.data.synthetic.world import SyntheticWorld
 
 __all__ = ["render_preview", "save_preview", "sheet_size"]

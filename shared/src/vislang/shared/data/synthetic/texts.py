@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
 from vislang.shared.data.synthetic.render import BACKGROUNDS, COLORS, COOL_COLORS, SHAPES, SIZES, WARM_COLORS
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from vislang.shared.data.synthetic import texts
 from vislang.shared.data.synthetic.render import (
     BACKGROUNDS,

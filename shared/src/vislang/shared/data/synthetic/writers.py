@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 from pycocotools import mask as mask_utils
+from tqdm.auto import tqdm
+
 from vislang.shared.data.synthetic.render import COLORS, SHAPES
 from vislang.shared.data.synthetic.world import Scene, SyntheticWorld
 from vislang.shared.data.video import write_video
@@ -202,9 +203,13 @@ def _claim_directory(out_dir: Path, manifest: dict[str, Any]) -> bool:
     if marker.exists():
         if json.loads(marker.read_text()) == manifest:
             return True
-        raise FileExistsError(f"{out_dir} holds synthetic data written with other settings ({marker}); use another directory")
+        raise FileExistsError(
+            f"{out_dir} holds synthetic data written with other settings ({marker}); use another directory"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty and was not written by the synthetic world; refusing to write into it")
+        raise FileExistsError(
+            f"{out_dir} is not empty and was not written by the synthetic world; refusing to write into it"
+        )
     return False
 
 
@@ -239,7 +244,9 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
         sample = world.video_sample(index)
         video_id = sample.video.video_id
         # near-lossless x264 keeps the flat colours recognisable at tiny sizes
-        write_video(out / "videos" / f"{video_id}.mp4", sample.video.frames, fps=sample.video.fps, options={"crf": "12"})
+        write_video(
+            out / "videos" / f"{video_id}.mp4", sample.video.frames, fps=sample.video.fps, options={"crf": "12"}
+        )
         videos.append({"video_id": video_id, "category": sample.video.label, "split": split_of[index],
                        "start time": 0.0, "end time": len(sample.video.frames) / sample.video.fps})  # fmt: skip
         sentences.extend({"video_id": video_id, "caption": caption} for caption in sample.captions)
