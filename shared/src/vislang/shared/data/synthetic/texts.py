@@ -456,6 +456,18 @@ def _annotate(
     )  # fmt: skip
 
 
+def _pick_referent(
+    insts: Sequence[Any], rng: np.random.Generator, key_sets: Any, forbidden: frozenset[str]
+) -> tuple[int, str] | None:
+    """A random instance that can be named without the `forbidden` attributes (the ones the question
+    asks about), with its noun phrase minus the article; None when no instance can be."""
+    for k in rng.permutation(len(insts)):
+        text = _describe(insts, int(k), rng, key_sets, forbidden)
+        if text is not None:
+            return int(k), text[len("the ") :]
+    return None
+
+
 def scene_vqa(scene: Scene, rng: np.random.Generator, noise: float) -> list[VQAQuestion]:
     """Seven questions per scene (fewer when a referent cannot be named): colour, shape, count, existence,
     position yes/no, where, background. Yes/no answers are balanced; counts include zero.
@@ -466,11 +478,7 @@ def scene_vqa(scene: Scene, rng: np.random.Generator, noise: float) -> list[VQAQ
     rows: list[tuple[str, str, str, str, str, tuple[int, ...]]] = []  # question, qtype, atype, truth, kind, targets
 
     def pick(forbidden: frozenset[str]) -> tuple[int, str] | None:
-        for k in rng.permutation(len(insts)):
-            text = _describe(insts, int(k), rng, _SCENE_KEY_SETS, forbidden)
-            if text is not None:
-                return int(k), text[len("the ") :]
-        return None
+        return _pick_referent(insts, rng, _SCENE_KEY_SETS, forbidden)
 
     if (got := pick(frozenset({"color"}))) is not None:
         k, np_ = got
@@ -560,11 +568,7 @@ def video_qa(video: Video, rng: np.random.Generator, noise: float) -> list[VQAQu
     rows: list[tuple[str, str, str, str, str, tuple[int, ...]]] = []
 
     def pick(forbidden: frozenset[str]) -> tuple[int, str] | None:
-        for k in rng.permutation(len(insts)):
-            text = _describe(insts, int(k), rng, _VIDEO_KEY_SETS, forbidden)
-            if text is not None:
-                return int(k), text[len("the ") :]
-        return None
+        return _pick_referent(insts, rng, _VIDEO_KEY_SETS, forbidden)
 
     if (got := pick(frozenset({"color"}))) is not None:
         k, np_ = got
