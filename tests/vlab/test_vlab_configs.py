@@ -78,3 +78,15 @@ def test_missing_dataset_stops_with_the_file_names(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"msrvtt_qa/train_qa\.json"):
         build_cli(["fit", "-c", str(config), *TINY, f"--data.init_args.root={tmp_path}", "--trainer.fast_dev_run=1",
                    "--trainer.callbacks=[]"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_learns_far_above_chance(tmp_path: Path) -> None:
+    demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
+    cli = build_cli([
+        "fit", "-c", str(demo), f"--data.init_args.root={tmp_path / 'msrvtt'}", "--data.init_args.synthetic_videos=400",
+        "--trainer.max_epochs=2", "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+    ])  # fmt: skip
+    scores = cli.model.last_scores
+    assert scores["retrieval"]["t2v/R@1"] > 5 * scores["retrieval"]["chance/R@1"]
+    assert scores["qa"]["accuracy"] > 2 * scores["qa"]["chance/majority_answer"]
