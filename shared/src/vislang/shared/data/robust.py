@@ -230,7 +230,8 @@ def _monitor_class() -> type:
 
     class LoadFailureMonitor(Callback):
         """Logs the running total of skipped training samples as ``data/load_failures`` (and the
-        failures of each validation run as ``data/val_load_failures``), from the counts that
+        failures of each validation run as ``data/val_load_failures``, suffixed by Lightning with
+        ``/dataloader_idx_N`` when there are several validation loaders), from the counts that
         `RobustDataset` puts into every batch.
 
         Args:
@@ -251,7 +252,7 @@ def _monitor_class() -> type:
         def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                     batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
             pl_module.log("data/val_load_failures", float(count_failures(batch)), on_step=False, on_epoch=True,
-                          batch_size=1, sync_dist=self.sync_dist, reduce_fx="sum", add_dataloader_idx=False)  # fmt: skip
+                          batch_size=1, sync_dist=self.sync_dist, reduce_fx="sum")  # fmt: skip
 
         def state_dict(self) -> dict[str, int]:
             return {"total": self.total}
