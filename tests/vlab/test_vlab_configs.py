@@ -53,7 +53,14 @@ def test_every_config_parses(config: Path, capsys) -> None:
 
 def test_msrvtt_config_trains_and_tests_on_a_fixture_tree(msrvtt_root: Path, tmp_path: Path) -> None:
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt")]
-    common = ["-c", str(config), *TINY, f"--data.init_args.root={msrvtt_root}"]
+    # default_root_dir: the CLI saves the run's config.yaml there (not into the working directory)
+    common = [
+        "-c",
+        str(config),
+        *TINY,
+        f"--data.init_args.root={msrvtt_root}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     build_cli(["fit", *common, "--trainer.fast_dev_run=2", "--trainer.callbacks=[]"])
 
     results_dir = tmp_path / "results"
