@@ -354,7 +354,9 @@ class VLABDataModule(LightningDataModule):
         if self.hparams.synthetic_videos:
             from vislang.shared.data.synthetic import SyntheticWorld, writers
 
-            writer = getattr(writers, f"write_{self.hparams.dataset}", None)
+            # the writer is named after the format it writes; `tgif` here means its FrameQA part
+            name = {"tgif": "tgif_frameqa"}.get(self.hparams.dataset, self.hparams.dataset)
+            writer = getattr(writers, f"write_{name}", None)
             if writer is None:
                 raise ValueError(f"the synthetic world has no {self.hparams.dataset} writer")
             world = SyntheticWorld(seed=self.hparams.seed, image_size=self.hparams.image_size)

@@ -13,7 +13,12 @@ The model reads top to bottom as the abstract describes it:
    to end: the model learns how much of each stream to keep.
 4. **Heads** — a contrastive video-text head (CLIP's text tower, symmetric InfoNCE) and a generative
    text decoder with cross-attention to the blended visual tokens (captioning and open-ended QA,
-   as in VALOR/COSA, the authors' sister code bases).
+   as in VALOR/COSA, the authors' sister code bases). The same decoder, read at the caption's last
+   token, feeds a video-text matching (ITM) classifier trained on hard negatives (ALBEF §3.2) that
+   re-ranks the contrastive top-k at test time (UMT's `k_test`).
+
+Both CLIP kinds open_clip builds are supported: its native ViT (`ViT-B-16`, ...) and EVA-CLIP
+(`EVA02-B-16`, ...), whose image tower is a timm `Eva` trunk wrapped in open_clip's `TimmModel`.
 
 The paper's full text is not available; where it is silent (adapter form and placement, blending
 direction, pooling, decoder), the choice here is a config switch and is listed as an assumption
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +37,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "VLAB",
     "VLABConfig",
     "build_vlab",
+    "sample_hard_negatives",
 ]
 
 
@@ -48,7 +56,8 @@ class VLABConfig:
     """Sizes and switches of a VLAB model. Named presets are in `PRESETS`.
 
     Args:
-        clip_arch: open_clip architecture name (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, ...).
+        clip_arch: open_clip architecture name: a native ViT (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, ...)
+            or EVA-CLIP (`EVA02-B-16`, `EVA02-L-14`, `EVA01-g-14`, ...: a timm Eva trunk).
         clip_overrides: open_clip `create_model` keyword overrides (whole `vision_cfg`/`text_cfg`
             dicts, `embed_dim`); how the tiny preset shrinks CLIP.
         adapter: temporal mixing inside the video adapter: `attention` (self-attention over the
@@ -106,6 +115,11 @@ PRESETS: dict[str, VLABConfig] = {
     "vlab_b32": VLABConfig(clip_arch="ViT-B-32", decoder=_BERT_BASE),
     "vlab_b16": VLABConfig(clip_arch="ViT-B-16", decoder=_BERT_BASE),
     "vlab_l14": VLABConfig(clip_arch="ViT-L-14", blend_heads=16, decoder=_BERT_LARGE),
+    # EVA-CLIP (Sun et al. 2023): open_clip builds the image tower from timm's Eva (EVA-02: RoPE, SwiGLU)
+    "vlab_eva02_b16": VLABConfig(clip_arch="EVA02-B-16", decoder=_BERT_BASE),
+    "vlab_eva02_l14": VLABConfig(clip_arch="EVA02-L-14", blend_heads=16, decoder=_BERT_LARGE),
+    # EVA01-g/14, the giant encoder the survey attributes to VLAB (reference §1.1, unverified)
+    "vlab_eva01_g14": VLABConfig(clip_arch="EVA01-g-14", blend_heads=16, decoder=_BERT_LARGE),
 }
 
 
@@ -125,7 +139,10 @@ class TemporalAdapter(nn.Module):
         self.down = nn.Linear(width, bottleneck)
         if kind == "attention":
             self.frame_position = nn.Parameter(torch.zeros(max_frames, bottleneck))
-            self.mix = nn.MultiheadAttention(bottleneck, num_heads=max(1, bottleneck // 64), batch_first=True)
+            heads = max(1, bottleneck // 64)
+            while bottleneck % heads:  # e.g. EVA01-g's 352-wide bottleneck: 4 heads, not 5
+                heads -= 1
+            self.mix = nn.MultiheadAttention(bottleneck, num_heads=heads, batch_first=True)
         elif kind == "conv":
             self.mix = nn.Conv1d(bottleneck, bottleneck, kernel_size=3, padding=1, groups=bottleneck)
         else:
@@ -188,6 +205,8 @@ class VLAB(nn.Module):
     State-dict layout: `clip.*` is an open_clip CLIP (its `visual` is the image stream, its text
     tower the contrastive text encoder), `video_visual.*` the adapted copy of `clip.visual`, so an
     open_clip checkpoint maps onto both with its own key names (see `load_clip_state_dict`).
+    `clip.visual` is either open_clip's native `VisionTransformer` (blocks `transformer.resblocks`)
+    or, for EVA-CLIP, a `TimmModel` (blocks `trunk.blocks`); `_vit_*` below hide the difference.
     """
 
     def __init__(self, config: VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> None:
@@ -197,14 +216,12 @@ class VLAB(nn.Module):
         device = torch.get_default_device()
         self.clip = open_clip.create_model(config.clip_arch, pretrained=None, device=device, **config.clip_overrides)
         visual = self.clip.visual
-        if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
-            raise ValueError(f"{config.clip_arch}: VLAB's adapters need an open_clip native ViT (not a timm trunk)")
-        width = visual.transformer.width
+        width = _vit_width(visual, config.clip_arch)
 
         # §feature adapting: a second CLIP ViT whose blocks carry temporal adapters. Attached as
         # submodules with a forward pre-hook, so the block's own parameter names stay CLIP's.
         self.video_visual = copy.deepcopy(visual)
-        for index, block in enumerate(self.video_visual.transformer.resblocks):
+        for index, block in enumerate(_vit_blocks(self.video_visual)):
             if index % config.adapter_every == 0:
                 bottleneck = max(8, int(width * config.adapter_ratio))
                 block.add_module(
@@ -222,6 +239,11 @@ class VLAB(nn.Module):
         )  # fmt: skip
         self.visual_to_decoder = nn.Linear(width, decoder_config.hidden_size)
         self.decoder = BertLMHeadModel(decoder_config)
+        # video-text matching: match / no-match from the decoder's last caption token (ALBEF §3.2, UMT).
+        # Initialised from a forked RNG, so the random stream after building the model, and with it
+        # every run that does not use ITM, is the same as before the head existed.
+        with torch.random.fork_rng(devices=[]):
+            self.itm_head = nn.Linear(decoder_config.hidden_size, 2)
 
     # ---- encoders ---------------------------------------------------------------------------
 
@@ -239,8 +261,8 @@ class VLAB(nn.Module):
         flat = video.flatten(0, 1)
         self._set_num_frames(frames)
         # image stream: CLIP per frame; video stream: the adapted copy, frames mixed in every block
-        image_tokens = self.clip.visual.transformer(self.clip.visual._embeds(flat))
-        video_tokens = self.video_visual.transformer(self.video_visual._embeds(flat))
+        image_tokens = _vit_tokens(self.clip.visual, flat)
+        video_tokens = _vit_tokens(self.video_visual, flat)
         length = video_tokens.shape[1]
         blended = self.blend(
             video_tokens.reshape(clips, frames * length, -1), image_tokens.reshape(clips, frames * length, -1)
@@ -248,9 +270,17 @@ class VLAB(nn.Module):
         return blended.view(clips, frames, length, -1)
 
     def frame_embeddings(self, tokens: Tensor) -> Tensor:
-        """Per-frame CLIP embeddings (B, T, E) from blended tokens: CLIP's own `ln_post` + projection of CLS."""
-        cls = self.video_visual.ln_post(tokens[:, :, 0])
-        return cls @ self.video_visual.proj if self.video_visual.proj is not None else cls
+        """Per-frame CLIP embeddings (B, T, E) from blended tokens, pooled and projected as `encode_image` does."""
+        visual = self.video_visual
+        if _is_timm(visual):
+            # open_clip TimmModel.forward = head(trunk.forward_head(trunk.forward_features(x))): final norm,
+            # timm's pooling (EVA-CLIP: the class token) and classifier-as-projection, then open_clip's head
+            clips, frames = tokens.shape[:2]
+            pooled = visual.trunk.forward_head(visual.trunk.norm(tokens.flatten(0, 1)))
+            return visual.head(pooled).view(clips, frames, -1)
+        # native ViT: `ln_post` + projection of the class token
+        cls = visual.ln_post(tokens[:, :, 0])
+        return cls @ visual.proj if visual.proj is not None else cls
 
     def encode_video(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, 3, H, W) → (unit-norm clip embedding (B, E), blended tokens (B, T, 1+N, D))."""
@@ -270,7 +300,7 @@ class VLAB(nn.Module):
 
     def decoder_memory(self, tokens: Tensor) -> Tensor:
         """Blended tokens (B, T, 1+N, D) → cross-attention memory (B, T·(1+N), H) for the decoder."""
-        return self.visual_to_decoder(self.video_visual.ln_post(tokens.flatten(1, 2)))
+        return self.visual_to_decoder(_vit_final_norm(self.video_visual)(tokens.flatten(1, 2)))
 
     def decoder_loss(self, memory: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
         """Next-token cross-entropy on the positions whose label is not -100 (caption, or QA answer)."""
@@ -278,6 +308,41 @@ class VLAB(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, labels=labels
         )
         return output.loss
+
+    # ---- video-text matching (ALBEF §3.2; re-ranking as UMT's `k_test`) ------------------------------
+
+    def itm_logits(self, memory: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(no-match, match) logits (B, 2) of B (video memory, `[CLS] caption [SEP]`) pairs, right-padded.
+
+        ALBEF reads the [CLS] of a bidirectional fusion encoder; this decoder is causal, so the last
+        non-pad token is the one that has seen the whole caption (and, through cross-attention, the video).
+        """
+        hidden = self.decoder.bert(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False
+        ).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        return self.itm_head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+    def itm_loss(
+        self, memory: Tensor, input_ids: Tensor, attention_mask: Tensor, similarity: Tensor,
+        same: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """ITM with in-batch hard negatives (ALBEF §3.2): cross-entropy over 3B pairs.
+
+        Args:
+            memory: (B, M, H) decoder memory of the batch's videos; pair b is (video b, text b).
+            input_ids, attention_mask: (B, L) right-padded `[CLS] caption [SEP]`.
+            similarity: (B, B) video-text contrastive similarities (rows videos), for the sampling only.
+            same: optional (B, B) bool, True where video i and text j also match (never a negative).
+        """
+        negative_video, negative_text = sample_hard_negatives(similarity, same)
+        # B positives, B (video b, hard negative text), B (hard negative video, text b)
+        memory = torch.cat([memory, memory, memory[negative_video]])
+        input_ids = torch.cat([input_ids, input_ids[negative_text], input_ids])
+        attention_mask = torch.cat([attention_mask, attention_mask[negative_text], attention_mask])
+        batch = similarity.shape[0]
+        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(memory.device)
+        return F.cross_entropy(self.itm_logits(memory, input_ids, attention_mask), labels)
 
     @torch.no_grad()
     def generate(
@@ -302,13 +367,84 @@ class VLAB(nn.Module):
         return [seq[: seq.index(end_token_id)] if end_token_id in seq else seq for seq in generated]
 
 
+@torch.no_grad()
+def sample_hard_negatives(similarity: Tensor, same: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One hard negative per row and per column of a (B, B) video-text similarity (ALBEF §3.2).
+
+    ALBEF samples negatives with probability softmax(similarity) over the batch, the positive (and
+    here anything marked `same`) excluded, so that more similar, harder negatives are chosen more often.
+
+    Returns:
+        (negative video for each text (B,), negative text for each video (B,)), indices into the batch.
+    """
+    batch = similarity.shape[0]
+    if batch < 2:
+        raise ValueError("hard negatives need a batch of at least 2 pairs")
+    excluded = torch.eye(batch, dtype=torch.bool, device=similarity.device)
+    if same is not None:
+        excluded = excluded | same.to(similarity.device)
+    if bool(excluded.all(dim=1).any()) or bool(excluded.all(dim=0).any()):
+        raise ValueError("a pair matches every other item of the batch: no negative to sample")
+    sim = similarity.detach().float()
+    # +1e-5 as ALBEF, so that a row whose softmax underflows still samples among its negatives
+    weights_v2t = (sim.softmax(dim=1) + 1e-5).masked_fill(excluded, 0.0)
+    weights_t2v = (sim.t().softmax(dim=1) + 1e-5).masked_fill(excluded.t(), 0.0)
+    negative_text = torch.multinomial(weights_v2t, 1).squeeze(1)
+    negative_video = torch.multinomial(weights_t2v, 1).squeeze(1)
+    return negative_video, negative_text
+
+
+# ---- the two CLIP image-tower kinds ----------------------------------------------------------------
+
+
+def _is_timm(visual: nn.Module) -> bool:
+    # open_clip wraps timm towers (EVA-CLIP) in `TimmModel`: the timm model is its `trunk`
+    return hasattr(visual, "trunk")
+
+
+def _vit_blocks(visual: nn.Module) -> Sequence[nn.Module]:
+    return visual.trunk.blocks if _is_timm(visual) else visual.transformer.resblocks
+
+
+def _vit_width(visual: nn.Module, arch: str) -> int:
+    if _is_timm(visual) and hasattr(visual.trunk, "blocks") and hasattr(visual.trunk, "embed_dim"):
+        return visual.trunk.embed_dim
+    if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+        return visual.transformer.width
+    raise ValueError(f"{arch}: VLAB's adapters need a ViT image tower (open_clip's native ViT or a timm ViT/Eva)")
+
+
+def _vit_final_norm(visual: nn.Module) -> nn.Module:
+    return visual.trunk.norm if _is_timm(visual) else visual.ln_post
+
+
+def _vit_tokens(visual: nn.Module, images: Tensor) -> Tensor:
+    """Images (N, 3, H, W) → tokens after the last block, before the final norm: (N, prefix + patches, D)."""
+    if not _is_timm(visual):
+        return visual.transformer(visual._embeds(images))
+    # timm Eva.forward_features without its final norm: patch embedding, absolute position embedding
+    # and the rotary embedding (EVA-02's RoPE), then the blocks, each given `rope`
+    trunk = visual.trunk
+    x, rope = trunk._pos_embed(trunk.patch_embed(images))
+    x = trunk.norm_pre(x)
+    per_block = getattr(trunk, "rope_mixed", False) and rope is not None  # depth-dependent RoPE
+    for index, block in enumerate(trunk.blocks):
+        block_rope = rope[index] if per_block else rope
+        if trunk.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, rope=block_rope, use_reentrant=False)
+        else:
+            x = block(x, rope=block_rope)
+    return x
+
+
 def _run_adapter_first(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    # open_clip passes the tokens positionally (also under gradient checkpointing)
+    # open_clip's and timm's blocks both get the tokens positionally (also under gradient
+    # checkpointing); timm's Eva blocks take `rope` as a keyword, which passes through
     return (block.temporal_adapter(args[0]), *args[1:]), kwargs
 
 
 def build_vlab(preset: str | VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> VLAB:
-    """Build a VLAB from a preset name (`tiny`, `vlab_b32`, `vlab_b16`, `vlab_l14`) or a config."""
+    """Build a VLAB from a preset name (`tiny`, `vlab_b32`, ..., `vlab_eva02_b16`, ...) or a config."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown VLAB preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -320,7 +456,7 @@ def load_clip_state_dict(model: VLAB, state_dict: dict[str, Tensor]) -> tuple[li
     """Load open_clip CLIP weights into both streams and the text tower.
 
     Returns (missing, unexpected) keys; for a complete CLIP checkpoint `missing` holds only the
-    adapters, the blending and the generative head, which CLIP does not have.
+    adapters, the blending, the generative and the ITM heads, which CLIP does not have.
     """
     mapped = {f"clip.{key}": value for key, value in state_dict.items()}
     mapped.update({f"video_{key}": value for key, value in state_dict.items() if key.startswith("visual.")})

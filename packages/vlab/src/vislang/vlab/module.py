@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,20 +24,31 @@ from torch import Tensor
 
 from vislang.shared.checkpoint import load_state_dict
 from vislang.shared.losses import symmetric_info_nce
-from vislang.shared.metrics import CaptionMetric, RetrievalMetric, SampleMetric, first_occurrence
+from vislang.shared.metrics import (
+    CaptionMetric,
+    RetrievalMetric,
+    SampleMetric,
+    blockwise_similarity,
+    dual_softmax,
+    first_occurrence,
+    positives_from_keys,
+    retrieval_metrics,
+    transpose_positives,
+)
 from vislang.shared.text import load_tokenizer
 from vislang.vlab.model import VLAB, build_vlab, load_clip_state_dict
 
 Task = Literal["retrieval", "caption", "qa"]
 
-__all__ = ["VLABModule"]
+__all__ = ["VLABModule", "rerank_top_k"]
 
 
 class VLABModule(LightningModule):
     """VLAB in Lightning.
 
     Args:
-        preset: model size (`tiny`, `vlab_b32`, `vlab_b16`, `vlab_l14`).
+        preset: model size (`tiny`, `vlab_b32`, `vlab_b16`, `vlab_l14`; EVA-CLIP: `vlab_eva02_b16`,
+            `vlab_eva02_l14`, `vlab_eva01_g14`).
         loss_weights: weight of each task's loss in the sum (default 1 each). The tasks themselves
             are the data module's: `retrieval` (contrastive), `caption` (decoder LM), `qa` (the
             decoder generates the answer after the question, scored by exact match).
@@ -55,6 +67,14 @@ class VLABModule(LightningModule):
         gradient_checkpointing: recompute the ViT blocks' activations in the backward pass.
         dual_softmax: re-weight retrieval similarities by dual softmax at evaluation (a
             transductive trick; report it separately from plain numbers).
+        itm_weight: weight of the video-text matching loss added to every retrieval batch (ALBEF
+            §3.2: the batch's pairs plus one softmax-sampled hard negative text per video and video
+            per text); 0 = no ITM training.
+        itm_rerank_k: at evaluation, re-score each text's top-k videos (and each video's top-k texts)
+            of the contrastive ranking with the ITM head (UMT's `k_test`); 0 = off. Keeps every
+            evaluation video's decoder memory, T·(1+N)·H numbers per video, on the CPU until the
+            epoch ends (MSRVTT 1k-A, ViT-B/16, 8 frames: about 4.8 GB in fp32); under DDP every rank
+            gathers all of it (`all_gather_object`) and re-ranks the whole matrix itself.
         max_answer_tokens: generation length for QA.
         max_caption_tokens: generation length for captioning, and truncation of training captions.
         results_dir: where `test` writes its results JSON; None = the logger's directory.
@@ -75,6 +95,8 @@ class VLABModule(LightningModule):
         warmup_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
         dual_softmax: bool = False,
+        itm_weight: float = 0.0,
+        itm_rerank_k: int = 0,
         max_answer_tokens: int = 8,
         max_caption_tokens: int = 24,
         results_dir: str | None = None,
@@ -86,6 +108,9 @@ class VLABModule(LightningModule):
         if unknown:
             raise ValueError(f"loss_weights: unknown tasks {sorted(unknown)}; choose from retrieval, caption, qa")
         self.loss_weights = {"retrieval": 1.0, "caption": 1.0, "qa": 1.0, **(loss_weights or {})}
+        if itm_weight < 0 or itm_rerank_k < 0:
+            raise ValueError(f"itm_weight and itm_rerank_k must be >= 0, got {itm_weight} and {itm_rerank_k}")
+        self.loss_weights["itm"] = itm_weight
 
         self.tokenizer = load_tokenizer(decoder_tokenizer)
         self.model: VLAB = build_vlab(preset, len(self.tokenizer), self.tokenizer.pad_token_id)
@@ -99,7 +124,12 @@ class VLABModule(LightningModule):
         if init_weights:
             state = load_state_dict(init_weights)
             state = {k.removeprefix("model."): v for k, v in state.items()}
-            self.model.load_state_dict(state)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            # a checkpoint from before the ITM head (or pre-trained without it) may lack only that
+            missing = [k for k in missing if not k.startswith("itm_head.")]
+            if missing or unexpected:
+                raise ValueError(f"{init_weights}: not a VLAB checkpoint of this preset (missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]})")  # fmt: skip
         for name, parameter in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in freeze or []):
                 parameter.requires_grad_(False)
@@ -112,6 +142,9 @@ class VLABModule(LightningModule):
         self.qa_metric = ExactMatchAccuracy()
         self.caption_metric = CaptionMetric()
         self.last_scores: dict[str, dict[str, float]] = {}
+        # ITM re-ranking keeps, per evaluation epoch, each video's decoder memory and each caption
+        self._rerank_memory: dict[int, Tensor] = {}
+        self._rerank_text: dict[int, str] = {}
 
     # ---- text helpers -----------------------------------------------------------------------
 
@@ -140,29 +173,72 @@ class VLABModule(LightningModule):
     def _caption_prompt(self, count: int) -> list[str]:
         return [""] * count
 
+    def _itm_text(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """Right-padded `[CLS] caption [SEP]` for the ITM head, which reads the last non-pad token."""
+        encoded = self.tokenizer(captions, padding=True, truncation=True,
+                                 max_length=self.model.decoder.config.max_position_embeddings, return_tensors="pt")  # fmt: skip
+        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+
+    def setup(self, stage: str) -> None:
+        """Freeze the parts the data module's tasks never use, before DDP wraps the model.
+
+        DDP fails on trainable parameters that get no gradient (a retrieval-only run never touches the
+        decoder; a QA-only run never touches the text tower), and such parameters would only
+        carry weight decay. What stays trainable is exactly what the losses reach, which a test checks.
+        """
+        if stage != "fit" or self.trainer is None or self.trainer.datamodule is None:
+            return
+        tasks = set(self.trainer.datamodule.tasks)
+        itm = self.hparams.itm_weight > 0 and "retrieval" in tasks
+        # the image stream feeds the blending with its tokens only: CLIP's own pooling head is unused
+        unused: list[str] = ["clip.visual.ln_post", "clip.visual.proj", "clip.visual.head.", "clip.visual.trunk.norm.",
+                             "clip.visual.trunk.fc_norm", "clip.visual.trunk.head"]  # fmt: skip
+        if not tasks & {"caption", "qa"}:
+            unused += ["decoder.cls."] if itm else ["decoder.", "visual_to_decoder."]
+        if not itm:
+            unused.append("itm_head.")
+        if "retrieval" not in tasks:
+            # CLIP's text tower, temperature and the video stream's output projection serve only retrieval
+            unused += ["clip.token_embedding", "clip.positional_embedding", "clip.transformer.", "clip.ln_final",
+                       "clip.text_projection", "clip.logit_scale", "video_visual.proj", "video_visual.head."]  # fmt: skip
+        for name, parameter in self.model.named_parameters():
+            if name.startswith(tuple(unused)):
+                parameter.requires_grad_(False)
+
     # ---- training ---------------------------------------------------------------------------
 
-    def _task_loss(self, task: str, batch: dict[str, Any]) -> Tensor:
+    def _task_losses(self, task: str, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The task's loss, and on retrieval batches also `itm` when `itm_weight` > 0."""
         video_embedding, tokens = self.model.encode_video(batch["video"])
         if task == "retrieval":
             text_embedding = self.model.encode_text(self._clip_ids(batch["caption"]))
             # symmetric InfoNCE over the global batch (keys gathered from every process), CLIP §2.3
-            return symmetric_info_nce(video_embedding, text_embedding, temperature=1.0 / self.model.logit_scale())
+            scale = self.model.logit_scale()
+            losses = {"retrieval": symmetric_info_nce(video_embedding, text_embedding, temperature=1.0 / scale)}
+            if self.hparams.itm_weight > 0 and len(batch["caption"]) > 1:
+                # ALBEF §3.2: hard negatives drawn from this process's batch similarities; a text equal
+                # to the positive caption is never a negative
+                captions = batch["caption"]
+                same = torch.tensor([[a == b for b in captions] for a in captions], device=self.device)
+                ids, mask = self._itm_text(captions)
+                similarity = scale * video_embedding @ text_embedding.t()
+                losses["itm"] = self.model.itm_loss(self.model.decoder_memory(tokens), ids, mask, similarity, same)
+            return losses
         memory = self.model.decoder_memory(tokens)
         if task == "caption":
             ids, mask, labels = self._decoder_batch(self._caption_prompt(len(batch["caption"])), batch["caption"])
         else:
             ids, mask, labels = self._decoder_batch(batch["question"], batch["answer"])
-        return self.model.decoder_loss(memory, ids, mask, labels)
+        return {task: self.model.decoder_loss(memory, ids, mask, labels)}
 
     def training_step(self, batch: dict[str, dict[str, Any]], batch_idx: int) -> Tensor:
         total = torch.zeros((), device=self.device)
         for task, task_batch in batch.items():
             if task_batch is None:  # a shorter task loader that has run out in this epoch
                 continue
-            loss = self._task_loss(task, task_batch)
-            self.log(f"train/{task}_loss", loss, batch_size=len(task_batch["video"]))
-            total = total + self.loss_weights[task] * loss
+            for name, loss in self._task_losses(task, task_batch).items():
+                self.log(f"train/{name}_loss", loss, batch_size=len(task_batch["video"]))
+                total = total + self.loss_weights[name] * loss
         self.log("train/loss", total, prog_bar=True)
         self.log("train/logit_scale", self.model.logit_scale(), on_step=True)
         return total
@@ -181,13 +257,18 @@ class VLABModule(LightningModule):
             captions = [c for caps in batch["captions"] for c in caps]
             owner = torch.tensor([int(i) for i, caps in zip(index, batch["captions"], strict=True) for _ in caps])
             caption_number = torch.tensor([j for caps in batch["captions"] for j in range(len(caps))])
+            text_index = owner * _MAX_CAPTIONS_PER_VIDEO + caption_number
             self.retrieval_metric.update(
                 self.model.encode_text(self._clip_ids(captions)).float(),
                 text_key=owner,
-                index=owner * _MAX_CAPTIONS_PER_VIDEO + caption_number,
+                index=text_index,
                 visual_emb=video_embedding.float(),
                 visual_key=index,
             )
+            if self.hparams.itm_rerank_k > 0:  # kept for the ITM re-ranking at the epoch's end
+                memory = self.model.decoder_memory(tokens).float().cpu()
+                self._rerank_memory.update({int(key): m for key, m in zip(index, memory, strict=True)})
+                self._rerank_text.update(dict(zip(text_index.tolist(), captions, strict=True)))
             return
         prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
         texts = self._generate(tokens, prompts, task)
@@ -229,13 +310,81 @@ class VLABModule(LightningModule):
                 continue
             if task == "retrieval" and self.hparams.dual_softmax:
                 metric.dual_softmax_temperature = float(1.0 / self.model.logit_scale())
-            scores = metric.compute()
+            if task == "retrieval" and self.hparams.itm_rerank_k > 0:
+                scores = self._reranked_retrieval_scores(metric)
+            else:
+                scores = metric.compute()
             if task == "retrieval":  # a random ranking finds the one right video of N with probability 1/N
-                scores["chance/R@1"] = 100.0 / first_occurrence(metric._state("visual_key").long()).numel()
+                scores["chance/R@1"] = 100.0 / scores["num_visual"]
             metric.reset()
             results[task] = scores
-            self.log_dict({f"{split}/{task}/{name}": value for name, value in scores.items()}, sync_dist=False)
+            # every rank holds the same, already gathered scores: sync_dist averages identical values
+            self.log_dict({f"{split}/{task}/{name}": value for name, value in scores.items()}, sync_dist=True)
         return results
+
+    @torch.no_grad()
+    def _reranked_retrieval_scores(self, metric: RetrievalMetric) -> dict[str, float]:
+        with metric.sync_context():  # every rank's embeddings, as `metric.compute` would see them
+            return self._rerank(metric)
+
+    def _rerank(self, metric: RetrievalMetric) -> dict[str, float]:
+        """`RetrievalMetric.compute` with each direction's contrastive top-k re-scored by ITM (UMT's `k_test`).
+
+        The similarity matrix is built exactly as `RetrievalMetric` builds it (texts deduplicated and
+        ordered by index, videos by key, optional dual softmax), then `rerank_top_k` per direction.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank gathers every video's memory and caption and re-ranks the whole matrix itself
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (self._rerank_memory, self._rerank_text))
+            for memory, texts in gathered:
+                self._rerank_memory.update(memory)
+                self._rerank_text.update(texts)
+        keep = metric._kept()
+        text = metric._gathered("text_emb", keep)
+        text_key = metric._gathered("text_key", keep)
+        text_index = metric._gathered("index", keep).long().tolist()
+        visual_keys_all = metric._state("visual_key").long()
+        vkeep = first_occurrence(visual_keys_all)
+        visual = metric._state("visual_emb")[vkeep]
+        visual_key = visual_keys_all[vkeep].tolist()
+        sim = blockwise_similarity(text, visual, metric.block_size)
+        positives = positives_from_keys(text_key, visual_key)
+        sim_v2t = sim.t().clone()
+        if metric.dual_softmax_temperature is not None:
+            sim_v2t = dual_softmax(sim.clone(), metric.dual_softmax_temperature, dim=1).t().clone()
+            dual_softmax(sim, metric.dual_softmax_temperature, dim=0)
+        k = self.hparams.itm_rerank_k
+
+        def t2v_scores(rows: Tensor, cols: Tensor) -> Tensor:
+            return self._itm_pair_scores([text_index[r] for r in rows.tolist()], [visual_key[c] for c in cols.tolist()])
+
+        def v2t_scores(rows: Tensor, cols: Tensor) -> Tensor:
+            return self._itm_pair_scores([text_index[c] for c in cols.tolist()], [visual_key[r] for r in rows.tolist()])
+
+        sim = rerank_top_k(sim, k, t2v_scores)
+        sim_v2t = rerank_top_k(sim_v2t, k, v2t_scores)
+        self._rerank_memory, self._rerank_text = {}, {}
+        t2v = retrieval_metrics(sim, positives, block_size=metric.block_size)
+        v2t = retrieval_metrics(sim_v2t, transpose_positives(positives, visual.shape[0]), block_size=metric.block_size)
+        out = {f"t2v/{name}": value for name, value in t2v.items()}
+        out.update({f"v2t/{name}": value for name, value in v2t.items()})
+        out["rsum"] = sum(value for name, value in out.items() if "/R@" in name)
+        out["num_text"], out["num_visual"] = float(text.shape[0]), float(visual.shape[0])
+        return out
+
+    @torch.no_grad()
+    def _itm_pair_scores(self, text_indices: list[int], video_keys: list[int], batch_size: int = 64) -> Tensor:
+        """ITM log-odds of match, log p(match) − log p(no match), of each (text, video) pair kept for re-ranking."""
+        scores = []
+        for start in range(0, len(text_indices), batch_size):
+            texts = [self._rerank_text[i] for i in text_indices[start : start + batch_size]]
+            keys = video_keys[start : start + batch_size]
+            memory = torch.stack([self._rerank_memory[key] for key in keys]).to(self.device)
+            ids, mask = self._itm_text(texts)
+            logits = self.model.itm_logits(memory.to(self.model.visual_to_decoder.weight.dtype), ids, mask).float()
+            scores.append((logits[:, 1] - logits[:, 0]).cpu())
+        return torch.cat(scores) if scores else torch.zeros(0)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """Per item: the clip embedding (retrieval) or the generated text (qa, caption)."""
@@ -321,6 +470,28 @@ class VLABModule(LightningModule):
 
 
 _MAX_CAPTIONS_PER_VIDEO = 10_000  # caption ids are video index x this + caption number
+
+
+def rerank_top_k(sim: Tensor, k: int, score_pairs: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Re-score each row's top-k entries of `sim` (queries × targets) with a cross-encoder (UMT's `k_test`).
+
+    `score_pairs(rows, cols)` scores the (query, target) pairs given by two (P,) index tensors. As in
+    ALBEF/UMT, only the top-k of a query are candidates: their new scores are shifted above every
+    other entry of the matrix, so they rank first among themselves by the cross-encoder's score,
+    and the remaining targets keep their contrastive order behind them. Returns a new matrix.
+    """
+    k = min(k, sim.shape[1])
+    if k <= 0:
+        return sim.clone()
+    top = sim.topk(k, dim=1).indices  # (N, k)
+    rows = torch.arange(sim.shape[0], device=sim.device).repeat_interleave(k)
+    cols = top.reshape(-1)
+    scores = torch.as_tensor(score_pairs(rows.cpu(), cols.cpu()), dtype=torch.float64).reshape(-1)
+    # shift the cross-encoder scores above the whole matrix: min(new) > max(old)
+    shifted = scores - scores.min() + sim.max().double() + 1.0
+    out = sim.double().clone()
+    out[rows, cols] = shifted.to(out.device)
+    return out
 
 
 def _normalise_answer(answer: str) -> str:

@@ -263,4 +263,6 @@ class RetrievalMetric(SampleMetric):
         out = {f"t2v/{k}": v for k, v in t2v.items()}
         out.update({f"v2t/{k}": v for k, v in v2t.items()})
         out["rsum"] = sum(v for k, v in out.items() if "/R@" in k)
+        # set sizes after deduplication: a random ranking's R@1 is 100 / num_visual
+        out["num_text"], out["num_visual"] = float(text.shape[0]), float(visual.shape[0])
         return out

@@ -18,6 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
+import re
+import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,15 +38,20 @@ CAPTIONS_PER_VIDEO = 5
 
 __all__ = [
     "SPLIT_OFFSETS",
+    "TGIF_FRAMEQA_TYPES",
     "coco_categories",
     "dump_json",
     "encode_rle",
     "image_file_name",
+    "msvd_tokens",
     "split_indices",
     "write_coco_captions",
     "write_coco_instances",
     "write_msrvtt",
+    "write_msvd",
     "write_scene_images",
+    "write_tgif_frameqa",
+    "write_webvid",
 ]
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -273,5 +281,201 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
     for name, indices in splits.items():
         dump_json([f"video{i}" for i in indices], out / f"standardsplit_{name}_id.json")
         dump_json(qa[name], out / "msrvtt_qa" / f"{name}_qa.json")
+    dump_json(manifest, out / MANIFEST)
+    return out
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_YOUTUBE_ID_CHARS = string.ascii_letters + string.digits + "-_"
+_TUMBLR_CHARS = string.ascii_letters + string.digits
+# TGIF-QA FrameQA's `type` column (0 object, 1 number, 2 color, 3 location) per world QA kind; the world's
+# yes/no questions have no FrameQA counterpart (FrameQA answers are single open words) and are left out
+TGIF_FRAMEQA_TYPES: dict[str, int] = {"shape": 0, "count_all": 1, "count_direction": 1, "color": 2, "direction": 3}
+# MPEG-4 Part 2 in .avi like the MSVD release; a low quantiser cap keeps the flat colours at tiny sizes
+_AVI_OPTIONS = {"qmin": "1", "qmax": "3"}
+
+
+def msvd_tokens(caption: str) -> list[str]:
+    """A caption as MSVD's ``raw-captions.pkl`` stores it: lower-case word tokens, punctuation dropped."""
+    return _TOKEN.findall(caption.lower())
+
+
+# keys of the file-name generators, apart from the world's own streams (world._STREAMS, 0..7)
+_NAME_STREAMS = {"msvd": 101, "tgif": 102}
+
+
+def _name_rng(world: SyntheticWorld, index: int, dataset: str) -> np.random.Generator:
+    """The generator of one video's file name: a pure function of (seed, index, dataset)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([world.seed, index, _NAME_STREAMS[dataset]])))
+
+
+def _random_name(rng: np.random.Generator, alphabet: str, length: int) -> str:
+    return "".join(alphabet[k] for k in rng.integers(len(alphabet), size=length))
+
+
+def _gif_fps(fps: float) -> int:
+    """The frame rate a GIF can store nearest to ``fps`` (GIF delays are 1/100 s: a divisor of 100)."""
+    return min((d for d in range(1, 101) if 100 % d == 0), key=lambda d: (abs(d - fps), -d))
+
+
+def _seconds(world: SyntheticWorld) -> int:
+    """A clip's whole-second duration (at least 1), as the datasets' metadata round it."""
+    return max(1, round(world.num_frames / world.fps))
+
+
+def write_msvd(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
+    """The world's videos as MSVD in the CLIP4Clip layout, plus MSVD-QA (what `vislang.vlab` reads).
+
+    Layout::
+
+        videos/<clip>.avi                   MPEG-4 clips named like YouTube clips, "<youtube id>_<start>_<end>"
+        {train,val,test}_list.txt           one clip name per line (80 / 10 / 10 %)
+        raw-captions.pkl                    {clip: [[token, ...], ...]}: plain dict/list/str, 5 captions each
+        msvd_qa/{train,val,test}_qa.json    [{"question", "answer", "video_id": N, "id"}]
+        msvd_qa/youtube_mapping.txt         "<clip> vid<N>" lines, N 1-based over train, val, test in order
+
+    Captions are tokenised with `msvd_tokens` (lower case, punctuation dropped), so the reader's
+    space-joined tokens are the world's captions without their commas and colons. Clip names are
+    pseudo-random but a pure function of (seed, index). Writing is skipped when `out_dir` already
+    holds the same data.
+
+    Returns:
+        `out_dir`.
+    """
+    out = Path(out_dir)
+    count = world.num_videos if num_videos is None else num_videos
+    splits = _video_splits(count)
+    manifest = {"format": "msvd", "world": repr(world), "num_videos": count}
+    if _claim_directory(out, manifest):
+        return out
+    split_of = {index: name for name, indices in splits.items() for index in indices}
+    clips: dict[str, list[str]] = {name: [] for name in splits}
+    raw_captions: dict[str, list[list[str]]] = {}
+    qa: dict[str, list[dict[str, Any]]] = {name: [] for name in splits}
+    mapping = []
+    for number, index in enumerate(
+        tqdm(sorted(split_of), desc=f"synthetic MSVD -> {out}", unit="video", disable=None), start=1
+    ):
+        sample = world.video_sample(index)
+        rng = _name_rng(world, index, "msvd")
+        start = int(rng.integers(0, 300))
+        clip = f"{_random_name(rng, _YOUTUBE_ID_CHARS, 11)}_{start}_{start + _seconds(world)}"
+        write_video(out / "videos" / f"{clip}.avi", sample.video.frames, fps=sample.video.fps, options=_AVI_OPTIONS)
+        clips[split_of[index]].append(clip)
+        raw_captions[clip] = [msvd_tokens(caption) for caption in sample.captions]
+        mapping.append(f"{clip} vid{number}")
+        qa[split_of[index]].extend(
+            {"question": q.question, "answer": q.answer, "video_id": number, "id": q.question_id} for q in sample.qa
+        )
+    for name in splits:
+        (out / f"{name}_list.txt").write_text("".join(f"{clip}\n" for clip in clips[name]), encoding="utf-8")
+        dump_json(qa[name], out / "msvd_qa" / f"{name}_qa.json")
+    (out / "msvd_qa" / "youtube_mapping.txt").write_text("".join(f"{line}\n" for line in mapping), encoding="utf-8")
+    with open(out / "raw-captions.pkl", "wb") as handle:
+        pickle.dump(raw_captions, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    dump_json(manifest, out / MANIFEST)
+    return out
+
+
+def write_tgif_frameqa(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
+    """The world's videos and QA as TGIF-QA FrameQA (what `vislang.vlab` reads for ``tgif``).
+
+    Layout::
+
+        gifs/<gif_name>.gif                 animated GIFs named like Tumblr files ("tumblr_<id>o1_<width>")
+        Train_frameqa_question.csv          tab-separated: gif_name, question, answer, type, vid_id, key,
+        Test_frameqa_question.csv           description (type 0/1/2/3 = object/number/color/location)
+
+    TGIF has no validation split: the training file holds 80 % of the videos, the test file the other
+    20 % (the `_video_splits` val and test videos). Each video contributes its shape (object), count
+    (number), colour and direction (location) questions, mapped by `TGIF_FRAMEQA_TYPES`; its yes/no
+    question is left out, as FrameQA has none. ``vid_id`` is ``FRAMEQA<n>`` per question, ``key`` the
+    GIF's number and ``description`` the video's first caption. GIF frame delays are in 1/100 s, so
+    the GIFs play at the divisor of 100 nearest the world's fps (10 for its default 8); the frames are
+    the world's, quantised to GIF's 8-bit palette. Writing is skipped when `out_dir` already holds the
+    same data.
+
+    Returns:
+        `out_dir`.
+    """
+    out = Path(out_dir)
+    count = world.num_videos if num_videos is None else num_videos
+    splits = _video_splits(count)
+    manifest = {"format": "tgif_frameqa", "world": repr(world), "num_videos": count}
+    if _claim_directory(out, manifest):
+        return out
+    files = {"Train": splits["train"], "Test": splits["val"] + splits["test"]}
+    file_of = {index: name for name, indices in files.items() for index in indices}
+    rows: dict[str, list[list[Any]]] = {name: [] for name in files}
+    fps = _gif_fps(world.fps)
+    question_number = 0
+    for key, index in enumerate(
+        tqdm(sorted(file_of), desc=f"synthetic TGIF-FrameQA -> {out}", unit="video", disable=None), start=1
+    ):
+        sample = world.video_sample(index)
+        rng = _name_rng(world, index, "tgif")
+        gif_name = f"tumblr_{_random_name(rng, _TUMBLR_CHARS, 17)}o1_{sample.video.frames.shape[2]}"
+        write_video(out / "gifs" / f"{gif_name}.gif", sample.video.frames, fps=fps)
+        for q in sample.qa:
+            if q.kind in TGIF_FRAMEQA_TYPES:
+                question_number += 1
+                rows[file_of[index]].append(
+                    [gif_name, q.question, q.answer, TGIF_FRAMEQA_TYPES[q.kind], f"FRAMEQA{question_number}", key,
+                     sample.captions[0]]
+                )  # fmt: skip
+    for name, table in rows.items():
+        with open(out / f"{name}_frameqa_question.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["gif_name", "question", "answer", "type", "vid_id", "key", "description"])
+            writer.writerows(table)
+    dump_json(manifest, out / MANIFEST)
+    return out
+
+
+def write_webvid(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
+    """The world's videos as WebVid-2M (what `vislang.vlab` reads for ``webvid``).
+
+    Layout::
+
+        videos/<page_dir>/<videoid>.mp4     H.264 clips; page_dir like "000001_000050" (50 rows a page)
+        results_2M_train.csv                videoid, contentUrl, duration, page_dir, name (80 % of the videos)
+        results_2M_val.csv                  the same for the other 20 % (WebVid has no test split)
+
+    WebVid has one alt-text caption per video (``name``); here it is one of the world's five captions,
+    ``index % 5``, so all paraphrase styles occur. ``videoid`` is the world index, ``duration`` ISO 8601
+    (``PT00H00M02S``) and ``contentUrl`` a reserved ``.invalid`` address. Writing is skipped when
+    `out_dir` already holds the same data.
+
+    Returns:
+        `out_dir`.
+    """
+    out = Path(out_dir)
+    count = world.num_videos if num_videos is None else num_videos
+    splits = _video_splits(count)
+    manifest = {"format": "webvid", "world": repr(world), "num_videos": count}
+    if _claim_directory(out, manifest):
+        return out
+    files = {"train": splits["train"], "val": splits["val"] + splits["test"]}
+    seconds = _seconds(world)
+    duration = f"PT{seconds // 3600:02d}H{seconds // 60 % 60:02d}M{seconds % 60:02d}S"
+    progress = tqdm(total=count, desc=f"synthetic WebVid -> {out}", unit="video", disable=None)
+    for name, indices in files.items():
+        rows = []
+        for row, index in enumerate(indices):
+            sample = world.video_sample(index)
+            first = row // 50 * 50 + 1
+            page_dir = f"{first:06d}_{first + 49:06d}"
+            write_video(
+                out / "videos" / page_dir / f"{index}.mp4", sample.video.frames, fps=sample.video.fps,
+                options={"crf": "12"},
+            )  # fmt: skip
+            url = f"https://synthetic.invalid/vislang/{world.seed}/{index}.mp4"
+            rows.append([index, url, duration, page_dir, sample.captions[index % CAPTIONS_PER_VIDEO]])
+            progress.update()
+        with open(out / f"results_2M_{name}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["videoid", "contentUrl", "duration", "page_dir", "name"])
+            writer.writerows(rows)
+    progress.close()
     dump_json(manifest, out / MANIFEST)
     return out
