@@ -68,7 +68,7 @@ _TRAVEL_FRACTION = {"slowly": 0.25, "quickly": 0.45}
 
 _STREAMS = {
     "scene": 0, "video": 1, "captions": 2, "referring": 3, "reasoning": 4, "vqa": 5,
-    "video_captions": 6, "video_qa": 7,
+    "video_captions": 6, "video_qa": 7, "nlvr2": 8, "snli_ve": 9,
 }  # fmt: skip
 
 
