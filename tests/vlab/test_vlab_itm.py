@@ -12,25 +12,10 @@ import torch
 from vislang.shared.cli import build_cli
 from vislang.shared.data.synthetic import SyntheticWorld, writers
 from vislang.shared.metrics import retrieval_metrics
-from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 from vislang.vlab.model import build_vlab, sample_hard_negatives
 from vislang.vlab.module import _MAX_CAPTIONS_PER_VIDEO, VLABModule, rerank_top_k
 
 CONFIG = Path(__file__).resolve().parents[2] / "packages" / "vlab" / "configs" / "msrvtt.yaml"
-TINY = [
-    "--model.init_args.preset=tiny",
-    f"--model.init_args.decoder_tokenizer={SYNTHETIC_TOKENIZER_DIR}",
-    "--model.init_args.clip_weights=null",
-    "--model.init_args.gradient_checkpointing=false",
-    "--data.init_args.image_size=32",
-    "--data.init_args.num_workers=0",
-    "--data.init_args.batch_size=4",
-    "--data.init_args.eval_batch_size=4",
-    "--trainer.accelerator=cpu",
-    "--trainer.precision=32-true",
-    "--trainer.logger=false",
-    "--trainer.callbacks=[]",
-]
 
 
 def _right_padded(lengths: list[int], vocab: int = 50, width: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,11 +125,13 @@ def msrvtt_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_itm_trains_and_reranks_through_the_cli(_plain_argv, msrvtt_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_itm_trains_and_reranks_through_the_cli(
+    _plain_argv, msrvtt_root: Path, tmp_path: Path, monkeypatch, tiny_cli_args
+) -> None:
     common = [
         "-c",
         str(CONFIG),
-        *TINY,
+        *tiny_cli_args,
         f"--data.init_args.root={msrvtt_root}",
         f"--trainer.default_root_dir={tmp_path}",
     ]
