@@ -11,3 +11,18 @@ import torch  # noqa: E402
 
 # Tiny models run faster on one thread than on two competing ones (2-core CI machine).
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+_LITTER = ("config.yaml", "lightning_logs", "checkpoints")
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_run_files_in_the_working_directory(request):
+    """A CLI test without `--trainer.default_root_dir` drops config.yaml (and logs) into the caller's checkout."""
+    before = {name for name in _LITTER if os.path.exists(name)}
+    yield
+    created = sorted(name for name in _LITTER if os.path.exists(name) and name not in before)
+    if created:
+        pytest.fail(f"{request.node.nodeid} left {created} in {os.getcwd()}; pass --trainer.default_root_dir=tmp_path")

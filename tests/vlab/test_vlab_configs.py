@@ -69,16 +69,17 @@ def test_demo_learns_far_above_chance(tmp_path: Path) -> None:
     cli = build_cli([
         "fit", "-c", str(demo), f"--data.init_args.root={tmp_path / 'msrvtt'}",
         "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+        f"--trainer.default_root_dir={tmp_path}",
     ])  # fmt: skip
     scores = cli.model.last_scores
     assert scores["retrieval"]["t2v/R@1"] > 10 * scores["retrieval"]["chance/R@1"]
     assert scores["qa"]["accuracy"] > 2 * scores["qa"]["chance/majority_answer"]
 
 
-def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(msrvtt_root: Path) -> None:
+def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(msrvtt_root: Path, tmp_path: Path) -> None:
     demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
     cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.root={msrvtt_root}", "--data.init_args.synthetic_videos=0",
-                     "--data.init_args.num_workers=0", "--trainer.fast_dev_run=2"])  # fmt: skip
+                     "--data.init_args.num_workers=0", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     assert cli.trainer.datamodule.eval_tasks == ["retrieval", "qa"]
     assert set(cli.model.last_scores) == {"retrieval", "qa"}
 
