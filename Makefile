@@ -27,6 +27,14 @@ demo: $(STAMP)
 	$(PY) -m vislang.shared.data.synthetic preview --out demo_outputs/synthetic_preview.png
 	$(VENV)/bin/lightning fit --config packages/vlab/configs/demo.yaml
 
+# One package's demo: `make demo-cmae`, `make demo-pixellm`, `make demo-soho`, ... (packages/<name>/configs/demo.yaml).
+demo-%: $(STAMP)
+	$(VENV)/bin/lightning fit --config packages/$*/configs/demo.yaml
+
+# The VQA entry's demo is a driver: train a detector, extract features to stores, train two members, ensemble.
+demo-vqa_ensemble: $(STAMP)
+	$(PY) -m vislang.vqa_ensemble.demo
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 

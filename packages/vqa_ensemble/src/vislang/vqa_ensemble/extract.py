@@ -1,0 +1,168 @@
+"""Extract region or grid features of a folder of images into a feature store, once.
+
+    python -m vislang.vqa_ensemble.extract --images data/vqa2/train2014 --out features/x152_region/train2014 \\
+        --detector checkpoints/detector_x152.ckpt --kind region --min-boxes 10 --max-boxes 100 --dtype float16
+
+Re-running the same command resumes: finished shards are kept, the unfinished one is redone. Running it
+with other settings on an existing store stops with one line naming the differing field. The detector is a
+``DetectorModule`` checkpoint (``lightning fit --config configs/detector_*.yaml``); ``--backbone`` without
+``--detector`` builds an untrained detector (for tests and smoke runs only: its features are noise).
+``--boxes ground_truth --instances <COCO instances json>`` pools features over given boxes instead of
+detections (a demo / analysis option, never a VQA result: test images have no boxes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vislang.shared.checkpoint import load_weights
+from vislang.vqa_ensemble.data import image_files, load_rgb, read_coco_instances
+from vislang.vqa_ensemble.detector import (
+    BACKBONES,
+    GridFeatureExtractor,
+    RegionFeatureExtractor,
+    build_detector,
+    detector_hparams,
+)
+from vislang.vqa_ensemble.features import ImageFeatures, write_store
+
+__all__ = ["build_extractor", "extract_images", "main"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A trained ``DetectorModule`` checkpoint -> (torchvision detector in eval mode, its build arguments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: detector checkpoint not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "hyper_parameters" not in checkpoint:
+        raise KeyError(f"{path}: no 'hyper_parameters': not a DetectorModule checkpoint")
+    args = detector_hparams(dict(checkpoint["hyper_parameters"]))
+    detector = build_detector(**args)
+    load_weights(detector, path, prefix="detector.", strict=True)
+    return detector.eval(), args
+
+
+def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The extractor named by the command line and its spec (what the store records and checks)."""
+    if args.detector:
+        detector, build_args = load_detector(args.detector)
+        weights = _sha256(Path(args.detector))
+    else:
+        torch.manual_seed(args.seed)
+        build_args = {"backbone": args.backbone, "num_classes": args.num_classes, "min_size": args.min_size,
+                      "max_size": args.max_size, "representation_size": args.representation_size, "norm": "bn"}  # fmt: skip
+        detector = build_detector(**build_args).eval()
+        weights = f"untrained-seed{args.seed}"
+    spec: dict[str, Any] = {
+        "kind": args.kind,
+        "backbone": build_args["backbone"],
+        "detector_weights": weights,
+        "min_size": list(build_args.get("min_size", [])),
+        "max_size": build_args.get("max_size"),
+        "dtype": args.dtype,
+    }
+    if args.kind == "region":
+        extractor: torch.nn.Module = RegionFeatureExtractor(
+            detector, args.min_boxes, args.max_boxes, args.score_threshold
+        )
+        spec.update(box_source=args.boxes, min_boxes=args.min_boxes, max_boxes=args.max_boxes,
+                    score_threshold=args.score_threshold)  # fmt: skip
+    else:
+        extractor = GridFeatureExtractor(detector, args.grid_size)
+        spec.update(grid_size=args.grid_size, max_boxes=args.grid_size**2)
+    spec["feature_dim"] = int(extractor.feature_dim)
+    # At test time torchvision resizes to the largest training scale; extract at that one scale.
+    detector.transform.min_size = (max(build_args.get("min_size", [800])),)
+    return extractor.eval(), spec
+
+
+def extract_images(
+    extractor: torch.nn.Module,
+    spec: dict[str, Any],
+    images: Sequence[tuple[int, Path]],
+    out: str | Path,
+    shard_size: int = 1000,
+    batch_size: int = 8,
+    boxes: dict[int, np.ndarray] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run ``extractor`` over ``images`` into the store at ``out`` (created, resumed or refused)."""
+    paths = dict(images)
+
+    def extract(image_ids: Sequence[int]) -> Iterator[ImageFeatures]:
+        for start in range(0, len(image_ids), batch_size):
+            chunk = image_ids[start : start + batch_size]
+            pixels = [load_rgb(paths[i]) for i in chunk]
+            given = None
+            if boxes is not None:
+                missing = [i for i in chunk if i not in boxes or len(boxes[i]) == 0]
+                if missing:
+                    raise KeyError(f"--boxes ground_truth: no boxes for image {missing[0]} in --instances")
+                given = [torch.from_numpy(boxes[i]) for i in chunk]
+            for feats, b in extractor(pixels, given):
+                yield ImageFeatures(feats.float().numpy(), b.float().numpy())
+
+    return write_store(out, spec, [i for i, _ in images], extract, shard_size=shard_size, progress=progress)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vislang.vqa_ensemble.extract", description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", required=True, help="folder of images; image id = trailing digits of the file name")
+    p.add_argument("--out", required=True, help="feature store directory (created or resumed)")
+    p.add_argument("--kind", choices=("region", "grid"), default="region")
+    p.add_argument("--detector", help="DetectorModule checkpoint (.ckpt)")
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet18", help="untrained detector (no --detector)")
+    p.add_argument("--num-classes", type=int, default=6)
+    p.add_argument("--min-size", type=int, nargs="+", default=[128])
+    p.add_argument("--max-size", type=int, default=256)
+    p.add_argument("--representation-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--boxes", choices=("detector", "ground_truth"), default="detector")
+    p.add_argument("--instances", help="COCO instances JSON with the boxes (--boxes ground_truth)")
+    p.add_argument("--min-boxes", type=int, default=10)
+    p.add_argument("--max-boxes", type=int, default=100)
+    p.add_argument("--score-threshold", type=float, default=0.2)
+    p.add_argument("--grid-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parser().parse_args(argv)
+    if args.boxes == "ground_truth" and (args.kind != "region" or not args.instances):
+        raise SystemExit("--boxes ground_truth needs --kind region and --instances <COCO instances json>")
+    images = image_files(args.images)
+    if not images:
+        raise SystemExit(f"{args.images}: no .jpg/.png images")
+    extractor, spec = build_extractor(args)
+    boxes = None
+    if args.boxes == "ground_truth":
+        boxes = {r["id"]: r["boxes"] for r in read_coco_instances(args.instances)}
+    torch.set_grad_enabled(False)
+    return extract_images(extractor, spec, images, args.out, args.shard_size, args.batch_size, boxes)
+
+
+if __name__ == "__main__":
+    try:
+        print(main())
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,83 @@
+"""End to end through the `lightning` CLI: two members, the fitted ensemble, EvalAI results files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vislang.shared.cli import build_cli
+from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
+from vislang.shared.metrics.vqa import build_answer_vocab, read_vqa_results
+from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+from vislang.vqa_ensemble.features import FeatureStoreMismatchError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+
+
+def _data_args(world) -> list[str]:
+    f = world["features"]
+    return [f"--data.init_args.root={world['root']}",
+            f"--data.init_args.features={{region: [{', '.join(f['region'])}], grid: [{', '.join(f['grid'])}]}}",
+            f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", "--data.init_args.min_answer_count=2",
+            "--data.init_args.batch_size=8", "--data.init_args.eval_batch_size=16"]  # fmt: skip
+
+
+def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path) -> None:
+    checkpoints = []
+    for kind, seed in (("region", 0), ("grid", 1)):
+        cli = build_cli(["fit", "-c", str(CONFIGS / "demo.yaml"), *_data_args(vqa_world), f"--seed_everything={seed}",
+                         f"--model.init_args.feature_set={kind}", f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+                         f"--model.init_args.results_dir={tmp_path / kind}", "--trainer.max_epochs=1",
+                         "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / kind}",
+                         "--trainer.enable_progress_bar=false"])  # fmt: skip
+        checkpoints.append(cli.trainer.checkpoint_callback.last_model_path)
+        # every val2014 question of the weight-fitting half, exactly once, in the official format
+        val_ids = [i.question_id for i in cli.datamodule.splits["val"].items]
+        assert len(read_vqa_results(tmp_path / kind / "val_results.json", question_ids=val_ids)) == len(val_ids)
+        assert cli.trainer.callback_metrics["val/vqa_acc"] >= 0
+
+    # a member tested from its checkpoint on a data module whose own vocabulary differs: the checkpoint's wins
+    cli = build_cli(["test", "-c", str(CONFIGS / "demo.yaml"), *_data_args(vqa_world), "--data.init_args.min_answer_count=1",
+                     f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--model.init_args.results_dir={tmp_path / 'again'}",
+                     f"--ckpt_path={checkpoints[0]}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+                     "--trainer.enable_progress_bar=false"])  # fmt: skip
+    train = read_vqa_v2(*vqa_v2_paths(vqa_world["root"], "train2014"))
+    data_vocab = build_answer_vocab([{"multiple_choice_answer": e.multiple_choice_answer} for e in train], 1)
+    assert data_vocab != cli.model.answers and cli.datamodule.answers == cli.model.answers
+    test_ids = [i.question_id for i in cli.datamodule.splits["test"].items]
+    assert set(read_vqa_results(tmp_path / "again" / "test_results.json", question_ids=test_ids)) == set(test_ids)
+
+    ens = ["-c", str(CONFIGS / "demo_ensemble.yaml"), *_data_args(vqa_world), f"--model.init_args.members=[{', '.join(checkpoints)}]",
+           f"--model.init_args.weights_path={tmp_path / 'weights.json'}", f"--model.init_args.results_dir={tmp_path / 'ens'}",
+           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="run `lightning validate`"):
+        build_cli(["test", *ens])
+    f = vqa_world["features"]
+    swapped = f"--data.init_args.features={{region: [{', '.join(f['grid'])}], grid: [{', '.join(f['region'])}]}}"
+    with pytest.raises(
+        FeatureStoreMismatchError, match="member was trained on feature_dim=12 but feature_dim=8 is in this store"
+    ):
+        build_cli(["validate", *ens, swapped])  # members refuse features from another extractor
+    val = build_cli(["validate", *ens]).model.fitted["val"]
+    assert val["ensemble"]["overall"] >= max(val["member0"]["overall"], val["member1"]["overall"])
+    weights = json.loads((tmp_path / "weights.json").read_text())["weights"]
+    assert weights == val["weights"] and sum(weights) == pytest.approx(1.0)
+
+    test = build_cli(["test", *ens]).model.fitted["test"]
+    assert test["weights"] == weights and {"member0", "member1", "ensemble"} <= set(test)
+
+    # predictions for every test2015 question (EvalAI needs all of them, even for test-dev)
+    build_cli(["predict", *ens, "--data.init_args.heldout_fraction=0.0", "--data.init_args.test_subtype=test2015"])
+    all_ids = [e.question_id for e in read_vqa_v2(*vqa_v2_paths(vqa_world["root"], "test2015"))]
+    results = read_vqa_results(tmp_path / "ens" / "predict_ensemble_results.json", question_ids=all_ids)
+    assert set(results) == set(all_ids) and all(isinstance(a, str) and a for a in results.values())
+    rows = json.loads((tmp_path / "ens" / "predict_ensemble_results.json").read_text())
+    assert all(set(r) == {"question_id", "answer"} and isinstance(r["question_id"], int) for r in rows)
