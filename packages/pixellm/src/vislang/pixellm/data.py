@@ -1,0 +1,461 @@
+"""PixelLM data: MUSE JSON, refCOCO/+/g in the refer layout, the synthetic world written as MUSE.
+
+Every dataset item is one (image, question) pair: the image resized on its longest side and padded
+bottom-right to `image_size` (with the mask of patches that hold content), the question, the answer with
+one `{seg}` per target, and the target masks (K, H, W) at the image's original size. Batches carry raw
+strings; `vislang.pixellm.module.PixelLMModule` owns the tokenizer and renders `{seg}` as the codebook.
+
+Layouts (`root` = the directory given in the config):
+
+    MUSE:   {muse_root}/muse_train.json, muse_val.json, muse_test_less.json, muse_test_many.json
+            {muse_root}/{image_dir}/<file_name>     (or <train2017|val2017>/<name> for `coco_url` entries)
+    refer:  {refer_root}/{dataset}/refs({split_by}).p, {refer_root}/{dataset}/instances.json
+            {refer_root}/images/mscoco/images/train2014/<file_name>
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+
+from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.synthetic import SEG_PLACEHOLDER, SyntheticWorld
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LlavaInstructDataset",
+    "MuseDataset",
+    "PixelLMDataModule",
+    "ReferDataset",
+    "collate",
+    "decode_segmentation",
+    "load_image",
+    "preprocess_image",
+]
+
+SAM_MEAN = (123.675, 116.28, 103.53)
+SAM_STD = (58.395, 57.12, 57.375)
+CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
+NORMALISATION = {"sam": (SAM_MEAN, SAM_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+"""The released code normalises CLIP's input with SAM's (ImageNet) statistics; `clip` uses CLIP's own."""
+MUSE_QUESTION = "{question} Please respond with segmentation mask."
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 array; unreadable files raise `SampleLoadError` (skipped and counted by `RobustDataset`)."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise SampleLoadError(path, str(error) or type(error).__name__) from None
+
+
+def preprocess_image(
+    image: np.ndarray, size: int, patch: int, normalisation: str = "sam"
+) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """Longest side -> `size`, normalise, pad bottom-right; return (3,S,S), the (G,G) content mask, (h', w')."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALISATION[normalisation])
+    x = (x - mean) / std
+    x = F.pad(x, (0, size - nw, 0, size - nh))
+    grid = size // patch
+    rows = torch.arange(grid) * patch < nh
+    cols = torch.arange(grid) * patch < nw
+    return x, rows[:, None] & cols[None, :], (nh, nw)
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """COCO polygons (list of lists), uncompressed RLE (`counts` list) or compressed RLE -> (H, W) bool."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return np.zeros((height, width), dtype=bool)
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle = segmentation
+        if isinstance(rle["counts"], list):
+            rle = mask_utils.frPyObjects(rle, height, width)
+        elif isinstance(rle["counts"], str):
+            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    else:
+        raise ValueError(f"unknown segmentation format {type(segmentation).__name__}")
+    return mask_utils.decode(rle).astype(bool)
+
+
+class _SegmentationDataset(Dataset):
+    """Shared item assembly: image preprocessing and masks."""
+
+    name: str = "dataset"
+    matching: str = "hungarian"
+
+    def __init__(self, image_size: int, patch_size: int, normalisation: str) -> None:
+        self.image_size, self.patch_size, self.normalisation = image_size, patch_size, normalisation
+        self.items: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _sample(self, index: int, path: Path, question: str, answer: str, segs: Sequence[Any]) -> dict[str, Any]:
+        image = load_image(path)
+        h, w = image.shape[:2]
+        try:
+            masks = np.stack([decode_segmentation(s, h, w) for s in segs]) if segs else np.zeros((0, h, w), bool)
+        except (ValueError, TypeError, KeyError) as error:
+            raise SampleLoadError(path, f"bad segmentation: {error}") from None
+        pixels, patch_mask, resized = preprocess_image(image, self.image_size, self.patch_size, self.normalisation)
+        return {"pixel_values": pixels, "patch_mask": patch_mask, "resized_size": torch.tensor(resized),
+                "original_size": (h, w), "question": question, "answer": answer,
+                "masks": torch.from_numpy(masks), "index": index, "image_path": str(path)}  # fmt: skip
+
+
+class MuseDataset(_SegmentationDataset):
+    """MUSE: one item per question of every image of a MUSE JSON (PixelLM `multi_reason_seg_dataset.py`).
+
+    The answer is `text_answers[q]` (one `{seg}` per target, in the order of `answers[q]`); without it,
+    it is composed from each target's `rephrased_name` (else `category_name`). A question whose `{seg}`
+    count differs from its target count is skipped and counted (`skipped`), as the released loader does.
+    """
+
+    def __init__(
+        self, json_path: str | Path, image_root: str | Path, image_size: int, patch_size: int,
+        normalisation: str = "sam", name: str | None = None, question_template: str = MUSE_QUESTION,
+    ) -> None:  # fmt: skip
+        super().__init__(image_size, patch_size, normalisation)
+        json_path, self.image_root = Path(json_path), Path(image_root)
+        self.name = name or json_path.stem
+        if not json_path.is_file():
+            raise FileNotFoundError(f"MUSE file not found: {json_path} (expected a MUSE JSON list of images)")
+        records = json.loads(json_path.read_text())
+        if not isinstance(records, list):
+            raise ValueError(f"{json_path}: expected a JSON list of per-image dicts")
+        self.skipped = 0
+        for number, record in enumerate(records):
+            for key in ("questions", "answers"):
+                if key not in record:
+                    raise ValueError(f"{json_path}: image entry {number} has no {key!r}")
+            if "file_name" not in record and "coco_url" not in record:
+                raise ValueError(f"{json_path}: image entry {number} has neither 'file_name' nor 'coco_url'")
+            texts = record.get("text_answers")
+            for q, (question, targets) in enumerate(zip(record["questions"], record["answers"], strict=True)):
+                answer = texts[q] if texts and q < len(texts) and texts[q] else _composed_answer(targets)
+                if answer.count(SEG_PLACEHOLDER) != len(targets) or not targets:
+                    self.skipped += 1
+                    continue
+                self.items.append({"record": number, "question": question_template.format(question=question),
+                                   "answer": answer, "segs": [t["segmentation"] for t in targets]})  # fmt: skip
+        self.records = records
+        if self.skipped:
+            log.warning(
+                "%s: skipped %d questions whose {seg} count differs from their targets", json_path, self.skipped
+            )
+
+    def image_path(self, record: dict[str, Any]) -> Path:
+        """`file_name` under the image root, or a `coco_url`'s train2017/val2017 folder and name."""
+        if "file_name" in record:
+            return self.image_root / record["file_name"]
+        url = record["coco_url"]
+        folder = "train2017" if "train2017" in url else "val2017"
+        return self.image_root / folder / url.rsplit("/", 1)[-1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        record = self.records[item["record"]]
+        return self._sample(index, self.image_path(record), item["question"], item["answer"], item["segs"])
+
+
+def _composed_answer(targets: Sequence[dict[str, Any]]) -> str:
+    """The released template fallback for answers without `text_answers`: "name {seg}, name {seg} and ..."."""
+    names = [t.get("rephrased_name") or t.get("category_name", "object") for t in targets]
+    parts = [f"{name} {SEG_PLACEHOLDER}" for name in names]
+    return parts[0] + "." if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1] + "."
+
+
+class _RefsUnpickler(pickle.Unpickler):
+    """refs(*).p holds plain lists/dicts/strings: refuse any class (never run code from a data file)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refs pickle references {module}.{name}; only plain data is allowed")
+
+
+REFER_QUESTION = "Can you segment the {sent} in this image?"
+REFER_ANSWER = f"It is {SEG_PLACEHOLDER}."
+
+
+class ReferDataset(_SegmentationDataset):
+    """refCOCO/+/g in the refer layout; one item per referring sentence, one target (LISA's templates)."""
+
+    matching = "ordered"
+
+    def __init__(
+        self, root: str | Path, dataset: str, split_by: str, split: str, image_size: int, patch_size: int,
+        normalisation: str = "sam",
+    ) -> None:  # fmt: skip
+        super().__init__(image_size, patch_size, normalisation)
+        root = Path(root)
+        self.name = f"{dataset}_{split_by}_{split}"
+        refs_path, inst_path = root / dataset / f"refs({split_by}).p", root / dataset / "instances.json"
+        for path in (refs_path, inst_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"refer file not found: {path} (expected {root}/<dataset>/refs(<split_by>).p "
+                                        "and instances.json)")  # fmt: skip
+        with open(refs_path, "rb") as handle:
+            refs = _RefsUnpickler(handle, encoding="latin1").load()
+        instances = json.loads(inst_path.read_text())
+        anns = {a["id"]: a for a in instances["annotations"]}
+        images = {i["id"]: i for i in instances["images"]}
+        self.image_dir = root / "images" / "mscoco" / "images" / "train2014"
+        for ref in refs:
+            if ref["split"] != split:
+                continue
+            image = images[ref["image_id"]]
+            for sentence in ref["sentences"]:
+                self.items.append({"file_name": image["file_name"], "question": REFER_QUESTION.format(sent=sentence["sent"]),
+                                   "segs": [anns[ref["ann_id"]]["segmentation"]]})  # fmt: skip
+        if not self.items:
+            raise ValueError(f"{refs_path}: no refs in split {split!r}")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        return self._sample(index, self.image_dir / item["file_name"], item["question"], REFER_ANSWER, item["segs"])
+
+
+class LlavaInstructDataset(_SegmentationDataset):
+    """LLaVA-Instruct-150K (`llava_instruct_150k.json`): the first human/gpt turn of each conversation, no masks.
+
+    The paper mixes it in (rate 2 of 17) to keep the LMM's chat ability; its answers have no `{seg}`, so only
+    the text loss applies. Entries without a human turn followed by a gpt turn are skipped and counted.
+    """
+
+    name = "llava_instruct"
+
+    def __init__(
+        self, json_path: str | Path, image_dir: str | Path, image_size: int, patch_size: int, normalisation: str = "sam"
+    ) -> None:
+        super().__init__(image_size, patch_size, normalisation)
+        json_path, self.image_dir = Path(json_path), Path(image_dir)
+        if not json_path.is_file():
+            raise FileNotFoundError(f"LLaVA-Instruct file not found: {json_path} (expected llava_instruct_150k.json)")
+        self.skipped = 0
+        for record in json.loads(json_path.read_text()):
+            turns = record.get("conversations") or []
+            if (
+                "image" not in record
+                or len(turns) < 2
+                or turns[0].get("from") != "human"
+                or turns[1].get("from") != "gpt"
+            ):
+                self.skipped += 1
+                continue
+            question = turns[0]["value"].replace("<image>", "").strip()
+            answer = turns[1]["value"].replace(SEG_PLACEHOLDER, "")
+            self.items.append({"image": record["image"], "question": question, "answer": answer})
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        return self._sample(index, self.image_dir / item["image"], item["question"], item["answer"], [])
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the padded images; keep masks, sizes and strings as lists."""
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "patch_mask": torch.stack([s["patch_mask"] for s in samples]),
+        "resized_size": torch.stack([s["resized_size"] for s in samples]),
+        "original_size": [s["original_size"] for s in samples],
+        "question": [s["question"] for s in samples],
+        "answer": [s["answer"] for s in samples],
+        "masks": [s["masks"] for s in samples],
+        "index": torch.tensor([s["index"] for s in samples]),
+        "image_path": [s["image_path"] for s in samples],
+    }
+
+
+class PixelLMDataModule(LightningDataModule):
+    """MUSE and refCOCO/+/g for training (mixed by `sample_rates`) and evaluation.
+
+    Args:
+        muse_root: directory with the MUSE JSONs and images (None: no MUSE).
+        muse_image_dir: image folder under `muse_root` (`file_name` is relative to it).
+        muse_train / muse_val / muse_test: JSON file names under `muse_root` (test: few- and many-target).
+        refer_root: refer layout root (None: no refCOCO).
+        refer_train: `dataset|split_by` sets to train on, e.g. `refcoco|unc`, `refcocog|umd`.
+        refer_val / refer_test: `dataset|split_by|split` sets to evaluate.
+        vqa_json / vqa_image_dir: LLaVA-Instruct-150K JSON and its COCO train2017 images (None: no VQA).
+        sample_rates: training mixture weights per source (`muse`, `refer`, `vqa`); the paper mixes
+            sem_seg 2 : refer_seg 9 : vqa 2 : MUSE 4 (semantic-segmentation sets are not implemented here).
+        samples_per_epoch: training items drawn per epoch (None: the sum of the sources' sizes).
+        synthetic_images: if > 0 and `muse_root` has no `muse_train`, write the synthetic world there as
+            MUSE first (train: this many scenes; val: a tenth).
+        synthetic_image_size: side of the synthetic scenes.
+        image_size / patch_size: the CLIP input and patch (the model's `vision` config).
+        normalisation: `sam` (released code) or `clip`.
+        val_limit: evaluate on at most this many questions per validation set (None: all).
+    """
+
+    def __init__(
+        self,
+        muse_root: str | None = None,
+        muse_image_dir: str = "images",
+        muse_train: str | None = "muse_train.json",
+        muse_val: list[str] | None = None,
+        muse_test: list[str] | None = None,
+        refer_root: str | None = None,
+        refer_train: list[str] | None = None,
+        refer_val: list[str] | None = None,
+        refer_test: list[str] | None = None,
+        vqa_json: str | None = None,
+        vqa_image_dir: str | None = None,
+        sample_rates: dict[str, float] | None = None,
+        samples_per_epoch: int | None = None,
+        synthetic_images: int = 0,
+        synthetic_image_size: int = 64,
+        synthetic_seed: int = 0,
+        image_size: int = 448,
+        patch_size: int = 14,
+        normalisation: Literal["sam", "clip"] = "sam",
+        batch_size: int = 2,
+        eval_batch_size: int = 8,
+        num_workers: int = 2,
+        val_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.muse_val = ["muse_val.json"] if muse_val is None else muse_val
+        self.muse_test = ["muse_test_less.json", "muse_test_many.json"] if muse_test is None else muse_test
+        self.sample_rates = {"muse": 4.0, "refer": 9.0, "vqa": 2.0, **(sample_rates or {})}
+        self.train_set: Dataset | None = None
+        self.weights: list[float] = []
+        self.val_sets: list[Dataset] = []
+        self.test_sets: list[Dataset] = []
+
+    def _kw(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {"image_size": hp.image_size, "patch_size": hp.patch_size, "normalisation": hp.normalisation}
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.synthetic_images > 0 and hp.muse_root and not (Path(hp.muse_root) / hp.muse_train).exists():
+            from vislang.shared.data.synthetic.segmentation_writers import write_muse
+
+            world = SyntheticWorld(seed=hp.synthetic_seed, image_size=hp.synthetic_image_size,
+                                   num_images=hp.synthetic_images)  # fmt: skip
+            image_root = Path(hp.muse_root)
+            write_muse(world, image_root, "val", json_name=self.muse_val[0] if self.muse_val else "muse_val.json")
+            # MUSE's test split is cut into few-target (<= 3) and many-target (> 3) questions
+            write_muse(world, image_root, "test", max_targets=3, json_name="muse_test_less.json")
+            write_muse(world, image_root, "test", min_targets=4, json_name="muse_test_many.json")
+            write_muse(world, image_root, "train", json_name=hp.muse_train)
+
+    def _muse(self, name: str) -> MuseDataset:
+        root = Path(self.hparams.muse_root)
+        return MuseDataset(root / name, root / self.hparams.muse_image_dir, **self._kw())
+
+    def _refer(self, spec: str) -> ReferDataset:
+        parts = spec.split("|")
+        if len(parts) != 3:
+            raise ValueError(f"refer set {spec!r}: expected 'dataset|split_by|split', e.g. 'refcocog|umd|val'")
+        return ReferDataset(self.hparams.refer_root, *parts, **self._kw())
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit" and self.train_set is None:
+            sources, weights = [], []
+            if hp.muse_root and hp.muse_train:
+                muse = self._muse(hp.muse_train)
+                sources.append(muse)
+                weights += [self.sample_rates["muse"] / max(len(muse), 1)] * len(muse)
+            for spec in (hp.refer_train or []) if hp.refer_root else []:
+                dataset, split_by = spec.split("|")
+                refer = ReferDataset(hp.refer_root, dataset, split_by, "train", **self._kw())
+                sources.append(refer)
+                count = sum(1 for _ in refer.items)
+                weights += [self.sample_rates["refer"] / len(hp.refer_train) / count] * count
+            if hp.vqa_json:
+                vqa = LlavaInstructDataset(hp.vqa_json, hp.vqa_image_dir or ".", **self._kw())
+                sources.append(vqa)
+                weights += [self.sample_rates["vqa"] / max(len(vqa), 1)] * len(vqa)
+            if not sources:
+                raise ValueError(
+                    "no training data: set muse_root (with muse_train), refer_root with refer_train, or vqa_json"
+                )
+            self.train_set = RobustDataset(ConcatDataset(sources))
+            self.weights = weights
+        if stage in ("fit", "validate") and not self.val_sets:
+            sets: list[Dataset] = [self._muse(n) for n in self.muse_val] if hp.muse_root else []
+            sets += [self._refer(s) for s in (hp.refer_val or [])] if hp.refer_root else []
+            self.val_sets = [_limited(s, hp.val_limit) for s in sets]
+        if stage in ("test", "predict") and not self.test_sets:
+            sets = [self._muse(n) for n in self.muse_test] if hp.muse_root else []
+            sets += [self._refer(s) for s in (hp.refer_test or [])] if hp.refer_root else []
+            self.test_sets = sets
+
+    @property
+    def val_names(self) -> list[str]:
+        return [s.name for s in self.val_sets]
+
+    @property
+    def test_names(self) -> list[str]:
+        return [s.name for s in self.test_sets]
+
+    def eval_names(self, stage: str) -> list[str]:
+        return self.val_names if stage == "validate" else self.test_names
+
+    def eval_matching(self, stage: str) -> list[str]:
+        sets = self.val_sets if stage == "validate" else self.test_sets
+        return [s.matching for s in sets]
+
+    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
+        hp = self.hparams
+        sampler = None
+        if train:
+            total = hp.samples_per_epoch or len(dataset)
+            sampler = WeightedRandomSampler(self.weights, num_samples=total, replacement=True)
+        return DataLoader(dataset, batch_size=hp.batch_size if train else hp.eval_batch_size, sampler=sampler,
+                          shuffle=False, num_workers=hp.num_workers, collate_fn=collate_with_failures(collate),
+                          persistent_workers=hp.num_workers > 0 and train)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(RobustDataset(s)) for s in self.val_sets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(RobustDataset(s)) for s in self.test_sets]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()
+
+
+class _Limited(Dataset):
+    def __init__(self, dataset: _SegmentationDataset, limit: int) -> None:
+        self.dataset, self.limit, self.name, self.matching = dataset, limit, dataset.name, dataset.matching
+
+    def __len__(self) -> int:
+        return min(self.limit, len(self.dataset))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[index]
+
+
+def _limited(dataset: _SegmentationDataset, limit: int | None) -> Dataset:
+    return dataset if limit is None else _Limited(dataset, limit)
