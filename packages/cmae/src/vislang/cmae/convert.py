@@ -1,0 +1,197 @@
+"""Checkpoint import and export for CMAE encoders.
+
+Every layout is renamed to timm's ``VisionTransformer`` names, which is what ``ViTEncoder`` uses:
+
+========================  =====================================================================
+layout                    recognised by / renamed how
+========================  =====================================================================
+``timm`` / MAE            ``blocks.0.norm1.weight``; MAE's ``{'model': ...}`` and timm's files as they are
+                          (MAE ``_full`` files: ``decoder_*`` and ``mask_token`` dropped)
+``cmae`` (official, mm)   ``layers.0.ln1.weight`` under ``backbone.`` (runner ckpt) or bare (released PT
+                          file): ``patch_embed.projection`` -> ``patch_embed.proj``, ``layers`` -> ``blocks``,
+                          ``ln1/ln2`` -> ``norm1/norm2``, ``ffn.layers.0.0`` -> ``mlp.fc1``,
+                          ``ffn.layers.1`` -> ``mlp.fc2``, top-level ``ln1`` -> ``norm``, ``head.head`` -> ``head``
+``cmae_encoder_s``        the pre-release ``cmae_vit_b16.pth``: timm names under ``encoder_s.``
+``videomae``              ``encoder.blocks.0.attn.q_bias``: ``encoder.`` stripped, ``qkv.bias`` =
+                          cat(q_bias, 0, v_bias), decoder / ``encoder_to_decoder`` / ``mask_token`` dropped
+``vislang``               our own Lightning checkpoints (``model.encoder.*`` / ``model.target_encoder.*``)
+========================  =====================================================================
+
+CMAE's ``pos_embed`` follows mmselfsup's sin-cos layout (halves swapped w.r.t. MAE), so it is loaded from
+the checkpoint, never regenerated. Reading goes through ``vislang.shared.checkpoint`` (no pickle code runs).
+
+Command line::
+
+    python -m vislang.cmae.convert cmae_vit-base-p16_32xb128-coslr-1600e_in1k.pth cmae_vit_base.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from vislang.shared.checkpoint import LoadReport, load_into, load_state_dict, rename_keys, save_state_dict
+
+__all__ = [
+    "Layout",
+    "detect_layout",
+    "export_timm",
+    "load_encoder",
+    "main",
+    "to_timm",
+]
+
+Layout = Literal["timm", "cmae", "cmae_encoder_s", "videomae", "vislang"]
+
+# official mmengine names -> timm names (CMAE tools/extract_backbone_weights + mmcv module names)
+_MM_RULES: list[tuple[str, str | None]] = [
+    (r"^(target_backbone|pixel_decoder|feature_decoder|projector|target_projector|head\.predictor)\.", None),
+    (r"^backbone\.", ""),
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.", r"blocks.\1."),
+    (r"^(blocks\.\d+)\.ln1\.", r"\1.norm1."),
+    (r"^(blocks\.\d+)\.ln2\.", r"\1.norm2."),
+    (r"^(blocks\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
+    (r"^ln1\.", "norm."),
+    (r"^ln2\.", "fc_norm."),  # mmpretrain's post-pool norm with out_type='avg_featmap'
+    (r"^head\.head\.", "head."),
+]
+
+
+def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {re.sub(r"^(module\.)+", "", k): v for k, v in state.items()}
+
+
+def detect_layout(state: Mapping[str, Tensor]) -> Layout:
+    """Which checkpoint family a state dict comes from (see the module docstring)."""
+    keys = list(_strip_wrappers(state))
+    if any(k.startswith(("model.encoder.", "model.target_encoder.")) for k in keys):
+        return "vislang"
+    if any(k.startswith("encoder_s.") for k in keys):
+        return "cmae_encoder_s"
+    if any(re.search(r"(^|\.)layers\.\d+\.ln1\.", k) or "patch_embed.projection" in k for k in keys):
+        return "cmae"
+    if any(k.endswith("attn.q_bias") for k in keys) or any(k.startswith("encoder.blocks.") for k in keys):
+        return "videomae"
+    if any(re.match(r"^blocks\.\d+\.norm1\.", k) for k in keys):
+        return "timm"
+    raise ValueError(
+        f"unrecognised checkpoint layout (first keys {keys[:5]}); expected timm/MAE ('blocks.0.norm1.weight'), "
+        "official CMAE ('layers.0.ln1.weight'), 'encoder_s.' or VideoMAE ('encoder.blocks.0.attn.q_bias')"
+    )
+
+
+def _fold_qv_bias(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """VideoMAE/BEiT keep q and v biases apart and no k bias; timm's ``qkv.bias`` = cat(q, 0, v)."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("attn.q_bias"):
+            prefix = key[: -len("q_bias")]
+            v_bias = state[prefix + "v_bias"]
+            out[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(v_bias), v_bias])
+        elif not key.endswith("attn.v_bias"):
+            out[key] = value
+    return out
+
+
+def to_timm(state: Mapping[str, Tensor], layout: Layout | None = None, branch: str = "encoder") -> dict[str, Tensor]:
+    """Rename an encoder state dict of any supported layout to timm ViT names (encoder keys only, plus
+    ``fc_norm``/``head`` of fine-tuned files).
+
+    Args:
+        state: the loaded tensors.
+        layout: force a layout instead of ``detect_layout``.
+        branch: for our own checkpoints, ``encoder`` (online) or ``target_encoder`` (momentum).
+    """
+    state = _strip_wrappers(state)
+    layout = layout or detect_layout(state)
+    if layout == "vislang":
+        prefix = f"model.{branch}."
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if layout == "cmae_encoder_s":
+        state = {k[len("encoder_s.") :]: v for k, v in state.items() if k.startswith("encoder_s.")}
+        layout = "timm"
+    if layout == "cmae":
+        if any(k.startswith("backbone.") for k in state):  # runner checkpoint: keep the online backbone + head
+            state = {k: v for k, v in state.items() if k.startswith(("backbone.", "head.head."))}
+        return rename_keys(state, _MM_RULES)
+    if layout == "videomae":
+        state = {
+            k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "encoder_to"))
+        }
+        state = {k: v for k, v in state.items() if k != "mask_token"}
+        return _fold_qv_bias(state)
+    # timm / MAE: drop an MAE `_full` file's decoder
+    return {k: v for k, v in state.items() if not re.match(r"^(decoder_|mask_token$)", k)}
+
+
+def load_encoder(
+    encoder: nn.Module,
+    path_or_state: str | os.PathLike[str] | Mapping[str, Tensor],
+    layout: Layout | None = None,
+    strict: bool = True,
+    branch: str = "encoder",
+) -> LoadReport:
+    """Load MAE / timm / official CMAE / VideoMAE / vislang weights into a ``ViTEncoder``.
+
+    A checkpoint without ``pos_embed`` (VideoMAE) keeps the encoder's fixed sinusoid table; one without
+    the final ``norm`` (fine-tuned files) keeps the encoder's initial norm. Everything else must match.
+
+    Returns:
+        The ``LoadReport`` (``fc_norm``/``head`` of fine-tuned files are reported as unexpected).
+    """
+    state = load_state_dict(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
+    state = to_timm(state, layout, branch)
+    if "pos_embed" in state and hasattr(encoder, "pos_embed") and state["pos_embed"].shape != encoder.pos_embed.shape:
+        raise ValueError(
+            f"pos_embed of the checkpoint has shape {tuple(state['pos_embed'].shape)}, the encoder "
+            f"{tuple(encoder.pos_embed.shape)}: build the preset with the checkpoint's img_size/patch_size"
+        )
+    return load_into(
+        encoder,
+        state,
+        strict=strict,
+        allowed_missing=[r"pos_embed", r"norm\.(weight|bias)"],
+        # fine-tuned files carry fc_norm/head; a classifier's encoder has no final norm (global pooling)
+        allowed_unexpected=[r"fc_norm\..*", r"head\..*"]
+        + ([r"norm\..*"] if isinstance(encoder.norm, nn.Identity) else []),
+    )
+
+
+def export_timm(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write an encoder (``ViTEncoder``, ``CMAE`` -> its online encoder, or ``CMAEClassifier`` with its
+    ``fc_norm``/``head``) as timm-compatible safetensors: ``timm.create_model('vit_base_patch16_224',
+    pretrained_cfg_overlay=dict(file=path))`` or ``load_state_dict`` on a ``VisionTransformer`` read it."""
+    if hasattr(model, "fc_norm") and hasattr(model, "head"):  # classifier: timm global_pool='avg' layout
+        state = {f"{k}": v for k, v in model.encoder.state_dict().items() if not k.startswith("norm.")}
+        state.update({f"fc_norm.{k}": v for k, v in model.fc_norm.state_dict().items()})
+        state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    else:
+        encoder = model.encoder if hasattr(model, "target_encoder") else model
+        state = dict(encoder.state_dict())
+    return save_state_dict(state, path, metadata={"format": "timm", **(metadata or {})})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vislang.cmae.convert SRC DST [--layout L] [--branch target_encoder]``."""
+    parser = argparse.ArgumentParser(description="Convert a CMAE/MAE/VideoMAE encoder checkpoint to timm safetensors")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--layout", choices=["timm", "cmae", "cmae_encoder_s", "videomae", "vislang"])
+    parser.add_argument("--branch", default="encoder", help="for vislang checkpoints: encoder or target_encoder")
+    args = parser.parse_args(argv)
+    state = to_timm(load_state_dict(args.src), args.layout, args.branch)
+    save_state_dict(state, args.dst, metadata={"format": "timm", "source": Path(args.src).name})
+    print(f"wrote {len(state)} tensors to {args.dst}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,596 @@
+"""Data for CMAE / CMAE-V: the datasets' real on-disk layouts, the two-view transforms, the data modules.
+
+Layouts (see the package README for trees):
+
+* ``imagenet_folder`` -- ``root/{train,val}/<class>/<image>``; class index = sorted ``train/`` directory names.
+* ``cmae_json`` -- ``root/ImageNet_{train,val}.json``, a list of ``{"filename", "prefix", "label"}``;
+  image path = ``root/prefix/filename`` (CMAE issue #11).
+* ``kinetics400`` -- ``root/{train,val,test}.csv``, lines ``<video path> <label>`` (VideoMAE; space separated,
+  no header); a relative path is resolved against ``root``.
+* ``ssv2`` -- ``root/something-something-v2-labels.json``, ``something-something-v2-{train,validation}.json``
+  and ``20bn-something-something-v2/<id>.webm`` (or ``.mp4``, VideoMAE's re-encoded copy); class =
+  ``labels[template without brackets]``.
+
+Two-view pre-training transforms:
+
+* ``PixelShiftViews`` (CMAE Sec. 3.2 "pixel shift", official ``ShiftPixel``): one random-resized base crop of
+  side ``size + max_shift + 1`` (256 for 224 / 31), online view = its top-left ``size`` window, target view =
+  the window shifted by U{0..max_shift} px in each axis + colour jitter, grayscale and blur.
+* ``TemporalShiftViews`` (CMAE-V): the same spatial crop for both clips, the target clip starting
+  delta ~ U{0..max_shift} frames later (``vislang.shared.data.video.temporal_shift_indices``), colour
+  augmentation on the target clip only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from timm.data import create_transform
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.video import VideoReader, dense_indices, temporal_shift_indices, tsn_indices
+from vislang.shared.metrics.ddp import evaluation_sampler
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CMAEClassificationDataModule",
+    "CMAEPretrainDataModule",
+    "ClassificationDataset",
+    "Item",
+    "PixelShiftViews",
+    "PretrainDataset",
+    "TemporalShiftViews",
+    "read_cmae_json",
+    "read_imagenet_folder",
+    "read_items",
+    "read_kinetics400",
+    "read_ssv2",
+]
+
+DatasetName = Literal["imagenet_folder", "cmae_json", "kinetics400", "ssv2"]
+VIDEO_DATASETS = ("kinetics400", "ssv2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+LAYOUTS = {
+    "imagenet_folder": "root/train/<class>/<image>, root/val/<class>/<image>",
+    "cmae_json": 'root/ImageNet_{train,val}.json = [{"filename", "prefix", "label"}], images at root/<prefix>/<filename>',
+    "kinetics400": "root/{train,val,test}.csv with '<video path> <label>' lines",
+    "ssv2": "root/something-something-v2-{labels,train,validation}.json and root/20bn-something-something-v2/<id>.webm",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample: a file and its class index (-1 when unknown, e.g. SSv2 test)."""
+
+    path: Path
+    label: int
+
+
+def _require(path: Path, dataset: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the {dataset} layout is {LAYOUTS[dataset]}")
+
+
+# ---- readers ----------------------------------------------------------------------------------------
+
+
+def read_imagenet_folder(root: Path, split: str) -> tuple[list[Item], list[str]]:
+    """Images under ``root/split/<class>/``; classes are the sorted directories of ``root/train``
+    (so every split shares the training split's class indices)."""
+    class_root = root / "train"
+    _require(class_root, "imagenet_folder")
+    _require(root / split, "imagenet_folder")
+    classes = sorted(p.name for p in class_root.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{class_root} has no class directories: the layout is {LAYOUTS['imagenet_folder']}")
+    items = []
+    for label, name in enumerate(classes):
+        folder = root / split / name
+        if folder.is_dir():
+            items += [Item(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return items, classes
+
+
+def read_cmae_json(root: Path, split: str) -> tuple[list[Item], list[str]]:
+    """CMAE's ``ImageNet_{split}.json`` list; class names are the label numbers."""
+    path = root / f"ImageNet_{split}.json"
+    _require(path, "cmae_json")
+    items = []
+    for k, entry in enumerate(json.loads(path.read_text())):
+        try:
+            items.append(Item(root / entry["prefix"] / entry["filename"], int(entry.get("label", -1))))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: entry {k} lacks 'prefix'/'filename' or has a bad 'label' ({err})") from None
+    num_classes = max((i.label for i in items), default=-1) + 1
+    return items, [str(k) for k in range(num_classes)]
+
+
+def read_kinetics400(root: Path, split: str) -> tuple[list[Item], list[str]]:
+    """VideoMAE's ``{split}.csv``: ``<path> <label>`` per line."""
+    path = root / f"{split}.csv"
+    _require(path, "kinetics400")
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(" ", 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected '<video path> <label>', got {line.strip()!r}")
+        video = Path(parts[0])
+        items.append(Item(video if video.is_absolute() else root / video, int(parts[1])))
+    num_classes = max((i.label for i in items), default=-1) + 1
+    return items, [str(k) for k in range(num_classes)]
+
+
+def read_ssv2(root: Path, split: str) -> tuple[list[Item], list[str]]:
+    """Something-Something v2 JSONs; the class of a video is ``labels[template without '[' and ']']``."""
+    labels_path = root / "something-something-v2-labels.json"
+    name = {"train": "train", "val": "validation", "test": "test"}[split]
+    split_path = root / f"something-something-v2-{name}.json"
+    _require(labels_path, "ssv2")
+    _require(split_path, "ssv2")
+    labels = {template: int(index) for template, index in json.loads(labels_path.read_text()).items()}
+    video_dir = root / "20bn-something-something-v2"
+    items = []
+    for entry in json.loads(split_path.read_text()):
+        label = -1
+        if "template" in entry:
+            template = entry["template"].replace("[", "").replace("]", "")
+            if template not in labels:
+                raise ValueError(f"{split_path}: video {entry['id']}: template {template!r} not in {labels_path.name}")
+            label = labels[template]
+        video = video_dir / f"{entry['id']}.webm"
+        if not video.exists() and (video_dir / f"{entry['id']}.mp4").exists():
+            video = video_dir / f"{entry['id']}.mp4"
+        items.append(Item(video, label))
+    classes = [t for t, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    return items, classes
+
+
+READERS: dict[str, Callable[[Path, str], tuple[list[Item], list[str]]]] = {
+    "imagenet_folder": read_imagenet_folder,
+    "cmae_json": read_cmae_json,
+    "kinetics400": read_kinetics400,
+    "ssv2": read_ssv2,
+}
+
+
+def read_items(dataset: str, root: str | Path, split: str) -> tuple[list[Item], list[str]]:
+    """``(items, class names)`` of one split of a dataset layout."""
+    if dataset not in READERS:
+        raise ValueError(f"dataset must be one of {sorted(READERS)}, got {dataset!r}")
+    return READERS[dataset](Path(root), split)
+
+
+def load_image(path: Path) -> Image.Image:
+    """RGB PIL image; unreadable files raise ``SampleLoadError`` (skipped and counted by ``RobustDataset``)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise SampleLoadError(path, f"cannot read image ({err})") from None
+
+
+# ---- two-view transforms --------------------------------------------------------------------------
+
+
+def _blur_kernel(size: int) -> int:
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def _normalize() -> v2.Transform:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _target_colour(size: int) -> v2.Transform:
+    """CMAE's target-view augmentation: colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5)."""
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+    ])  # fmt: skip
+
+
+class PixelShiftViews:
+    """CMAE's pixel shift: ``(online, target)`` views of one base crop, offset by 0..``max_shift`` pixels.
+
+    Args:
+        size: view side (224; the tiny preset's 32).
+        max_shift: largest shift in pixels (31 at 224 ~ 2 patches; scale it with the image).
+        scale: RandomResizedCrop area range of the base crop (0.2, 1.0).
+        colour: apply the colour augmentation to the target view (the official pipeline does).
+    """
+
+    def __init__(self, size: int, max_shift: int = 31, scale: tuple[float, float] = (0.2, 1.0),
+                 colour: bool = True) -> None:  # fmt: skip
+        self.size, self.max_shift = size, max_shift
+        self.base = v2.Compose([
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(size + max_shift + 1, scale=scale, interpolation=v2.InterpolationMode.BICUBIC,
+                                 antialias=True),
+            v2.RandomHorizontalFlip(),
+        ])  # fmt: skip
+        self.colour = _target_colour(size) if colour else v2.Identity()
+        self.normalize = _normalize()
+
+    def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
+        base = self.base(image)
+        online = base[:, : self.size, : self.size]  # ShiftPixel(pixel=0): the fixed top-left window
+        dh, dw = random.randint(0, self.max_shift), random.randint(0, self.max_shift)
+        target = base[:, dh : dh + self.size, dw : dw + self.size]
+        return self.normalize(online), self.normalize(self.colour(target))
+
+
+class TemporalShiftViews:
+    """CMAE-V's temporal shift on decoded frames: same crop for both clips, colour on the target clip.
+
+    Args:
+        size: frame side after the crop.
+        scale: RandomResizedCrop area range (VideoMAE's multi-scale crop keeps >= ~0.44 of the area).
+        flip: random horizontal flip (off for SSv2, whose classes name directions).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.4, 1.0), flip: bool = True) -> None:
+        self.size = size
+        crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        self.spatial = v2.Compose([crop, v2.RandomHorizontalFlip() if flip else v2.Identity()])
+        self.colour = _target_colour(size)
+        self.normalize = _normalize()
+
+    def __call__(self, online: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``(T, H, W, 3)`` uint8 clips -> ``(3, T, S, S)`` float views (one crop drawn for both)."""
+        frames = torch.cat([online, target]).permute(0, 3, 1, 2)  # (2T, 3, H, W): one transform call
+        frames = self.spatial(frames)
+        t = online.shape[0]
+        a, b = self.normalize(frames[:t]), self.normalize(self.colour(frames[t:]))
+        return a.permute(1, 0, 2, 3), b.permute(1, 0, 2, 3)
+
+
+# ---- datasets -------------------------------------------------------------------------------------
+
+
+class PretrainDataset(Dataset):
+    """Two views per sample: ``{"online", "target", "label", "index"}`` (images or clips)."""
+
+    def __init__(self, items: Sequence[Item], transform: PixelShiftViews | TemporalShiftViews, num_frames: int = 1,
+                 sampling_rate: int = 4, max_temporal_shift: int = 4, train: bool = True) -> None:  # fmt: skip
+        self.items, self.transform = list(items), transform
+        self.num_frames, self.sampling_rate, self.max_temporal_shift = num_frames, sampling_rate, max_temporal_shift
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        if isinstance(self.transform, TemporalShiftViews):
+            reader = VideoReader(item.path)
+            clips = temporal_shift_indices(len(reader), self.num_frames, self.sampling_rate,
+                                           self.max_temporal_shift, train=self.train)  # fmt: skip
+            frames = torch.from_numpy(reader.get_frames([*clips.online, *clips.target]))
+            online, target = self.transform(frames[: self.num_frames], frames[self.num_frames :])
+        else:
+            online, target = self.transform(load_image(item.path))
+        return {"online": online, "target": target, "label": item.label, "index": index}
+
+
+class ClassificationDataset(Dataset):
+    """``{"input", "label", "index"}``; videos in evaluation carry ``num_clips * num_crops`` views
+    ``(V, 3, T, S, S)`` (VideoMAE's multi-view testing)."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor], video: bool = False,
+                 num_frames: int = 16, sampling_rate: int = 4, sampling: Literal["dense", "tsn"] = "dense",
+                 train: bool = True, num_clips: int = 1, num_crops: int = 1, size: int = 224) -> None:  # fmt: skip
+        self.items, self.transform, self.video = list(items), transform, video
+        self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
+        self.train, self.num_clips, self.num_crops, self.size = train, num_clips, num_crops, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _clip_indices(self, length: int) -> list[Any]:
+        if self.sampling == "tsn":
+            return [tsn_indices(length, self.num_frames, train=self.train)] * (1 if self.train else self.num_clips)
+        if self.train:
+            return [dense_indices(length, self.num_frames, self.sampling_rate, train=True)]
+        span = (self.num_frames - 1) * self.sampling_rate + 1
+        room = max(length - span, 0)
+        starts = [round(room * (k + 0.5) / self.num_clips) if self.num_clips > 1 else room // 2
+                  for k in range(self.num_clips)]  # fmt: skip
+        return [[min(s + self.sampling_rate * j, length - 1) for j in range(self.num_frames)] for s in starts]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        if not self.video:
+            return {"input": self.transform(load_image(item.path)), "label": item.label, "index": index}
+        reader = VideoReader(item.path, size=self.size)
+        views = []
+        for clip in self._clip_indices(len(reader)):
+            frames = torch.from_numpy(reader.get_frames(clip)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+            if self.train:
+                views.append(self.transform(frames).permute(1, 0, 2, 3))
+                continue
+            h, w = frames.shape[-2:]
+            long_side = max(h, w) - self.size
+            for k in range(self.num_crops):  # 3 crops along the long side (left/centre/right)
+                offset = long_side // 2 if self.num_crops == 1 else round(long_side * k / (self.num_crops - 1))
+                crop = (
+                    frames[..., offset : offset + self.size, :] if h > w else frames[..., offset : offset + self.size]
+                )
+                crop = crop[..., : self.size, : self.size]
+                views.append(self.transform(crop).permute(1, 0, 2, 3))
+        return {"input": views[0] if self.train else torch.stack(views), "label": item.label, "index": index}
+
+
+def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int, seed: int,
+                max_objects: int = 4) -> None:  # fmt: skip
+    from vislang.shared.data.synthetic import SyntheticWorld
+    from vislang.shared.data.synthetic import classification_writers as cw
+
+    if dataset in VIDEO_DATASETS:
+        world = SyntheticWorld(seed=seed, image_size=max(size, 24), num_frames=num_frames)
+        {"kinetics400": cw.write_kinetics400, "ssv2": cw.write_ssv2}[dataset](world, root, num_videos=count)
+        return
+    marker = root / ".vislang_synthetic_images"
+    wanted = f"{dataset} seed={seed} size={size} count={count} max_objects={max_objects}"
+    if marker.exists() and marker.read_text() == wanted:
+        return
+    if marker.exists():
+        raise FileExistsError(f"{root} holds synthetic images written with other settings ({marker.read_text()}); "
+                              "use another root")  # fmt: skip
+    world = SyntheticWorld(seed=seed, image_size=max(size, 24), num_images=count, max_objects=max_objects)
+    writer = cw.write_cmae_json if dataset == "cmae_json" else cw.write_imagenet_folder
+    writer(world, root, num_train=count, num_val=max(count // 5, 1))
+    marker.write_text(wanted)
+
+
+class _Base(LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self._datasets: dict[str, Dataset] = {}
+        self.classes: list[str] = []
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.synthetic_samples:
+            _synthesise(hp.dataset, Path(hp.root), hp.synthetic_samples, hp.image_size, max(hp.num_frames * 2, 8),
+                        hp.seed, hp.synthetic_max_objects)  # fmt: skip
+
+    @property
+    def is_video(self) -> bool:
+        return self.hparams.dataset in VIDEO_DATASETS
+
+    def _items(self, split: str) -> list[Item]:
+        items, classes = read_items(self.hparams.dataset, self.hparams.root, split)
+        if split == "train" or not self.classes:
+            self.classes = classes
+        if not items:
+            raise FileNotFoundError(f"{self.hparams.root}: the {split} split of {self.hparams.dataset} is empty")
+        return items
+
+    def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.hparams.batch_size,
+            shuffle=train if not distributed else None,
+            sampler=None if train or not distributed else evaluation_sampler(dataset),
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate_with_failures(),
+            drop_last=train,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+
+class CMAEPretrainDataModule(_Base):
+    """Two-view pre-training data: pixel shift for images, temporal shift for videos.
+
+    Also serves labelled, un-augmented loaders (``probe_dataloaders``) for the linear probe that the
+    demo runs after pre-training.
+
+    Args:
+        dataset: layout of ``root``: ``imagenet_folder``, ``cmae_json``, ``kinetics400`` or ``ssv2``.
+        root: dataset directory (layouts in the package README).
+        image_size: view side (224; tiny presets 32).
+        max_shift: pixel shift range 0..max_shift (31 at 224).
+        crop_scale: RandomResizedCrop area range of the base crop.
+        num_frames / sampling_rate: clip length and frame stride (VideoMAE K400: 16 x 4; SSv2 16 x 2).
+        max_temporal_shift: CMAE-V's Delta_max in frames (not given by the report; a hyper-parameter).
+        flip: horizontal flips for videos (off for SSv2).
+        batch_size / eval_batch_size / num_workers: per device.
+        synthetic_samples: write this many synthetic-world samples into ``root`` in the ``dataset`` layout
+            before reading (0 = real data).
+        synthetic_max_objects: shapes per synthetic image (1..this); the class is the largest one's shape.
+        seed: synthetic world seed.
+        max_failure_fraction: stop when more than this fraction of files fails to load.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "imagenet_folder",
+        root: str = "data/imagenet",
+        image_size: int = 224,
+        max_shift: int = 31,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        max_temporal_shift: int = 4,
+        flip: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 8,
+        synthetic_samples: int = 0,
+        synthetic_max_objects: int = 4,
+        seed: int = 0,
+        max_failure_fraction: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def _pretrain(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            hp = self.hparams
+            transform: PixelShiftViews | TemporalShiftViews = (
+                TemporalShiftViews(hp.image_size, flip=hp.flip)
+                if self.is_video
+                else PixelShiftViews(hp.image_size, hp.max_shift, tuple(hp.crop_scale))
+            )
+            dataset = PretrainDataset(self._items(split), transform, hp.num_frames, hp.sampling_rate,
+                                      hp.max_temporal_shift, train=split == "train")  # fmt: skip
+            self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
+        return self._datasets[split]
+
+    def _probe(self, split: str) -> Dataset:
+        key = f"probe_{split}"
+        if key not in self._datasets:
+            hp = self.hparams
+            video = self.is_video
+            transform = _eval_transform(hp.image_size, 1.0, video)
+            dataset = ClassificationDataset(self._items(split), transform, video, hp.num_frames, hp.sampling_rate,
+                                            train=False, size=hp.image_size)  # fmt: skip
+            self._datasets[key] = RobustDataset(dataset, hp.max_failure_fraction)
+        return self._datasets[key]
+
+    def setup(self, stage: str) -> None:
+        for split in ("train", "val") if stage == "fit" else ("val",):
+            self._pretrain(split)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._pretrain("train"), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._pretrain("val"), train=False, batch_size=self.hparams.eval_batch_size)
+
+    def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """Labelled train/val loaders with the evaluation transform (one view, no augmentation)."""
+        return tuple(
+            DataLoader(
+                self._probe(s),
+                batch_size=self.hparams.eval_batch_size,
+                num_workers=self.hparams.num_workers,
+                collate_fn=collate_with_failures(),
+            )  # fmt: skip
+            for s in ("train", "val")
+        )
+
+
+def _eval_transform(size: int, crop_pct: float, video: bool) -> Callable[[Any], Tensor]:
+    if video:  # frames come decoded at `size` short side; crops are taken by the dataset
+        return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), _normalize()])
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(int(round(size / crop_pct)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+        _normalize(),
+    ])  # fmt: skip
+
+
+class CMAEClassificationDataModule(_Base):
+    """Fine-tuning / linear-probe data (MAE's and VideoMAE's recipes).
+
+    Training images: timm's ``create_transform`` (RandomResizedCrop bicubic, flip, RandAugment
+    ``rand-m9-mstd0.5-inc1``, random erasing 0.25); evaluation: resize to ``size / crop_pct``, centre crop.
+    Videos: dense (K400) or TSN (SSv2) sampling, RandomResizedCrop + flip + random erasing in training, and
+    ``num_clips x num_crops`` views in evaluation (K400 5 x 3, SSv2 2 x 3).
+
+    Args:
+        dataset / root / synthetic_samples / synthetic_max_objects / seed: as ``CMAEPretrainDataModule``.
+        image_size: input side.
+        crop_pct: evaluation centre-crop fraction (0.875: 256 -> 224).
+        auto_augment: timm RandAugment spec, or None.
+        re_prob: random-erasing probability.
+        scale: RandomResizedCrop area range (0.08, 1.0).
+        num_frames / sampling_rate / sampling: clip sampling (``dense`` K400, ``tsn`` SSv2).
+        num_clips / num_crops: evaluation views per video.
+        flip: horizontal flips for videos (off for SSv2).
+        batch_size / eval_batch_size / num_workers / max_failure_fraction: as above.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "imagenet_folder",
+        root: str = "data/imagenet",
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+        re_prob: float = 0.25,
+        scale: tuple[float, float] = (0.08, 1.0),
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: Literal["dense", "tsn"] = "dense",
+        num_clips: int = 5,
+        num_crops: int = 3,
+        flip: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 128,
+        num_workers: int = 8,
+        synthetic_samples: int = 0,
+        synthetic_max_objects: int = 4,
+        seed: int = 0,
+        max_failure_fraction: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            hp = self.hparams
+            train = split == "train"
+            if self.is_video:
+                transform = (
+                    v2.Compose(
+                        [
+                            v2.RandomResizedCrop(hp.image_size, scale=tuple(hp.scale), antialias=True),
+                            v2.RandomHorizontalFlip() if hp.flip else v2.Identity(),
+                            _normalize(),
+                            v2.RandomErasing(hp.re_prob, value=0) if hp.re_prob > 0 else v2.Identity(),
+                        ]
+                    )  # fmt: skip
+                    if train
+                    else _eval_transform(hp.image_size, 1.0, True)
+                )
+            elif train:
+                transform = create_transform(hp.image_size, is_training=True, scale=tuple(hp.scale),
+                                             auto_augment=hp.auto_augment, re_prob=hp.re_prob, re_mode="pixel",
+                                             interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)  # fmt: skip
+            else:
+                transform = _eval_transform(hp.image_size, hp.crop_pct, False)
+            dataset = ClassificationDataset(
+                self._items(split), transform, self.is_video, hp.num_frames, hp.sampling_rate, hp.sampling, train,
+                hp.num_clips, hp.num_crops, hp.image_size,
+            )  # fmt: skip
+            self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
+        return self._datasets[split]
+
+    def setup(self, stage: str) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",), "predict": ("val",)}[stage]
+        for split in splits:
+            self._dataset(split)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train"), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val"), train=False, batch_size=self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

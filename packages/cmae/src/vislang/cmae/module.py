@@ -1,0 +1,451 @@
+"""Lightning modules: CMAE / CMAE-V pre-training, fine-tuning / linear probing, and the demo's probe callback.
+
+* ``CMAEPretrainModule`` -- the recipe of the official configs: AdamW (0.9, 0.95), wd 0.05 except norms,
+  biases, position embeddings, cls and mask tokens; linear warm-up then cosine, per step; EMA of the target
+  branch after every optimiser step (constant 0.996, or the cosine ramp when ``end_momentum`` > base);
+  reconstructions (original | masked | reconstruction) logged as image grids.
+* ``CMAEClassificationModule`` -- MAE/CMAE fine-tuning: mean-pooled patch tokens + ``fc_norm``, layer-wise
+  lr decay (timm's ``param_groups_layer_decay``), drop path, mixup/cutmix and label smoothing (timm),
+  multi-view video testing; ``linear_probe=True`` freezes the encoder (MAE's BN + linear head).
+* ``LinearProbeCallback`` -- after pre-training, the same linear probe on the pre-trained encoder and on a
+  randomly initialised one, printed as a table (the demo's success criterion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch import Tensor, nn
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+from vislang.cmae.convert import load_encoder
+from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD
+from vislang.cmae.model import (
+    CMAE,
+    CMAEClassifier,
+    build_encoder,
+    cosine_momentum,
+    get_config,
+    patchify,
+    unpatchify,
+)
+from vislang.shared.metrics.classification import TopKAccuracy
+
+__all__ = ["CMAEClassificationModule", "CMAEPretrainModule", "LinearProbeCallback", "train_linear_probe"]
+
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+
+
+def _warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine to ``min_ratio`` (MAE's ``adjust_learning_rate``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _cpu_full_precision_matmuls(module: LightningModule) -> None:
+    """Undo ``set_float32_matmul_precision("high")`` (set by the CLI for TF32 GPUs) when training on the CPU.
+
+    On CPU (torch 2.14, oneDNN) "high" selects a reduced-precision emulation path that made the tiny
+    demo's step ~15x slower (0.45 s -> 6.9 s, measured); plain fp32 is both faster and exact there.
+    """
+    trainer = module._trainer
+    if trainer is not None and trainer.strategy.root_device.type == "cpu":
+        torch.set_float32_matmul_precision("highest")
+
+
+def _scheduler(module: LightningModule, optimizer: torch.optim.Optimizer, warmup_epochs: float, min_lr: float,
+               lr: float) -> dict[str, Any]:  # fmt: skip
+    total = int(module.trainer.estimated_stepping_batches)
+    epochs = max(module.trainer.max_epochs or 1, 1)
+    warmup = int(round(warmup_epochs * total / epochs))
+    ratio = min_lr / lr if lr > 0 else 0.0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, total, warmup, ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class CMAEPretrainModule(LightningModule):
+    """CMAE / CMAE-V pre-training.
+
+    Args:
+        preset: model size (``tiny``, ``vit_base``, ``convvit_base``, ``video_vit_base`` ...).
+        mask_ratio / mask_type: override the preset's masking (CMAE: 0.65 ``block``; MAE: 0.75 ``random``).
+        temperature / rc_weight / ct_weight: InfoNCE tau and loss weights (0.07 / 1 / 1).
+        lr: peak learning rate (official: 1.5e-4 x 4096 / 256 = 2.4e-3 at batch 4096; scale linearly).
+        min_lr: end of the cosine (0).
+        weight_decay / betas: AdamW (0.05, (0.9, 0.95)).
+        warmup_epochs: linear warm-up length (40).
+        base_momentum / end_momentum: EMA momentum; equal = constant (official 0.996), end 1.0 = BYOL's cosine.
+        log_images: how many reconstructions to log each validation epoch (0 = none).
+        init_weights: encoder weights to start from (MAE/CMAE/VideoMAE/timm files, see ``convert.py``).
+        compile: ``torch.compile`` the model in place.
+    """
+
+    def __init__(
+        self,
+        preset: str = "vit_base",
+        mask_ratio: float | None = None,
+        mask_type: str | None = None,
+        temperature: float = 0.07,
+        rc_weight: float = 1.0,
+        ct_weight: float = 1.0,
+        lr: float = 2.4e-3,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        base_momentum: float = 0.996,
+        end_momentum: float = 0.996,
+        log_images: int = 8,
+        init_weights: str | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        config = get_config(preset, mask_ratio=mask_ratio, mask_type=mask_type, temperature=temperature,
+                            rc_weight=rc_weight, ct_weight=ct_weight)  # fmt: skip
+        self.model = CMAE(config)
+        if init_weights:
+            load_encoder(self.model.encoder, init_weights)
+            self.model.target_encoder.load_state_dict(self.model.encoder.state_dict())
+        if compile:
+            self.model.compile()
+        self.momentum = base_momentum
+
+    def setup(self, stage: str) -> None:
+        _cpu_full_precision_matmuls(self)
+
+    def on_train_start(self) -> None:
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.model(batch["online"], batch["target"])
+        size = batch["online"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({"train/loss_rc": out["loss_rc"], "train/loss_ct": out["loss_ct"]}, batch_size=size)
+        self.log("train/momentum", self.momentum, batch_size=size)
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # the hook runs after the optimiser step: target <- EMA(online), then next step's momentum
+        self.model.update_target(self.momentum)
+        total = self._total_steps
+        self.momentum = cosine_momentum(self.global_step, total, self.hparams.base_momentum, self.hparams.end_momentum)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.model(batch["online"], batch["target"])
+        size = batch["online"].shape[0]
+        self.log_dict({"val/loss": out["loss"], "val/loss_rc": out["loss_rc"], "val/loss_ct": out["loss_ct"]},
+                      batch_size=size, sync_dist=True)  # fmt: skip
+        if batch_idx == 0 and self.hparams.log_images and self.trainer.is_global_zero:
+            self.log_reconstructions(batch["online"][: self.hparams.log_images], out["pred"], out["mask"])
+
+    @torch.no_grad()
+    def reconstruction_grid(self, images: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """``(3, H', W')`` grid, one row per sample: original | masked | reconstruction (visible patches pasted).
+
+        The prediction is in per-patch-normalised units, so it is de-normalised with the original patch's
+        mean and std (as MAE's visualisation does). Videos show their first frame.
+        """
+        c = self.model.config
+        tubelet = c.tubelet_size if c.is_video else 1
+        n = images.shape[0]
+        patches = patchify(images, c.patch_size, tubelet)  # (B, N, P, C)
+        pred = pred[:n].reshape(patches.shape)
+        if c.norm_pix_loss:
+            dims = (-2,) if c.is_video else (-2, -1)
+            mean, var = patches.mean(dims, keepdim=True), patches.var(dims, keepdim=True)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        m = mask[:n, :, None, None].to(patches.dtype)
+        masked = unpatchify(patches * (1 - m), c.patch_size, c.grid, c.in_chans, tubelet)
+        recon = unpatchify(pred * m + patches * (1 - m), c.patch_size, c.grid, c.in_chans, tubelet)
+        rows = [images, masked, recon]
+        if c.is_video:
+            rows = [r[:, :, 0] for r in rows]
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        stacked = torch.stack([(r * std + mean).clamp(0, 1) for r in rows], dim=1).flatten(0, 1)
+        return make_grid(stacked.float().cpu(), nrow=3, padding=1)
+
+    def log_reconstructions(self, images: Tensor, pred: Tensor, mask: Tensor) -> None:
+        """Send the grid to the configured logger (TensorBoard/W&B image, or a PNG in the CSV logger's dir)."""
+        grid = self.reconstruction_grid(images, pred, mask)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("reconstructions", grid, self.global_step)
+            elif hasattr(logger, "log_image"):  # W&B, Neptune, ...
+                logger.log_image("reconstructions", [grid])
+            elif getattr(logger, "log_dir", None):  # CSV: a PNG next to metrics.csv
+                path = Path(logger.log_dir) / "reconstructions" / f"step_{self.global_step:07d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_image(grid, path)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # official: no decay for norms, biases, pos_embed, cls/mask tokens (BN weights of necks included
+            # in the 1-D rule here, as MAE's add_weight_decay does)
+            (no_decay if p.ndim <= 1 or name.endswith(_NO_DECAY_NAMES) else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+        )
+        return _scheduler(self, optimizer, self.hparams.warmup_epochs, self.hparams.min_lr, self.hparams.lr)
+
+
+class CMAEClassificationModule(LightningModule):
+    """Fine-tuning (or linear probing) of a CMAE encoder on a classification dataset.
+
+    Args:
+        preset: encoder size.
+        num_classes: classes of the dataset (1000 ImageNet, 400 K400, 174 SSv2).
+        init_weights: pre-trained encoder (our pre-training checkpoint, CMAE/MAE/VideoMAE release, timm file).
+        linear_probe: freeze the encoder; BN (no affine) + linear head (MAE's linear probing).
+        drop_path_rate: stochastic depth (0.1).
+        lr / min_lr / weight_decay / betas / warmup_epochs: AdamW + warm-up/cosine (CMAE FT: 1e-3 for the
+            1600-epoch model at batch 1024, min 1e-6, wd 0.05, (0.9, 0.999), 5 epochs).
+        layer_decay: layer-wise lr decay (0.65 images, 0.75 VideoMAE).
+        mixup / cutmix / mixup_prob / mixup_switch_prob: timm ``Mixup`` (0.8 / 1.0 / 1.0 / 0.5); 0 disables.
+        label_smoothing: 0.1.
+        view_reduction: how multi-view video scores are merged (``softmax`` VideoMAE, or ``logits``).
+    """
+
+    def __init__(
+        self,
+        preset: str = "vit_base",
+        num_classes: int = 1000,
+        init_weights: str | None = None,
+        linear_probe: bool = False,
+        drop_path_rate: float = 0.1,
+        lr: float = 1e-3,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 5.0,
+        layer_decay: float = 0.65,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        view_reduction: str = "softmax",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        config = get_config(preset, drop_path_rate=0.0 if linear_probe else drop_path_rate)
+        self.model = CMAEClassifier(config, num_classes, linear_probe=linear_probe)
+        if init_weights:
+            load_encoder(self.model.encoder, init_weights, strict=True)
+        self.mixup = None
+        if not linear_probe and (mixup > 0 or cutmix > 0):
+            self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
+                               label_smoothing=label_smoothing, num_classes=num_classes)  # fmt: skip
+            self.train_loss: nn.Module = SoftTargetCrossEntropy()
+        elif label_smoothing > 0:
+            self.train_loss = LabelSmoothingCrossEntropy(label_smoothing)
+        else:
+            self.train_loss = nn.CrossEntropyLoss()
+        self.accuracy = TopKAccuracy(topk=(1, 5), view_reduction=view_reduction)
+
+    def setup(self, stage: str) -> None:
+        _cpu_full_precision_matmuls(self)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x, y = batch["input"], batch["label"]
+        if self.mixup is not None:
+            if x.ndim == 5:  # timm's cutmix boxes the last two axes: fold time into channels
+                b, c, t, h, w = x.shape
+                x, y = self.mixup(x.reshape(b, c * t, h, w), y)
+                x = x.reshape(b, c, t, h, w)
+            else:
+                x, y = self.mixup(x, y)
+        loss = self.train_loss(self.model(x), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any]) -> None:
+        x = batch["input"]
+        if x.ndim == 6:  # (B, views, C, T, H, W): VideoMAE's multi-view testing
+            b, v = x.shape[:2]
+            scores = self.model(x.flatten(0, 1)).reshape(b, v, -1)
+        else:
+            scores = self.model(x)
+        self.accuracy.update(scores.float(), batch["label"], batch["index"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def _log_accuracy(self, stage: str) -> None:
+        scores = self.accuracy.compute()
+        self.accuracy.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=True, rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.linear_probe:
+            groups: list[dict[str, Any]] = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        else:
+            # timm: lr scale layer_decay ** (num_layers - layer_id), no decay for 1-D params, pos_embed, cls_token
+            groups = param_groups_layer_decay(self.model, hp.weight_decay, self.model.no_weight_decay(),
+                                              layer_decay=hp.layer_decay)  # fmt: skip
+            for group in groups:
+                group["lr"] = hp.lr * group.pop("lr_scale", 1.0)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
+                                      weight_decay=0.0 if hp.linear_probe else hp.weight_decay)  # fmt: skip
+        return _scheduler(self, optimizer, hp.warmup_epochs, hp.min_lr, hp.lr)
+
+
+# ---- linear probe of a pre-training run ------------------------------------------------------------
+
+
+@torch.no_grad()
+def _features(encoder: nn.Module, loader: Any, device: torch.device, desc: str) -> tuple[Tensor, Tensor]:
+    encoder.eval()
+    feats, labels = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+        x = batch["input"].to(device)
+        if x.ndim == 6:
+            x = x[:, 0]
+        tokens = encoder(x)
+        feats.append(tokens[:, encoder.num_prefix_tokens :].mean(dim=1).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def train_linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, num_classes: int,
+                       epochs: int = 100, lr: float = 0.01, seed: int = 0) -> float:  # fmt: skip
+    """MAE's linear probe on frozen features: BatchNorm without affine + linear layer, full-batch AdamW.
+
+    Returns the validation top-1 accuracy in percent.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True) + 1e-6  # = BN(affine=False) at eval
+    xt, xv = (train_x - mean) / std, (val_x - mean) / std
+    head = nn.Linear(train_x.shape[1], num_classes)
+    nn.init.normal_(head.weight, std=0.01, generator=generator)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(head(xt), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((head(xv).argmax(1) == val_y).float().mean() * 100)
+
+
+def _synthetic_attribute_labels(datamodule: Any, split: str, attribute: str) -> Tensor:
+    """Labels of a synthetic-world attribute (``background``, ``shape``) for the probe split's images.
+
+    The synthetic writers name files ``<class>_<world index>.png``; the scene is re-rendered from the data
+    module's world settings to read the attribute.
+    """
+    from vislang.shared.data.synthetic import BACKGROUNDS, SHAPES, SyntheticWorld
+
+    values = {"background": BACKGROUNDS, "shape": SHAPES}
+    if attribute not in values:
+        raise ValueError(f"synthetic probe attribute must be one of {sorted(values)}, got {attribute!r}")
+    hp = datamodule.hparams
+    world = SyntheticWorld(seed=hp.seed, image_size=max(hp.image_size, 24), max_objects=hp.synthetic_max_objects)
+    labels = []
+    for item in datamodule._probe(split).dataset.items:
+        scene = world.scene(int(item.path.stem.rsplit("_", 1)[1]))
+        labels.append(values[attribute].index(scene.background if attribute == "background" else scene.label_name))
+    return torch.tensor(labels)
+
+
+class LinearProbeCallback(Callback):
+    """After ``fit``: linear-probe accuracy of the pre-trained online encoder vs a random-init encoder.
+
+    Features are the mean of the encoder's final-normed patch tokens on un-augmented images; both encoders
+    get exactly the same probe (same data, epochs, lr, seed). The first task is the dataset's class label;
+    ``synthetic_attributes`` adds probes of other synthetic-world scene attributes (``background``) on the
+    same features. The table is printed and written to ``<log dir>/linear_probe.json``; the numbers are
+    logged as ``probe/<task>/<encoder>_top1``.
+
+    Args:
+        epochs / lr: full-batch AdamW steps and learning rate of the probe.
+        seed: seed of the random-init encoder and of the probe head.
+        synthetic_attributes: extra label sets read from the synthetic world (only for synthetic data).
+    """
+
+    def __init__(self, epochs: int = 300, lr: float = 0.01, seed: int = 0,
+                 synthetic_attributes: list[str] | None = None) -> None:  # fmt: skip
+        self.epochs, self.lr, self.seed = epochs, lr, seed
+        self.synthetic_attributes = list(synthetic_attributes or [])
+        self.results: dict[str, dict[str, float]] = {}
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if not trainer.is_global_zero or not hasattr(datamodule, "probe_dataloaders"):
+            return
+        train_loader, val_loader = datamodule.probe_dataloaders()
+        device = pl_module.device
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            random_encoder = build_encoder(pl_module.model.config).to(device)
+        features = {}
+        for name, encoder in (("pretrained", pl_module.model.encoder), ("random_init", random_encoder)):
+            features[name] = (
+                _features(encoder, train_loader, device, f"probe features ({name}, train)"),
+                _features(encoder, val_loader, device, f"probe features ({name}, val)"),
+            )
+        (_, train_y), (_, val_y) = features["pretrained"]
+        tasks = {"class": (train_y, val_y, len(datamodule.classes))}
+        for attribute in self.synthetic_attributes:
+            train_a = _synthetic_attribute_labels(datamodule, "train", attribute)
+            val_a = _synthetic_attribute_labels(datamodule, "val", attribute)
+            tasks[attribute] = (train_a, val_a, int(max(train_a.max(), val_a.max())) + 1)
+        results: dict[str, dict[str, float]] = {}
+        for task, (ty, vy, num_classes) in tasks.items():
+            results[task] = {}
+            for name, ((tx, _), (vx, _)) in features.items():
+                results[task][name] = train_linear_probe(tx, ty, vx, vy, num_classes, self.epochs, self.lr, self.seed)
+            counts = torch.bincount(vy, minlength=num_classes).float()
+            results[task]["majority_class"] = float(counts.max() / counts.sum() * 100)
+        self.results = results
+        for logger in trainer.loggers:
+            logger.log_metrics({f"probe/{task}/{name}_top1": v for task, row in results.items() for name, v in row.items()},
+                               step=trainer.global_step)  # fmt: skip
+            if getattr(logger, "log_dir", None):
+                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(logger.log_dir) / "linear_probe.json").write_text(json.dumps(results, indent=2))
+        names = {
+            "class": f"class ({', '.join(datamodule.classes[:5])}{', ...' if len(datamodule.classes) > 5 else ''})"
+        }
+        lines = [f"  {'probe task':<48}{'pre-trained':>12}{'random init':>12}{'majority':>10}"]
+        for task, row in results.items():
+            label = names.get(task, f"{task} (synthetic scene attribute)")
+            lines.append(
+                f"  {label:<48}{row['pretrained']:>12.1f}{row['random_init']:>12.1f}{row['majority_class']:>10.1f}"
+            )
+        print(
+            "\nLinear probe, top-1 % on held-out images "
+            f"({len(train_y)} train / {len(val_y)} val; frozen mean-pooled features; same probe for both encoders)\n"
+            + "\n".join(lines)
+            + "\n",
+            flush=True,
+        )
