@@ -1,0 +1,509 @@
+"""Datasets and the data module of the single-stream papers (SOHO, Pixel-BERT) on the released formats.
+
+Everything reads the real layouts through ``vislang.shared.data.vl`` (the synthetic world writes the same
+files), and images through PIL; unreadable images are skipped and counted (``vislang.shared.data.robust``).
+Samples carry raw strings: the LightningModule owns the tokenizer.
+
+Layout under ``root`` (each part needed only by the tasks that use it)::
+
+    coco/dataset_coco.json, coco/{train2014,val2014}/...        Karpathy COCO (pre-training, retrieval)
+    vg/region_descriptions.json, vg/VG_100K/{image_id}.jpg      Visual Genome regions (pre-training)
+    vqa/v2_OpenEnded_mscoco_{sub}_questions.json,
+    vqa/v2_mscoco_{sub}_annotations.json, vqa/{sub}/COCO_{sub}_{id:012d}.jpg       VQA v2
+    flickr30k/dataset_flickr30k.json, flickr30k/flickr30k-images/                 Flickr30k retrieval
+    nlvr2/{train,dev,test1}.json, nlvr2/images/{train,dev,test1}/                NLVR2
+    snli_ve/snli_ve_{train,dev,test}.jsonl, snli_ve/flickr30k_images/            SNLI-VE
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.vl import (
+    SNLI_VE_LABELS,
+    CaptionedImage,
+    EntailmentExample,
+    NLVR2Example,
+    VQAExample,
+    read_karpathy,
+    read_nlvr2,
+    read_snli_ve,
+    read_vg_regions,
+    read_vqa_v2,
+    vqa_v2_paths,
+)
+from vislang.shared.metrics import build_answer_vocab, vqa_soft_targets
+
+__all__ = [
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "CaptionPairDataset",
+    "EntailmentDataset",
+    "ImageTransform",
+    "NLVR2Dataset",
+    "RetrievalImageDataset",
+    "SingleStreamDataModule",
+    "VQADataset",
+    "collate",
+    "load_image",
+]
+
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
+"""SOHO's (mmdet's) RGB normalisation, on 0-255 pixel values."""
+
+Task = Literal["vqa", "retrieval", "nlvr2", "snli_ve"]
+
+
+def load_image(path: Path) -> Image.Image:
+    """An RGB PIL image; a missing or broken file raises ``SampleLoadError`` (skipped and counted)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise SampleLoadError(str(path), str(error)) from None
+
+
+class ImageTransform:
+    """mmdet-style ``Resize(keep_ratio)``: short side to ``size`` (one of ``sizes`` drawn per image when
+    given, SOHO's multi-scale VQA training), long side at most ``max_size``; then normalise.
+
+    Padding to a multiple of 32 happens in :func:`collate`, which also returns the pixel mask.
+    """
+
+    def __init__(self, size: int, max_size: int, sizes: Sequence[int] | None = None) -> None:
+        self.size, self.max_size, self.sizes = size, max_size, list(sizes) if sizes else None
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        short = random.choice(self.sizes) if self.sizes else self.size
+        w, h = image.size
+        scale = min(short / min(w, h), self.max_size / max(w, h))
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = TF.pil_to_tensor(image).float()
+        if new != (h, w):
+            x = TF.resize(x, list(new), antialias=True)
+        return TF.normalize(x, list(IMAGE_MEAN), list(IMAGE_STD))
+
+
+def _pad_images(images: list[Tensor], divisor: int = 32) -> tuple[Tensor, Tensor]:
+    """Pad to a common size divisible by ``divisor`` (bottom/right); returns (images, pixel mask)."""
+    h = math.ceil(max(x.shape[1] for x in images) / divisor) * divisor
+    w = math.ceil(max(x.shape[2] for x in images) / divisor) * divisor
+    out = images[0].new_zeros(len(images), 3, h, w)
+    mask = torch.zeros(len(images), h, w, dtype=torch.bool)
+    for i, x in enumerate(images):
+        out[i, :, : x.shape[1], : x.shape[2]] = x
+        mask[i, : x.shape[1], : x.shape[2]] = True
+    return out, mask
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images (keys starting with ``image``) padded with their pixel masks; numbers stacked; rest listed."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key.startswith("image") and isinstance(values[0], Tensor):
+            batch[key], batch[key.replace("image", "pixel_mask", 1)] = _pad_images(values)
+        elif isinstance(values[0], Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)) and not isinstance(values[0], str):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------------
+
+
+class CaptionPairDataset(Dataset):
+    """Image-caption pairs for MLM + ITM pre-training (one item per caption).
+
+    ITM negatives (SOHO, Pixel-BERT): with probability ``negative_prob`` the caption is replaced by a
+    caption of a uniformly drawn entry with a *different* image id (no hard negatives); ``matched`` says
+    which. Each item also carries ``task = "pretrain"``.
+    """
+
+    def __init__(self, images: Sequence[CaptionedImage], transform: ImageTransform, negative_prob: float = 0.5) -> None:
+        if not images:
+            raise ValueError("CaptionPairDataset got no images")
+        if len({im.image_id for im in images}) < 2 and negative_prob > 0:
+            raise ValueError("ITM negatives need at least two distinct image ids")
+        self.images, self.transform, self.negative_prob = list(images), transform, negative_prob
+        self.pairs = [(i, c) for i, im in enumerate(self.images) for c in range(len(im.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def negative_caption(self, image_id: int) -> str:
+        """A caption of a random entry whose image id differs from ``image_id``."""
+        while True:
+            other = self.images[random.randrange(len(self.images))]
+            if other.image_id != image_id:
+                return other.captions[random.randrange(len(other.captions))]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        i, c = self.pairs[index]
+        record = self.images[i]
+        matched = random.random() >= self.negative_prob
+        text = record.captions[c] if matched else self.negative_caption(record.image_id)
+        image = self.transform(load_image(record.image_path))
+        return {"task": "pretrain", "image": image, "text": text, "matched": matched, "index": index}
+
+
+class VQADataset(Dataset):
+    """VQA v2 questions with soft-score targets over ``answers`` (the vocabulary, label = position)."""
+
+    def __init__(self, examples: Sequence[VQAExample], transform: ImageTransform, answers: Sequence[str]) -> None:
+        self.examples, self.transform = list(examples), transform
+        self.answers = list(answers)
+        self.answer_to_label = {a: i for i, a in enumerate(self.answers)}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        target = torch.zeros(len(self.answers))
+        labels, scores = vqa_soft_targets(ex.answers, self.answer_to_label)
+        target[labels] = torch.tensor(scores)
+        return {
+            "task": "vqa",
+            "image": self.transform(load_image(ex.image_path)),
+            "text": ex.question,
+            "target": target,
+            "answers": list(ex.answers),
+            "question_id": ex.question_id,
+            "answer_type": ex.answer_type or "",
+            "question_type": ex.question_type or "",
+            "index": index,
+        }
+
+
+class RetrievalImageDataset(Dataset):
+    """The images of a retrieval split; the texts (every caption, with its image's position) are attributes.
+
+    The cross-encoder scores every (image, text) pair, so evaluation iterates images and the module
+    pairs each with ``texts``; ``text_image`` gives each text's correct image (its position here).
+    """
+
+    def __init__(self, images: Sequence[CaptionedImage], transform: ImageTransform) -> None:
+        self.images, self.transform = list(images), transform
+        self.texts = [c for im in self.images for c in im.captions]
+        self.text_image = [i for i, im in enumerate(self.images) for _ in im.captions]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"task": "retrieval", "image": self.transform(load_image(self.images[index].image_path)), "index": index}
+
+
+class RetrievalPairDataset(CaptionPairDataset):
+    """Retrieval fine-tuning: the ITM pairs of :class:`CaptionPairDataset`, tagged ``task = "retrieval"``."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**super().__getitem__(index), "task": "retrieval"}
+
+
+class NLVR2Dataset(Dataset):
+    """NLVR2: a sentence with its left and right images; label True/False."""
+
+    def __init__(self, examples: Sequence[NLVR2Example], transform: ImageTransform) -> None:
+        self.examples, self.transform = list(examples), transform
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        return {
+            "task": "nlvr2",
+            "image_left": self.transform(load_image(ex.left_image)),
+            "image_right": self.transform(load_image(ex.right_image)),
+            "text": ex.sentence,
+            "label": int(ex.label),
+            "identifier": ex.identifier,
+            "index": index,
+        }
+
+
+class EntailmentDataset(Dataset):
+    """SNLI-VE: image premise, text hypothesis, label index into ``SNLI_VE_LABELS``."""
+
+    def __init__(self, examples: Sequence[EntailmentExample], transform: ImageTransform) -> None:
+        self.examples, self.transform = list(examples), transform
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        return {
+            "task": "snli_ve",
+            "image": self.transform(load_image(ex.image_path)),
+            "text": ex.hypothesis,
+            "label": SNLI_VE_LABELS.index(ex.label),
+            "index": index,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data module
+# --------------------------------------------------------------------------------------------------------
+
+_LAYOUT = {
+    "coco": "coco/dataset_coco.json + coco/{train2014,val2014}/ (Karpathy COCO)",
+    "flickr30k": "flickr30k/dataset_flickr30k.json + flickr30k/flickr30k-images/",
+    "vg": "vg/region_descriptions.json + vg/VG_100K/{image_id}.jpg",
+    "vqa": "vqa/v2_OpenEnded_mscoco_{sub}_questions.json + vqa/v2_mscoco_{sub}_annotations.json + vqa/{sub}/",
+    "nlvr2": "nlvr2/{train,dev,test1}.json + nlvr2/images/{train,dev,test1}/",
+    "snli_ve": "snli_ve/snli_ve_{train,dev,test}.jsonl + snli_ve/flickr30k_images/",
+}
+
+
+class SingleStreamDataModule(LightningDataModule):
+    """Pre-training (MLM + ITM on captions) followed by one downstream task, for SOHO and Pixel-BERT.
+
+    The first ``pretrain_epochs`` epochs train on image-caption pairs, the rest on ``task`` (set the
+    trainer's ``reload_dataloaders_every_n_epochs: 1`` when both phases are used, so the loader switches).
+    Every batch carries its ``task`` so the module knows which losses to apply. Validation loaders: the
+    ``task``'s held-out split and, when ``eval_retrieval`` is set, ITM retrieval on a Karpathy test split.
+
+    Args:
+        root: Directory with the layout in the module docstring.
+        pretrain_sources: Caption sources for pre-training: ``coco`` (Karpathy train + restval), ``vg``.
+        pretrain_epochs: Epochs of pre-training before the downstream task (0 = fine-tune only).
+        task: The downstream task, or None for pre-training only.
+        retrieval_dataset: ``coco`` or ``flickr30k``: the Karpathy file of retrieval fine-tuning/evaluation.
+        eval_retrieval: Evaluate ITM retrieval (both directions) on ``retrieval_dataset``'s ``retrieval_split``.
+        retrieval_split: Karpathy split evaluated (``test``, or ``val`` for model selection).
+        retrieval_max_images: Evaluate on the first N images of that split (COCO "1K" = 1000); None = all.
+        vqa_train: VQA v2 subtypes to train on (``train2014``; papers add ``val2014`` for test-dev).
+        vqa_eval: Subtype evaluated with the official metric (``val2014``).
+        vqa_min_answer_count: Answer vocabulary = normalised answers seen >= this often (9 -> 3129).
+        image_size: Short side at pre-training / evaluation (SOHO 600, Pixel-BERT 800).
+        max_size: Long side limit (SOHO 1000, Pixel-BERT 1333).
+        train_sizes: Short sides drawn per image when fine-tuning (SOHO VQA: 400..800); None = image_size.
+        itm_negative_prob: Probability that a pre-training caption is swapped for another image's.
+        batch_size: Training batch size per process.
+        eval_batch_size: Evaluation batch size per process.
+        num_workers: DataLoader workers.
+        max_failure_fraction: Tolerated fraction of unreadable images (skipped and counted).
+        synthetic_images: Write a synthetic world of this many training images into ``root`` in every
+            layout the configuration needs (0 = use real data).
+        synthetic_image_size: Side of the synthetic images.
+        seed: Seed of the synthetic world.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        pretrain_sources: list[str] | None = None,
+        pretrain_epochs: int = 0,
+        task: Task | None = "vqa",
+        retrieval_dataset: Literal["coco", "flickr30k"] = "coco",
+        eval_retrieval: bool = False,
+        retrieval_split: Literal["val", "test"] = "test",
+        retrieval_max_images: int | None = None,
+        vqa_train: list[str] | None = None,
+        vqa_eval: str = "val2014",
+        vqa_min_answer_count: int = 9,
+        image_size: int = 600,
+        max_size: int = 1000,
+        train_sizes: list[int] | None = None,
+        itm_negative_prob: float = 0.5,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 4,
+        max_failure_fraction: float = 0.01,
+        synthetic_images: int = 0,
+        synthetic_image_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.pretrain_sources = list(pretrain_sources) if pretrain_sources is not None else ["coco", "vg"]
+        unknown = set(self.pretrain_sources) - {"coco", "vg", "flickr30k"}
+        if unknown:
+            raise ValueError(f"pretrain_sources: unknown {sorted(unknown)}; choose from coco, vg, flickr30k")
+        if pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be >= 0, got {pretrain_epochs}")
+        if task is None and pretrain_epochs == 0:
+            raise ValueError("nothing to train: task is None and pretrain_epochs is 0")
+        self.pretrain_epochs, self.task = pretrain_epochs, task
+        self.vqa_train = list(vqa_train) if vqa_train is not None else ["train2014"]
+        self.answers: list[str] = []
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- phases ------------------------------------------------------------------------------------------
+    def phase(self, epoch: int) -> str:
+        """``pretrain`` for the first ``pretrain_epochs`` epochs, then ``finetune`` (always, without a task)."""
+        return "pretrain" if epoch < self.pretrain_epochs or self.task is None else "finetune"
+
+    # -- preparation -------------------------------------------------------------------------------------
+    def _needed(self) -> set[str]:
+        needed = set(self.pretrain_sources) if self.pretrain_epochs else set()
+        if self.task == "vqa":
+            needed.add("vqa")
+        if self.task == "retrieval" or self.hparams.eval_retrieval:
+            needed.add(self.hparams.retrieval_dataset)
+        if self.task in ("nlvr2", "snli_ve"):
+            needed.add(self.task)
+        return needed
+
+    def _main_file(self, part: str) -> Path:
+        return {
+            "coco": self.root / "coco" / "dataset_coco.json",
+            "flickr30k": self.root / "flickr30k" / "dataset_flickr30k.json",
+            "vg": self.root / "vg" / "region_descriptions.json",
+            "vqa": vqa_v2_paths(self.root / "vqa", self.hparams.vqa_eval)[0],
+            "nlvr2": self.root / "nlvr2" / "dev.json",
+            "snli_ve": self.root / "snli_ve" / "snli_ve_dev.jsonl",
+        }[part]
+
+    def prepare_data(self) -> None:
+        if self.hparams.synthetic_images:
+            self._write_synthetic()
+        for part in sorted(self._needed()):
+            path = self._main_file(part)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found; expected under {self.root}: {_LAYOUT[part]}")
+
+    def _write_synthetic(self) -> None:
+        from vislang.shared.data.synthetic import SyntheticWorld
+        from vislang.shared.data.synthetic import vl_writers as w
+
+        n = self.hparams.synthetic_images
+        world = SyntheticWorld(seed=self.hparams.seed, image_size=self.hparams.synthetic_image_size, num_images=n)
+        n_eval = max(n // 10, 10)
+        for part in sorted(self._needed()):
+            if self._main_file(part).is_file():
+                continue
+            if part in ("coco", "flickr30k"):
+                w.write_karpathy(world, self.root / part, part, num_train=n, num_val=n_eval, num_test=n_eval)
+            elif part == "vg":  # other training scenes than COCO's, as VG and COCO overlap only partly
+                w.write_vg_regions(world, self.root / "vg", indices=range(n, n + n // 2))
+            elif part == "vqa":
+                w.write_vqa_v2(world, self.root / "vqa", "train", indices=range(n))
+                w.write_vqa_v2(world, self.root / "vqa", "val", indices=range(1_000_000, 1_000_000 + n_eval))
+            elif part == "nlvr2":
+                for split in ("train", "dev"):
+                    w.write_nlvr2(world, self.root / "nlvr2", split, num_examples=n if split == "train" else n_eval)
+            elif part == "snli_ve":
+                for split in ("train", "dev"):
+                    w.write_snli_ve(world, self.root / "snli_ve", split, num_images=n if split == "train" else n_eval)
+
+    # -- datasets ----------------------------------------------------------------------------------------
+    def _transform(self, train: bool) -> ImageTransform:
+        h = self.hparams
+        return ImageTransform(h.image_size, h.max_size, h.train_sizes if train else None)
+
+    def _karpathy(self, dataset: str, splits: Sequence[str]) -> list[CaptionedImage]:
+        folder = self.root / dataset
+        image_root = folder if dataset == "coco" else folder / "flickr30k-images"
+        return read_karpathy(folder / f"dataset_{dataset}.json", image_root, splits)
+
+    def _vqa(self, subtype: str) -> list[VQAExample]:
+        questions, annotations, images = vqa_v2_paths(self.root / "vqa", subtype)
+        if annotations is None:
+            raise FileNotFoundError(f"{self.root / 'vqa'}: no annotations for {subtype} ({_LAYOUT['vqa']})")
+        return read_vqa_v2(questions, annotations, images)
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if self.pretrain_epochs:
+            captioned: list[CaptionedImage] = []
+            for source in self.pretrain_sources:
+                if source == "vg":
+                    captioned += read_vg_regions(
+                        self.root / "vg" / "region_descriptions.json", self.root / "vg" / "VG_100K"
+                    )
+                else:
+                    captioned += self._karpathy(source, ["train", "restval"])
+            self.datasets["pretrain"] = CaptionPairDataset(captioned, self._transform(False), h.itm_negative_prob)
+        if self.task == "vqa":
+            train = [ex for sub in self.vqa_train for ex in self._vqa(sub)]
+            annotations = [{"multiple_choice_answer": ex.multiple_choice_answer or ""} for ex in train]
+            self.answers = build_answer_vocab(annotations, h.vqa_min_answer_count)
+            if not self.answers:
+                raise ValueError(f"no answer is seen >= {h.vqa_min_answer_count} times in {self.vqa_train}")
+            vocab = set(self.answers)
+            # ViLT/bottom-up: training questions without any in-vocabulary answer are dropped.
+            train = [ex for ex in train if any(a in vocab for a in ex.answers)]
+            self.datasets["vqa"] = VQADataset(train, self._transform(True), self.answers)
+            self.datasets["val/vqa"] = VQADataset(self._vqa(h.vqa_eval), self._transform(False), self.answers)
+        elif self.task == "retrieval":
+            images = self._karpathy(h.retrieval_dataset, ["train", "restval"])
+            self.datasets["retrieval"] = RetrievalPairDataset(images, self._transform(True), h.itm_negative_prob)
+        elif self.task == "nlvr2":
+            nlvr = self.root / "nlvr2"
+            self.datasets["nlvr2"] = NLVR2Dataset(
+                read_nlvr2(nlvr / "train.json", nlvr / "images" / "train"), self._transform(True)
+            )
+            self.datasets["val/nlvr2"] = NLVR2Dataset(
+                read_nlvr2(nlvr / "dev.json", nlvr / "images" / "dev"), self._transform(False)
+            )
+        elif self.task == "snli_ve":
+            ve = self.root / "snli_ve"
+            images = ve / "flickr30k_images"
+            self.datasets["snli_ve"] = EntailmentDataset(
+                read_snli_ve(ve / "snli_ve_train.jsonl", images), self._transform(True)
+            )
+            self.datasets["val/snli_ve"] = EntailmentDataset(
+                read_snli_ve(ve / "snli_ve_dev.jsonl", images), self._transform(False)
+            )
+        if self.task == "retrieval" or h.eval_retrieval:
+            images = self._karpathy(h.retrieval_dataset, [h.retrieval_split])[: h.retrieval_max_images]
+            self.datasets["val/retrieval"] = RetrievalImageDataset(images, self._transform(False))
+
+    # -- loaders -----------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            RobustDataset(dataset, h.max_failure_fraction),
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=h.num_workers,
+            persistent_workers=False,
+            collate_fn=collate_with_failures(collate),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        if (
+            self.pretrain_epochs
+            and self.task is not None
+            and trainer is not None
+            and trainer.reload_dataloaders_every_n_epochs != 1
+        ):
+            raise ValueError(
+                "pre-training then fine-tuning in one run needs trainer.reload_dataloaders_every_n_epochs=1"
+            )
+        key = "pretrain" if self.phase(epoch) == "pretrain" else self.task
+        return self._loader(self.datasets[key], train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.datasets[k], train=False) for k in self.val_tasks]
+
+    @property
+    def val_tasks(self) -> list[str]:
+        """Keys of the validation datasets, in loader order."""
+        return [k for k in ("val/vqa", "val/nlvr2", "val/snli_ve", "val/retrieval") if k in self.datasets]
