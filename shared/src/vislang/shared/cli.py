@@ -151,8 +151,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VislangCLI:
         args: command-line arguments (a list, as from `sys.argv[1:]`); None reads `sys.argv`.
         run: run the subcommand (fit, validate, ...); False only parses and instantiates, for tests.
     """
-    # TF32 matmuls on Ampere+ GPUs: same accuracy class as bf16-mixed training, several times faster.
-    torch.set_float32_matmul_precision("high")
+    # TF32 matmuls on Ampere+ GPUs: same accuracy class as bf16-mixed training, several times faster. Only with
+    # CUDA: on CPU "high" may pick reduced-precision kernels that bring no speed (CMAE's demo measured slower).
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
     return VislangCLI(
         LightningModule,
         LightningDataModule,
