@@ -23,8 +23,8 @@ from vislang.shared.singlestream.model import (
     SingleStreamModel,
     VisualEmbedder,
     VisualTokens,
-    bert_base_config,
     build_cnn,
+    text_config,
 )
 
 __all__ = ["PRESETS", "PixelBERTEmbedder", "PixelBERTPreset", "build_pixelbert", "sample_pixels"]
@@ -121,15 +121,9 @@ def build_pixelbert(
     position_2d: bool = False,
 ) -> SingleStreamModel:
     """Pixel-BERT of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it)."""
-    from vislang.shared.text import tiny_bert_config
-
     if preset not in PRESETS:
         raise ValueError(f"unknown Pixel-BERT preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
-    if p.layers is None:
-        config = tiny_bert_config(tokenizer, hidden=p.hidden, layers=2, heads=p.heads)
-    else:
-        config = bert_base_config(len(tokenizer), num_hidden_layers=p.layers, hidden_size=p.hidden,
-                                  num_attention_heads=p.heads, pad_token_id=tokenizer.pad_token_id or 0)  # fmt: skip
+    config = text_config(tokenizer, p.layers, p.hidden, p.heads)
     embedder = PixelBERTEmbedder(p.hidden, num_samples, sample_per, position_2d)
     return SingleStreamModel(GridEncoder(build_cnn(p.cnn), p.hidden), embedder, config, num_answers)

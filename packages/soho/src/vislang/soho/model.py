@@ -31,8 +31,8 @@ from vislang.shared.singlestream.model import (
     SingleStreamModel,
     VisualEmbedder,
     VisualTokens,
-    bert_base_config,
     build_cnn,
+    text_config,
 )
 
 __all__ = ["PRESETS", "SOHOEmbedder", "SOHOPreset", "VisualDictionary", "build_soho", "mvm_logits"]
@@ -268,16 +268,10 @@ def build_soho(
     mvm_anchor: Literal["batch", "image"] = "batch",
 ) -> SingleStreamModel:
     """SOHO of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it)."""
-    from vislang.shared.text import tiny_bert_config
-
     if preset not in PRESETS:
         raise ValueError(f"unknown SOHO preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
-    if p.layers is None:
-        config = tiny_bert_config(tokenizer, hidden=p.hidden, layers=2, heads=p.heads)
-    else:
-        config = bert_base_config(len(tokenizer), num_hidden_layers=p.layers, hidden_size=p.hidden,
-                                  num_attention_heads=p.heads, pad_token_id=tokenizer.pad_token_id or 0)  # fmt: skip
+    config = text_config(tokenizer, p.layers, p.hidden, p.heads)
     dictionary = VisualDictionary(p.num_tokens, p.hidden, vd_decay, vd_decay_ramp, vd_max_decay,
                                   restart_dead=vd_restart_dead)  # fmt: skip
     embedder = SOHOEmbedder(p.hidden, dictionary, visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor)

@@ -167,6 +167,17 @@ def bert_base_config(vocab_size: int = 30522, **overrides: Any) -> Any:
     return BertConfig(vocab_size=vocab_size, **overrides)  # BertConfig's defaults are bert-base's
 
 
+def text_config(tokenizer: Any, layers: int | None, hidden: int, heads: int) -> Any:
+    """The BERT configuration of a preset: ``layers=None`` is the 2-layer tiny BERT of demos and tests,
+    otherwise a BERT-base-shaped configuration with the tokenizer's vocabulary."""
+    if layers is None:
+        from vislang.shared.text import tiny_bert_config
+
+        return tiny_bert_config(tokenizer, hidden=hidden, layers=2, heads=heads)
+    return bert_base_config(len(tokenizer), num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                            pad_token_id=tokenizer.pad_token_id or 0)  # fmt: skip
+
+
 class SingleStreamModel(nn.Module):
     """CNN + visual embedder + BERT over ``cat[text, visual]``, with the pre-training and task heads.
 
