@@ -209,6 +209,7 @@ def tiny_bert_config(
     heads: int = 2,
     intermediate: int | None = None,
     max_position: int = 128,
+    initializer_range: float = 0.02,
 ) -> BertConfig:
     """A small ``BertConfig`` matching ``tokenizer``, for demos and tests on the synthetic world.
 
@@ -219,6 +220,7 @@ def tiny_bert_config(
         heads: Attention heads.
         intermediate: Feed-forward size; ``None`` means ``4 * hidden`` as in BERT.
         max_position: Maximum sequence length (position embeddings).
+        initializer_range: Std of the normal weight init (BERT's 0.02).
 
     Returns:
         The configuration; build the model with ``transformers.BertModel(config)``.
@@ -234,6 +236,7 @@ def tiny_bert_config(
         num_attention_heads=heads,
         intermediate_size=intermediate if intermediate is not None else 4 * hidden,
         max_position_embeddings=max_position,
+        initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
     )
 

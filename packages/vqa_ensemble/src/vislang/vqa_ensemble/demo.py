@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.vl_writers import write_vqa_v2
 from vislang.shared.data.synthetic.writers import split_indices, write_coco_instances
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
-from vislang.shared.metrics.vqa import vqa_accuracy
+from vislang.shared.metrics.vqa import vqa_prior_baselines
 from vislang.vqa_ensemble import extract
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -53,19 +52,10 @@ def majority_baselines(root: Path, heldout_fraction: float = 0.5) -> dict[str, f
     images = sorted({e.image_id for e in val})
     held = set(images[len(images) - max(1, round(heldout_fraction * len(images))) :])
     test = [e for e in val if e.image_id in held]
-    overall = Counter(e.multiple_choice_answer for e in train).most_common(1)[0][0]
-    per_type: dict[str, Counter] = {}
-    for e in train:
-        per_type.setdefault(e.question_type or "", Counter())[e.multiple_choice_answer] += 1
-
-    def score(pred) -> float:  # noqa: ANN001
-        return round(100 * sum(vqa_accuracy(pred(e), list(e.answers)) for e in test) / len(test), 2)
-
+    priors = vqa_prior_baselines(train, test)
     return {
-        "majority answer": score(lambda e: overall),
-        "majority answer per question type": score(
-            lambda e: per_type[e.question_type].most_common(1)[0][0] if e.question_type in per_type else overall
-        ),
+        "majority answer": round(priors["majority"], 2),
+        "majority answer per question type": round(priors["per_question_type"], 2),
     }
 
 

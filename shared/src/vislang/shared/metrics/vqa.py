@@ -47,6 +47,7 @@ __all__ = [
     "process_punctuation",
     "read_vqa_results",
     "vqa_accuracy",
+    "vqa_prior_baselines",
     "vqa_soft_score",
     "vqa_soft_targets",
     "write_vqa_results",
@@ -197,6 +198,35 @@ def aggregate_vqa(
                 groups[t].append(acc)
         result[key] = {t: pct(v) for t, v in groups.items()}
     return result
+
+
+def vqa_prior_baselines(train: Iterable[Any], evaluated: Sequence[Any], version: str = "2021") -> dict[str, Any]:
+    """The VQA paper's answer-prior baselines, scored with the official accuracy on ``evaluated``.
+
+    ``majority``: always the most common training ``multiple_choice_answer``; ``per_question_type``: the
+    most common training answer of the question's ``question_type`` (the majority answer for unseen
+    types). A model that does not look at the image can reach the second one, so a VQA score means
+    "grounded" only above it. Items need ``multiple_choice_answer``, ``question_type`` and ``answers``
+    (``vislang.shared.data.vl.VQAExample``). Returns percentages and the majority answer.
+    """
+    overall: Counter[str] = Counter()
+    per_type: dict[str, Counter[str]] = defaultdict(Counter)
+    for example in train:
+        overall[example.multiple_choice_answer] += 1
+        per_type[example.question_type or ""][example.multiple_choice_answer] += 1
+    if not overall or not evaluated:
+        raise ValueError("vqa_prior_baselines needs training and evaluated questions")
+    majority = overall.most_common(1)[0][0]
+    by_type = {t: c.most_common(1)[0][0] for t, c in per_type.items()}
+
+    def score(answer_of: Any) -> float:
+        return 100 * sum(vqa_accuracy(answer_of(e), list(e.answers), version) for e in evaluated) / len(evaluated)
+
+    return {
+        "majority": score(lambda e: majority),
+        "per_question_type": score(lambda e: by_type.get(e.question_type or "", majority)),
+        "answer": majority,
+    }
 
 
 def _id_mismatch_message(missing: Iterable[int], extra: Iterable[int], duplicated: Iterable[int] = ()) -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "ImageTransform",
     "NLVR2Dataset",
     "RetrievalImageDataset",
+    "RetrievalRankDataset",
     "SingleStreamDataModule",
     "VQADataset",
     "collate",
@@ -65,6 +66,7 @@ IMAGE_STD = (58.395, 57.12, 57.375)
 """SOHO's (mmdet's) RGB normalisation, on 0-255 pixel values."""
 
 Task = Literal["vqa", "retrieval", "nlvr2", "snli_ve"]
+TASKS = ("vqa", "retrieval", "nlvr2", "snli_ve")
 
 
 def load_image(path: Path) -> Image.Image:
@@ -213,11 +215,26 @@ class RetrievalImageDataset(Dataset):
         return {"task": "retrieval", "image": self.transform(load_image(self.images[index].image_path)), "index": index}
 
 
-class RetrievalPairDataset(CaptionPairDataset):
-    """Retrieval fine-tuning: the ITM pairs of :class:`CaptionPairDataset`, tagged ``task = "retrieval"``."""
+class RetrievalRankDataset(CaptionPairDataset):
+    """Retrieval fine-tuning: an image with one of its captions first, then ``num_negatives`` captions of
+    other images (``texts``); the module trains the ITM score with softmax cross-entropy over these
+    candidates (Pixel-BERT Sec. 2.5 samples negatives per positive; ViLT's ``irtr`` uses 15).
+
+    One item per caption, as in pre-training; negatives are drawn afresh every time (no hard negatives).
+    """
+
+    def __init__(self, images: Sequence[CaptionedImage], transform: ImageTransform, num_negatives: int = 15) -> None:
+        if num_negatives < 1:
+            raise ValueError(f"retrieval fine-tuning needs at least one negative, got num_negatives={num_negatives}")
+        super().__init__(images, transform, negative_prob=1.0)
+        self.num_negatives = num_negatives
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**super().__getitem__(index), "task": "retrieval"}
+        i, c = self.pairs[index]
+        record = self.images[i]
+        texts = [record.captions[c]] + [self.negative_caption(record.image_id) for _ in range(self.num_negatives)]
+        return {"task": "retrieval", "image": self.transform(load_image(record.image_path)), "texts": texts,
+                "index": index}  # fmt: skip
 
 
 class NLVR2Dataset(Dataset):
@@ -277,18 +294,22 @@ _LAYOUT = {
 
 
 class SingleStreamDataModule(LightningDataModule):
-    """Pre-training (MLM + ITM on captions) followed by one downstream task, for SOHO and Pixel-BERT.
+    """Pre-training (MLM + ITM on captions) followed by downstream tasks, for SOHO and Pixel-BERT.
 
-    The first ``pretrain_epochs`` epochs train on image-caption pairs, the rest on ``task`` (set the
-    trainer's ``reload_dataloaders_every_n_epochs: 1`` when both phases are used, so the loader switches).
-    Every batch carries its ``task`` so the module knows which losses to apply. Validation loaders: the
-    ``task``'s held-out split and, when ``eval_retrieval`` is set, ITM retrieval on a Karpathy test split.
+    The first ``pretrain_epochs`` epochs train on image-caption pairs, then each task of ``task`` in turn:
+    ``task_epochs[i]`` epochs of ``task[i]``, the last task until the end of training (set the trainer's
+    ``reload_dataloaders_every_n_epochs: 1`` when there is more than one phase, so the loader switches).
+    Every batch carries its ``task`` so the module knows which losses to apply. Validation loaders: each
+    task's held-out split (scored in that task's epochs) and, when ``eval_retrieval`` is set, ITM
+    retrieval on a Karpathy split (scored in the pre-training epochs, unless retrieval is itself a task).
 
     Args:
         root: Directory with the layout in the module docstring.
         pretrain_sources: Caption sources for pre-training: ``coco`` (Karpathy train + restval), ``vg``.
         pretrain_epochs: Epochs of pre-training before the downstream task (0 = fine-tune only).
-        task: The downstream task, or None for pre-training only.
+        task: The downstream task (``vqa``, ``retrieval``, ``nlvr2``, ``snli_ve``), a list of them trained one
+            after another, or None for pre-training only.
+        task_epochs: With several tasks, the epochs of each but the last (which runs to ``max_epochs``).
         retrieval_dataset: ``coco`` or ``flickr30k``: the Karpathy file of retrieval fine-tuning/evaluation.
         eval_retrieval: Evaluate ITM retrieval (both directions) on ``retrieval_dataset``'s ``retrieval_split``.
         retrieval_split: Karpathy split evaluated (``test``, or ``val`` for model selection).
@@ -300,6 +321,7 @@ class SingleStreamDataModule(LightningDataModule):
         max_size: Long side limit (SOHO 1000, Pixel-BERT 1333).
         train_sizes: Short sides drawn per image when fine-tuning (SOHO VQA: 400..800); None = image_size.
         itm_negative_prob: Probability that a pre-training caption is swapped for another image's.
+        retrieval_negatives: Captions of other images scored beside each positive in retrieval fine-tuning.
         batch_size: Training batch size per process.
         eval_batch_size: Evaluation batch size per process.
         num_workers: DataLoader workers.
@@ -315,7 +337,8 @@ class SingleStreamDataModule(LightningDataModule):
         root: str,
         pretrain_sources: list[str] | None = None,
         pretrain_epochs: int = 0,
-        task: Task | None = "vqa",
+        task: Task | list[Task] | None = "vqa",
+        task_epochs: list[int] | None = None,
         retrieval_dataset: Literal["coco", "flickr30k"] = "coco",
         eval_retrieval: bool = False,
         retrieval_split: Literal["val", "test"] = "test",
@@ -327,6 +350,7 @@ class SingleStreamDataModule(LightningDataModule):
         max_size: int = 1000,
         train_sizes: list[int] | None = None,
         itm_negative_prob: float = 0.5,
+        retrieval_negatives: int = 15,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 4,
@@ -344,27 +368,41 @@ class SingleStreamDataModule(LightningDataModule):
             raise ValueError(f"pretrain_sources: unknown {sorted(unknown)}; choose from coco, vg, flickr30k")
         if pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be >= 0, got {pretrain_epochs}")
-        if task is None and pretrain_epochs == 0:
+        self.tasks: list[str] = [] if task is None else [task] if isinstance(task, str) else list(task)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"task: {self.tasks} must name distinct tasks from {list(TASKS)}")
+        self.task_epochs = list(task_epochs or [])
+        if len(self.task_epochs) != max(len(self.tasks) - 1, 0) or any(n < 1 for n in self.task_epochs):
+            raise ValueError(
+                f"task_epochs: need one positive epoch count for each task but the last ({self.tasks}), "
+                f"got {self.task_epochs}"
+            )
+        if not self.tasks and pretrain_epochs == 0:
             raise ValueError("nothing to train: task is None and pretrain_epochs is 0")
-        self.pretrain_epochs, self.task = pretrain_epochs, task
+        self.pretrain_epochs = pretrain_epochs
         self.vqa_train = list(vqa_train) if vqa_train is not None else ["train2014"]
         self.answers: list[str] = []
         self.datasets: dict[str, Dataset] = {}
 
     # -- phases ------------------------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
-        """``pretrain`` for the first ``pretrain_epochs`` epochs, then ``finetune`` (always, without a task)."""
-        return "pretrain" if epoch < self.pretrain_epochs or self.task is None else "finetune"
+        """What epoch ``epoch`` trains: ``pretrain`` (always, without a task), then each task in turn."""
+        if epoch < self.pretrain_epochs or not self.tasks:
+            return "pretrain"
+        epoch -= self.pretrain_epochs
+        for task, epochs in zip(self.tasks, self.task_epochs, strict=False):
+            if epoch < epochs:
+                return task
+            epoch -= epochs
+        return self.tasks[-1]
 
     # -- preparation -------------------------------------------------------------------------------------
     def _needed(self) -> set[str]:
         needed = set(self.pretrain_sources) if self.pretrain_epochs else set()
-        if self.task == "vqa":
-            needed.add("vqa")
-        if self.task == "retrieval" or self.hparams.eval_retrieval:
+        needed |= {t for t in self.tasks if t != "retrieval"}
+        if "retrieval" in self.tasks or self.hparams.eval_retrieval:
             needed.add(self.hparams.retrieval_dataset)
-        if self.task in ("nlvr2", "snli_ve"):
-            needed.add(self.task)
         return needed
 
     def _main_file(self, part: str) -> Path:
@@ -437,7 +475,7 @@ class SingleStreamDataModule(LightningDataModule):
                 else:
                     captioned += self._karpathy(source, ["train", "restval"])
             self.datasets["pretrain"] = CaptionPairDataset(captioned, self._transform(False), h.itm_negative_prob)
-        if self.task == "vqa":
+        if "vqa" in self.tasks:
             train = [ex for sub in self.vqa_train for ex in self._vqa(sub)]
             annotations = [{"multiple_choice_answer": ex.multiple_choice_answer or ""} for ex in train]
             self.answers = build_answer_vocab(annotations, h.vqa_min_answer_count)
@@ -448,10 +486,10 @@ class SingleStreamDataModule(LightningDataModule):
             train = [ex for ex in train if any(a in vocab for a in ex.answers)]
             self.datasets["vqa"] = VQADataset(train, self._transform(True), self.answers)
             self.datasets["val/vqa"] = VQADataset(self._vqa(h.vqa_eval), self._transform(False), self.answers)
-        elif self.task == "retrieval":
+        if "retrieval" in self.tasks:
             images = self._karpathy(h.retrieval_dataset, ["train", "restval"])
-            self.datasets["retrieval"] = RetrievalPairDataset(images, self._transform(True), h.itm_negative_prob)
-        elif self.task == "nlvr2":
+            self.datasets["retrieval"] = RetrievalRankDataset(images, self._transform(True), h.retrieval_negatives)
+        if "nlvr2" in self.tasks:
             nlvr = self.root / "nlvr2"
             self.datasets["nlvr2"] = NLVR2Dataset(
                 read_nlvr2(nlvr / "train.json", nlvr / "images" / "train"), self._transform(True)
@@ -459,7 +497,7 @@ class SingleStreamDataModule(LightningDataModule):
             self.datasets["val/nlvr2"] = NLVR2Dataset(
                 read_nlvr2(nlvr / "dev.json", nlvr / "images" / "dev"), self._transform(False)
             )
-        elif self.task == "snli_ve":
+        if "snli_ve" in self.tasks:
             ve = self.root / "snli_ve"
             images = ve / "flickr30k_images"
             self.datasets["snli_ve"] = EntailmentDataset(
@@ -468,7 +506,7 @@ class SingleStreamDataModule(LightningDataModule):
             self.datasets["val/snli_ve"] = EntailmentDataset(
                 read_snli_ve(ve / "snli_ve_dev.jsonl", images), self._transform(False)
             )
-        if self.task == "retrieval" or h.eval_retrieval:
+        if "retrieval" in self.tasks or h.eval_retrieval:
             images = self._karpathy(h.retrieval_dataset, [h.retrieval_split])[: h.retrieval_max_images]
             self.datasets["val/retrieval"] = RetrievalImageDataset(images, self._transform(False))
 
@@ -488,17 +526,13 @@ class SingleStreamDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
-        if (
-            self.pretrain_epochs
-            and self.task is not None
-            and trainer is not None
-            and trainer.reload_dataloaders_every_n_epochs != 1
-        ):
+        phases = int(self.pretrain_epochs > 0) + len(self.tasks)
+        if phases > 1 and trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(
-                "pre-training then fine-tuning in one run needs trainer.reload_dataloaders_every_n_epochs=1"
+                "more than one training phase (pre-training, tasks) in one run needs "
+                "trainer.reload_dataloaders_every_n_epochs=1"
             )
-        key = "pretrain" if self.phase(epoch) == "pretrain" else self.task
-        return self._loader(self.datasets[key], train=True)
+        return self._loader(self.datasets[self.phase(epoch)], train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.datasets[k], train=False) for k in self.val_tasks]

@@ -13,7 +13,6 @@ gradient-norm clipping. Two optimisers need Lightning's manual optimisation (set
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from vislang.shared.metrics import (
     VQAAccuracy,
     retrieval_metrics,
     transpose_positives,
-    vqa_accuracy,
+    vqa_prior_baselines,
 )
 from vislang.shared.metrics.ddp import SampleMetric
 from vislang.shared.singlestream.model import SingleStreamModel, VisualTokens, itm_loss, mlm_loss, vqa_loss
@@ -66,7 +65,11 @@ class ITMRetrievalMetric(SampleMetric):
             image_texts.setdefault(i, []).append(t)
         tr = retrieval_metrics(sim, [image_texts.get(i, []) for i in index])
         row_of = {i: r for r, i in enumerate(index)}
-        ir = retrieval_metrics(sim.T, transpose_positives([image_texts.get(i, []) for i in index], sim.shape[1]))
+        # text->image over the texts whose image was scored (all of them, unless evaluation was cut short)
+        scored = [t for t, i in enumerate(self.text_image) if i in row_of]
+        column = {t: c for c, t in enumerate(scored)}
+        positives = [[column[t] for t in image_texts.get(i, [])] for i in index]
+        ir = retrieval_metrics(sim[:, scored].T, transpose_positives(positives, len(scored)))
         out = {f"tr/{k}": v for k, v in tr.items()}
         out.update({f"ir/{k}": v for k, v in ir.items()})
         out["rsum"] = sum(v for k, v in out.items() if "/R@" in k)
@@ -174,13 +177,9 @@ class SingleStreamModule(LightningModule):
             self.answers = list(answers)
         if "val/vqa" in datasets:
             self.metrics["vqa"] = VQAAccuracy(self.hparams.vqa_version).to(self.device)
-            # the majority-answer baseline: always answer the most frequent training answer
-            majority = Counter(ex.multiple_choice_answer for ex in datasets["vqa"].examples).most_common(1)[0][0]
-            accs = [
-                vqa_accuracy(majority, list(ex.answers), self.hparams.vqa_version)
-                for ex in datasets["val/vqa"].examples
-            ]
-            self.baselines["vqa"] = {"overall": 100 * sum(accs) / len(accs), "answer": majority}
+            self.baselines["vqa"] = vqa_prior_baselines(
+                datasets["vqa"].examples, datasets["val/vqa"].examples, self.hparams.vqa_version
+            )
         if "val/retrieval" in datasets:
             self.metrics["retrieval"] = ITMRetrievalMetric(datasets["val/retrieval"].text_image).to(self.device)
             self.retrieval_texts = datasets["val/retrieval"].texts
@@ -221,11 +220,13 @@ class SingleStreamModule(LightningModule):
         task = batch["task"][0]
         if task == "pretrain":
             return self.pretrain_losses(batch)
-        if task == "retrieval":  # retrieval fine-tuning: the ITM classifier on random negatives
-            ids, text_mask = self.tokenize(batch["text"])
-            hidden, _ = self.model(ids, text_mask, batch["image"], batch["pixel_mask"], pretraining=True)
-            loss, acc = itm_loss(self.model.itm_head(hidden[:, 0]), batch["matched"])
-            return {"loss_itm": loss, "acc_itm": acc}
+        if task == "retrieval":
+            # Pixel-BERT Sec. 2.5 (ViLT's irtr): softmax over the ITM scores of the positive (first) and the
+            # sampled negatives of each image; the CNN runs once per image.
+            scores = self.pair_scores(batch["image"], batch["pixel_mask"], batch["texts"])
+            target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+            loss = torch.nn.functional.cross_entropy(scores.float(), target)
+            return {"loss_rank": loss, "acc_rank": (scores.argmax(1) == 0).float().mean()}
         if task == "vqa":
             logits = self.model.vqa_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
             target = batch["target"]  # the data's vocabulary: the first len(vocab) of the head's outputs
@@ -256,7 +257,7 @@ class SingleStreamModule(LightningModule):
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if scheduler is not None:
                 scheduler.step()
-        size = len(batch["text"])
+        size = len(batch["task"])
         task = batch["task"][0]
         self.log(f"train/{task}/loss", loss, prog_bar=True, batch_size=size)
         for key, value in out.items():
@@ -271,9 +272,13 @@ class SingleStreamModule(LightningModule):
         if not hasattr(dm, "phase"):
             return True
         phase = dm.phase(self.current_epoch)
-        if task == "retrieval" and dm.task != "retrieval":
+        if task == "retrieval" and "retrieval" not in dm.tasks:
             return phase == "pretrain"
-        return phase == "finetune"
+        return phase == task
+
+    def _pretraining_phase(self) -> bool:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return hasattr(dm, "phase") and dm.phase(self.current_epoch) == "pretrain"
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = batch["task"][0]
@@ -287,7 +292,8 @@ class SingleStreamModule(LightningModule):
                 predictions, batch["answers"], batch["index"], batch["answer_type"], batch["question_type"]
             )
         elif task == "retrieval":
-            self.metrics["retrieval"].update(self.itm_scores(batch["image"], batch["pixel_mask"]), batch["index"])
+            scores = self.itm_scores(batch["image"], batch["pixel_mask"], pretraining=self._pretraining_phase())
+            self.metrics["retrieval"].update(scores, batch["index"])
         elif task == "nlvr2":
             left = self._cls(batch["image_left"], batch["pixel_mask_left"], batch["text"])
             right = self._cls(batch["image_right"], batch["pixel_mask_right"], batch["text"])
@@ -297,11 +303,28 @@ class SingleStreamModule(LightningModule):
             logits = self.model.snli_ve_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
             self.metrics["snli_ve"].update(logits.argmax(-1), batch["label"], batch["index"])
 
+    def pair_scores(
+        self, images: Tensor, pixel_mask: Tensor, texts: list[list[str]], pretraining: bool = False
+    ) -> Tensor:
+        """ITM scores (B, K) of image b against each of its K texts ``texts[b]``; the CNN runs once per image.
+
+        ``pretraining`` picks the visual embedding's pre-training path (the one ITM was trained on in
+        pre-training); fine-tuned retrieval uses the downstream path.
+        """
+        k = len(texts[0])
+        if any(len(group) != k for group in texts):
+            raise ValueError("pair_scores needs the same number of texts for every image")
+        grid, valid = self.model.encode_image(images, pixel_mask)
+        visual = self.model.embed_visual(grid, valid, pretraining=pretraining)
+        tokens = VisualTokens(visual.tokens.repeat_interleave(k, 0), visual.mask.repeat_interleave(k, 0))
+        ids, text_mask = self.tokenize([t for group in texts for t in group])
+        return self.model.itm_head.score(self.model.fuse(ids, text_mask, tokens)[:, 0]).view(-1, k)
+
     @torch.no_grad()
-    def itm_scores(self, images: Tensor, pixel_mask: Tensor) -> Tensor:
+    def itm_scores(self, images: Tensor, pixel_mask: Tensor, pretraining: bool = False) -> Tensor:
         """ITM match scores of each image against every evaluation text: (B, T). The CNN runs once per image."""
         grid, valid = self.model.encode_image(images, pixel_mask)
-        visual = self.model.embed_visual(grid, valid, pretraining=True)
+        visual = self.model.embed_visual(grid, valid, pretraining=pretraining)
         rows = []
         chunk = self.hparams.eval_text_chunk
         for b in range(images.shape[0]):
@@ -382,7 +405,9 @@ def format_table(scores: dict[str, dict[str, float]], baselines: dict[str, dict[
     if "vqa" in scores:
         base = baselines.get("vqa", {})
         rows.append(("VQA", "accuracy (official, 2021)", f"{scores['vqa']['overall']:.2f}",
-                     f"{base.get('overall', float('nan')):.2f} (always '{base.get('answer', '?')}')"))  # fmt: skip
+                     f"{base.get('majority', float('nan')):.2f} (always '{base.get('answer', '?')}')"))  # fmt: skip
+        if "per_question_type" in base:
+            rows.append(("VQA", "", "", f"{base['per_question_type']:.2f} (question-type prior)"))
         for key in sorted(k for k in scores["vqa"] if k.startswith("answer_type/")):
             rows.append(("VQA", f"  {key.split('/', 1)[1]}", f"{scores['vqa'][key]:.2f}", ""))
     if "retrieval" in scores:
