@@ -96,13 +96,27 @@ def test_video_pretrain_and_multiview_finetune(tmp_path: Path) -> None:
     assert "val/top1" in cli.trainer.callback_metrics
 
 
-@pytest.mark.slow
-def test_demo_probe_beats_random_init_on_the_background_attribute(tmp_path: Path) -> None:
-    """The demo as shipped (~2.5 min on 2 cores). The README's claim: pre-training clearly helps the background
-    probe; the shape-class probe is only reported (it is not yet clearly better, see the README)."""
+@pytest.fixture(scope="module")
+def demo_probe(tmp_path_factory) -> dict[str, dict[str, float]]:
+    """The demo as shipped (~3 min on 2 cores), run once for the slow probe tests; its linear_probe.json."""
+    out = tmp_path_factory.mktemp("demo")
     demo = Path(__file__).resolve().parents[2] / "packages" / "cmae" / "configs" / "demo.yaml"
-    build_cli(["fit", "-c", str(demo), f"--data.init_args.root={tmp_path / 'imagenet'}",
-               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    probe = yaml.safe_load(next(tmp_path.glob("cmae/version_*/linear_probe.json")).read_text())
-    assert probe["background"]["pretrained"] > probe["background"]["random_init"] + 8
-    assert probe["class"]["pretrained"] > probe["class"]["majority_class"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["lightning"])
+        build_cli(["fit", "-c", str(demo), f"--data.init_args.root={out / 'imagenet'}",
+                   f"--trainer.logger.init_args.save_dir={out}", f"--trainer.default_root_dir={out}"])  # fmt: skip
+    return yaml.safe_load(next(out.glob("cmae/version_*/linear_probe.json")).read_text())
+
+
+@pytest.mark.slow
+def test_demo_probe_beats_random_init_on_the_background_attribute(demo_probe) -> None:
+    """The README's claim: pre-training clearly helps the probe on the scene's background texture."""
+    assert demo_probe["background"]["pretrained"] > demo_probe["background"]["random_init"] + 8
+
+
+@pytest.mark.slow
+def test_demo_probe_beats_random_init_on_the_shape_class(demo_probe) -> None:
+    """The demo's class probe beats random init (measured +7.3 points, seeded) but by less than the
+    background probe; the README shows the numbers and what was tried."""
+    assert demo_probe["class"]["pretrained"] > demo_probe["class"]["random_init"] + 4
+    assert demo_probe["class"]["pretrained"] > demo_probe["class"]["majority_class"] + 10

@@ -8,10 +8,6 @@ Image classes are ``CLASS_NAMES`` (the shape of a scene's largest instance); vid
       train/<class>/<class>_<index>.png      one directory per class (every class, even if empty)
       val/<class>/<class>_<index>.png        class index = position in the sorted directory names
 
-  ``object_crop=S`` writes object-centric images instead (like ImageNet's photos, where the object fills much
-  of the frame): an ``S`` x ``S`` window of the scene that holds the whole labelled shape, at a seeded
-  random offset, so shapes are ``world.image_size / S`` times larger relative to the image.
-
 * ``write_cmae_json`` -- the folder layout plus CMAE's lists ``ImageNet_{train,val}.json``::
 
       [{"filename": "circle_00000012.png", "prefix": "train/circle", "label": 0}, ...]
@@ -31,14 +27,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import numpy as np
 from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vislang.shared.data.synthetic.world import CLASS_NAMES, VIDEO_CLASS_NAMES, Scene, SyntheticWorld
+from vislang.shared.data.synthetic.world import CLASS_NAMES, VIDEO_CLASS_NAMES, SyntheticWorld
 from vislang.shared.data.synthetic.writers import (
     IMAGE_FORMATS,
     MANIFEST,
@@ -52,7 +46,6 @@ from vislang.shared.data.video import write_video
 __all__ = [
     "SSV2_TEMPLATES",
     "image_class_dirs",
-    "crop_around_object",
     "video_class_dirs",
     "write_cmae_json",
     "write_imagenet_folder",
@@ -88,7 +81,6 @@ def write_imagenet_folder(
     num_train: int | None = None,
     num_val: int | None = None,
     image_format: str = "png",
-    object_crop: int | None = None,
 ) -> Path:
     """Scenes as an ImageNet-style class-folder tree (``train/`` and ``val/``); returns ``out_dir``.
 
@@ -97,38 +89,15 @@ def write_imagenet_folder(
         out_dir: root of the tree.
         num_train / num_val: images per split (default ``world.num_images`` and a tenth of it).
         image_format: ``png`` (exact pixels) or ``jpg`` (like ImageNet's JPEGs).
-        object_crop: write object-centric ``object_crop``-px windows around the labelled shape
-            (``object_crop``, see the module docstring) instead of whole scenes.
     """
-    splits = _split_sizes(world, num_train, num_val)
-    return _write_folder(world, Path(out_dir), splits, image_format, object_crop)[0]
-
-
-def crop_around_object(world: SyntheticWorld, scene: Scene, size: int) -> np.ndarray:
-    """A ``size`` x ``size`` window of ``scene.image`` holding the labelled (largest) shape's whole box.
-
-    The offset is uniform over the windows that contain the box (seeded by the world seed and the scene
-    index, so the same scene always gives the same window); a box wider than ``size`` is centred.
-    """
-    if not 0 < size <= scene.width:
-        raise ValueError(f"object_crop must be in 1..{scene.width} (the world's image side), got {size}")
-    main = max((i for i in scene.instances if i.shape == scene.label_name), key=lambda i: i.area)
-    rng = np.random.default_rng([world.seed, scene.index, 0x0C])
-    x, y, w, h = main.bbox
-    corner = []
-    for start, extent, side in ((x, w, scene.width), (y, h, scene.height)):
-        low, high = max(start + extent - size, 0), min(start, side - size)
-        corner.append(int(rng.integers(low, high + 1)) if low <= high else min(max(start + (extent - size) // 2, 0), side - size))
-    return scene.image[corner[1] : corner[1] + size, corner[0] : corner[0] + size]
+    return _write_folder(world, Path(out_dir), _split_sizes(world, num_train, num_val), image_format)[0]
 
 
 def _write_folder(
-    world: SyntheticWorld, out: Path, splits: dict[str, range], image_format: str, crop: int | None = None
+    world: SyntheticWorld, out: Path, splits: dict[str, range], image_format: str
 ) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
-    if crop is not None and not 0 < crop <= world.image_size:
-        raise ValueError(f"object_crop must be in 1..{world.image_size} (the world's image side), got {crop}")
     classes = image_class_dirs()
     records: dict[str, list[dict[str, Any]]] = {}
     for split, indices in splits.items():
@@ -138,8 +107,7 @@ def _write_folder(
         for index in tqdm(indices, desc=f"synthetic ImageNet {split} -> {out}", unit="image", disable=None):
             scene = world.scene(index)
             filename = f"{scene.label_name}_{index:08d}.{image_format}"
-            pixels = scene.image if crop is None else crop_around_object(world, scene, crop)
-            Image.fromarray(pixels).save(
+            Image.fromarray(scene.image).save(
                 out / split / scene.label_name / filename, format=IMAGE_FORMATS[image_format]
             )
             records[split].append(
@@ -158,14 +126,12 @@ def write_cmae_json(
     num_train: int | None = None,
     num_val: int | None = None,
     image_format: str = "png",
-    object_crop: int | None = None,
 ) -> Path:
     """The folder tree plus CMAE's ``ImageNet_{train,val}.json`` lists (path = ``out_dir/prefix/filename``).
 
-    Returns the path of ``ImageNet_train.json``; ``object_crop`` as in ``write_imagenet_folder``.
+    Returns the path of ``ImageNet_train.json``.
     """
-    splits = _split_sizes(world, num_train, num_val)
-    out, records = _write_folder(world, Path(out_dir), splits, image_format, object_crop)
+    out, records = _write_folder(world, Path(out_dir), _split_sizes(world, num_train, num_val), image_format)
     for split, entries in records.items():
         dump_json(entries, out / f"ImageNet_{split}.json")
     return out / "ImageNet_train.json"
