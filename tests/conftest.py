@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-_LITTER = ("config.yaml", "lightning_logs", "checkpoints")
+_LITTER = ("config.yaml", "lightning_logs", "checkpoints", "demo_outputs")
 
 
 @pytest.fixture(autouse=True)

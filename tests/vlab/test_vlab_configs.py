@@ -76,10 +76,15 @@ def test_demo_learns_far_above_chance(tmp_path: Path) -> None:
     assert scores["qa"]["accuracy"] > 2 * scores["qa"]["chance/majority_answer"]
 
 
-def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(msrvtt_root: Path, tmp_path: Path) -> None:
+def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(
+    msrvtt_root: Path, tmp_path: Path, monkeypatch
+) -> None:
     demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
+    tokenizer = demo.parents[3] / "shared/src/vislang/shared/assets/synthetic_wordpiece"
+    monkeypatch.chdir(tmp_path)  # the demo's checkpoint and log paths are relative (demo_outputs/...)
     cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.root={msrvtt_root}", "--data.init_args.synthetic_videos=0",
-                     "--data.init_args.num_workers=0", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+                     "--data.init_args.num_workers=0", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
+                     f"--model.init_args.decoder_tokenizer={tokenizer}"])  # fmt: skip
     assert cli.trainer.datamodule.eval_tasks == ["retrieval", "qa"]
     assert set(cli.model.last_scores) == {"retrieval", "qa"}
 
