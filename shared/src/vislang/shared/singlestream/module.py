@@ -265,20 +265,19 @@ class SingleStreamModule(LightningModule):
         return loss
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def _evaluate_now(self, task: str) -> bool:
-        """Downstream tasks are scored in the fine-tuning phase, ITM retrieval in pre-training (or when it
-        is the downstream task)."""
+    def _phase(self) -> str | None:
+        """The data module's phase of this epoch (``pretrain`` or a task); None without a phased data module."""
         dm = getattr(self.trainer, "datamodule", None)
-        if not hasattr(dm, "phase"):
+        return dm.phase(self.current_epoch) if hasattr(dm, "phase") else None
+
+    def _evaluate_now(self, task: str) -> bool:
+        """Each task is scored in its own epochs; ITM retrieval, when it is not a task, in pre-training."""
+        phase = self._phase()
+        if phase is None:
             return True
-        phase = dm.phase(self.current_epoch)
-        if task == "retrieval" and "retrieval" not in dm.tasks:
+        if task == "retrieval" and "retrieval" not in self.trainer.datamodule.tasks:
             return phase == "pretrain"
         return phase == task
-
-    def _pretraining_phase(self) -> bool:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return hasattr(dm, "phase") and dm.phase(self.current_epoch) == "pretrain"
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = batch["task"][0]
@@ -292,7 +291,7 @@ class SingleStreamModule(LightningModule):
                 predictions, batch["answers"], batch["index"], batch["answer_type"], batch["question_type"]
             )
         elif task == "retrieval":
-            scores = self.itm_scores(batch["image"], batch["pixel_mask"], pretraining=self._pretraining_phase())
+            scores = self.itm_scores(batch["image"], batch["pixel_mask"], pretraining=self._phase() == "pretrain")
             self.metrics["retrieval"].update(scores, batch["index"])
         elif task == "nlvr2":
             left = self._cls(batch["image_left"], batch["pixel_mask_left"], batch["text"])
