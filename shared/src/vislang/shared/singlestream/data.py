@@ -21,7 +21,7 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -66,7 +66,7 @@ IMAGE_STD = (58.395, 57.12, 57.375)
 """SOHO's (mmdet's) RGB normalisation, on 0-255 pixel values."""
 
 Task = Literal["vqa", "retrieval", "nlvr2", "snli_ve"]
-TASKS = ("vqa", "retrieval", "nlvr2", "snli_ve")
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def load_image(path: Path) -> Image.Image:
