@@ -250,9 +250,7 @@ class SingleStreamModule(LightningModule):
             opt.zero_grad()
         self.manual_backward(loss)
         for opt in optimizers:
-            if self.hparams.grad_clip:
-                self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # Lightning's precision plugin unscales, calls on_before_optimizer_step (the clip), steps
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if scheduler is not None:
@@ -263,6 +261,12 @@ class SingleStreamModule(LightningModule):
         for key, value in out.items():
             self.log(f"train/{task}/{key}", value, batch_size=size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradient norm here: Lightning calls this hook inside ``opt.step()`` *after* a mixed-precision
+        plugin has unscaled the gradients (clipping in ``training_step`` would see them times the loss scale)."""
+        if self.hparams.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
     # -- evaluation --------------------------------------------------------------------------------------
     def _phase(self) -> str | None:
