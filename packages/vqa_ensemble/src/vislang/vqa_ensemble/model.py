@@ -13,7 +13,9 @@ their own learning rate, see ``module.py``) and fed stronger region features. Th
 5. LayerNorm(q + v) -> Linear -> one logit per answer; trained with sigmoid + soft scores (MCAN eq. 8-9)
 
 Attention is ``torch.nn.MultiheadAttention`` with key-padding masks: padded words and padded boxes never
-receive attention weight.
+receive attention weight. Steps 3-5 (``MCAN.answer_logits``) are checked against the official MCAN code
+(MILVLG/mcan-vqa, large config) on the same weights: ``tests/vqa_ensemble/golden``; ``convert.py`` maps
+an official state dict onto this module.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRESETS", "MCAN", "MCANConfig", "AttFlat", "SA", "SGA"]
+__all__ = ["PRESETS", "MCAN", "MCANConfig", "MCANLayerNorm", "AttFlat", "SA", "SGA"]
 
 
 @dataclass(frozen=True)
 class MCANConfig:
-    """Co-attention sizes (MCAN ``cfgs/base_cfgs.py``: small = 512/8/2048/1024, large = 1024/16/4096/2048)."""
+    """Co-attention sizes (MCAN ``cfgs/{small,large}_model.yml``: hidden / heads / FF (= 4 hidden) / AttFlat
+    output are 512 / 8 / 2048 / 1024 (small) and 1024 / **8** / 4096 / 2048 (large); 6 layers, AttFlat MLP 512,
+    one glimpse, dropout 0.1 in both)."""
 
     hidden: int
     heads: int
@@ -43,8 +47,24 @@ class MCANConfig:
 PRESETS: dict[str, MCANConfig] = {
     "tiny": MCANConfig(hidden=64, heads=4, layers=2, ff=256, flat_mlp=64, flat_out=128),
     "small": MCANConfig(hidden=512, heads=8, layers=6, ff=2048, flat_mlp=512, flat_out=1024),
-    "large": MCANConfig(hidden=1024, heads=16, layers=6, ff=4096, flat_mlp=512, flat_out=2048),
+    "large": MCANConfig(hidden=1024, heads=8, layers=6, ff=4096, flat_mlp=512, flat_out=2048),
 }
+
+
+class MCANLayerNorm(nn.Module):
+    """MCAN's layer normalisation: ``w * (x - mean) / (std + eps) + b`` with the *unbiased* standard deviation
+    and ``eps`` = 1e-6 added to it (the Annotated-Transformer form MCAN's ``net_utils.LayerNorm`` uses), not
+    ``torch.nn.LayerNorm``'s ``(x - mean) / sqrt(var + eps)``; the two differ by about 1e-3 relative."""
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+        return self.weight * (x - mean) / (std + self.eps) + self.bias
 
 
 class FFN(nn.Module):
@@ -68,7 +88,7 @@ class SA(nn.Module):
         self.att = nn.MultiheadAttention(c.hidden, c.heads, dropout=c.dropout, batch_first=True)
         self.ffn = FFN(c.hidden, c.ff, c.dropout)
         self.drop1, self.drop2 = nn.Dropout(c.dropout), nn.Dropout(c.dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(c.hidden), nn.LayerNorm(c.hidden)
+        self.norm1, self.norm2 = MCANLayerNorm(c.hidden), MCANLayerNorm(c.hidden)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         x = self.norm1(x + self.drop1(self.att(x, x, x, key_padding_mask=pad, need_weights=False)[0]))
@@ -84,7 +104,7 @@ class SGA(nn.Module):
         self.guided_att = nn.MultiheadAttention(c.hidden, c.heads, dropout=c.dropout, batch_first=True)
         self.ffn = FFN(c.hidden, c.ff, c.dropout)
         self.drops = nn.ModuleList(nn.Dropout(c.dropout) for _ in range(3))
-        self.norms = nn.ModuleList(nn.LayerNorm(c.hidden) for _ in range(3))
+        self.norms = nn.ModuleList(MCANLayerNorm(c.hidden) for _ in range(3))
 
     def forward(self, x: Tensor, y: Tensor, x_pad: Tensor, y_pad: Tensor) -> Tensor:
         x = self.norms[0](x + self.drops[0](self.self_att(x, x, x, key_padding_mask=x_pad, need_weights=False)[0]))
@@ -137,7 +157,7 @@ class MCAN(nn.Module):
         self.encoder = nn.ModuleList(SA(c) for _ in range(c.layers))
         self.decoder = nn.ModuleList(SGA(c) for _ in range(c.layers))
         self.flat_text, self.flat_image = AttFlat(c), AttFlat(c)
-        self.norm = nn.LayerNorm(c.flat_out)
+        self.norm = MCANLayerNorm(c.flat_out)
         self.classifier = nn.Linear(c.flat_out, num_answers)
 
     def forward(
@@ -158,7 +178,13 @@ class MCAN(nn.Module):
         """
         # 1. BERT contextual token features replace GloVe + LSTM (entry §1).
         words = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        y, y_pad = self.text_proj(words), attention_mask == 0
+        return self.answer_logits(self.text_proj(words), attention_mask == 0, visual, visual_mask, boxes)
+
+    def answer_logits(
+        self, y: Tensor, y_pad: Tensor, visual: Tensor, visual_mask: Tensor, boxes: Tensor | None = None
+    ) -> Tensor:
+        """Steps 2-5 from the question features ``y`` (B, L, hidden) onwards: the part MCAN and the entry share
+        (official MCAN feeds its LSTM output here). ``y_pad`` (B, L) is True at padded words."""
         # 2. Image features (+ box geometry).
         x, x_pad = self.visual_proj(visual), ~visual_mask
         if self.box_proj is not None:
