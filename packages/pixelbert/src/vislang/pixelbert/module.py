@@ -30,6 +30,8 @@ class PixelBERTModule(SingleStreamModule):
         tokenizer: str = "bert-base-uncased",
         num_answers: int = 3129,
         init_weights: str | None = None,
+        cnn_weights: str | None = None,
+        text_weights: str | None = None,
         max_text_len: int = 40,
         mlm_probability: float = 0.15,
         mlm_on_negatives: bool = False,
@@ -51,11 +53,13 @@ class PixelBERTModule(SingleStreamModule):
         position_2d: bool = False,
     ) -> None:
         super().__init__(
-            tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, max_text_len=max_text_len,
+            tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, cnn_weights=cnn_weights,
+            text_weights=text_weights, max_text_len=max_text_len,
             mlm_probability=mlm_probability, mlm_on_negatives=mlm_on_negatives, lr=lr, cnn_lr=cnn_lr,
             cnn_optimizer=cnn_optimizer, weight_decay=weight_decay, cnn_weight_decay=cnn_weight_decay,
             momentum=momentum, warmup_steps=warmup_steps, warmup_start=warmup_start, lr_milestones=lr_milestones,
             lr_gamma=lr_gamma, grad_clip=grad_clip, eval_text_chunk=eval_text_chunk, vqa_version=vqa_version,
         )  # fmt: skip
         self.model = build_pixelbert(preset, self.tokenizer, num_answers, num_samples, sample_per, position_2d)
+        self.load_pretrained_starts()
         self.load_init_weights(init_weights)

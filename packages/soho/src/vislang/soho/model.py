@@ -41,13 +41,18 @@ __all__ = ["PRESETS", "SOHOEmbedder", "SOHOPreset", "VisualDictionary", "build_s
 class VisualDictionary(nn.Module):
     """SOHO's visual dictionary: nearest-code quantisation with an EMA (Laplace-smoothed) code update.
 
-    Buffers (not parameters; no gradient ever reaches them): ``embed`` (K, D) ~ N(0, 1), ``cluster_size``
-    (K,), ``embed_avg`` (K, D), ``updates`` (number of EMA steps taken). One training step with decay g:
+    Buffers (not parameters; no gradient ever reaches them), as the official ``SOHO_Pre_VD``: ``embed``
+    (K, D) ~ N(0, 1), ``cluster_size`` (K,), ``embed_avg`` (K, D) and ``cluster_sum`` (K,, total assignments
+    ever), all but ``embed`` starting at zero; plus ``updates`` (EMA steps taken, for the ramp). One training
+    step with decay g:
 
         n_j = sum_x 1[h(x) = j],  s_j = sum_x 1[h(x) = j] x          (summed over all processes)
         cluster_size <- g cluster_size + (1 - g) n;   embed_avg <- g embed_avg + (1 - g) s
         N = sum_j cluster_size_j;   c_j = (cluster_size_j + eps) / (N + K eps) * N      (Laplace smoothing)
         embed_j = embed_avg_j / c_j
+
+    A code that has never received a feature keeps ``embed_avg_j = 0`` and so becomes the zero vector after
+    the first update, as in the official code (``restart_dead`` re-seeds such codes instead).
 
     Args:
         num_tokens: K (2048 in the paper and the official config).
@@ -57,6 +62,9 @@ class VisualDictionary(nn.Module):
             defines (``set_decay_updates``) but never calls. False = constant ``decay`` as the code runs.
         max_decay: Upper end of the ramp (0.99).
         eps: Laplace smoothing epsilon (1e-5).
+        quantize_from: Which table the training-mode output reads: ``updated`` (official: the codes are
+            looked up in the table before the update, the vectors returned come from the table after it) or
+            ``lookup`` (the vectors of the table the codes were chosen in). Eval mode has no update.
         restart_dead: After each update, re-seed codes whose ``cluster_size`` fell below
             ``dead_threshold`` with random features of the batch (not in the official code, where an
             unassigned code decays to the zero vector). Under DDP rank 0 picks and broadcasts.
@@ -71,18 +79,23 @@ class VisualDictionary(nn.Module):
         decay_ramp: bool = False,
         max_decay: float = 0.99,
         eps: float = 1e-5,
+        quantize_from: Literal["updated", "lookup"] = "updated",
         restart_dead: bool = False,
         dead_threshold: float = 1e-3,
     ) -> None:
         super().__init__()
         if not 0.0 <= decay <= 1.0 or not 0.0 <= max_decay <= 1.0:
             raise ValueError(f"decay and max_decay must be in [0, 1], got {decay} and {max_decay}")
+        if quantize_from not in ("updated", "lookup"):
+            raise ValueError(f"quantize_from must be 'updated' or 'lookup', got {quantize_from!r}")
         self.num_tokens, self.dim = num_tokens, dim
         self.decay, self.decay_ramp, self.max_decay, self.eps = decay, decay_ramp, max_decay, eps
+        self.quantize_from = quantize_from
         self.restart_dead, self.dead_threshold = restart_dead, dead_threshold
         self.register_buffer("embed", torch.randn(num_tokens, dim))
         self.register_buffer("cluster_size", torch.zeros(num_tokens))
-        self.register_buffer("embed_avg", self.embed.clone())
+        self.register_buffer("embed_avg", torch.zeros(num_tokens, dim))
+        self.register_buffer("cluster_sum", torch.zeros(num_tokens))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def current_decay(self) -> float:
@@ -106,6 +119,7 @@ class VisualDictionary(nn.Module):
             dist.all_reduce(counts)
             dist.all_reduce(sums)
         decay = self.current_decay()
+        self.cluster_sum.add_(counts)
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
         total = self.cluster_size.sum()
@@ -131,13 +145,16 @@ class VisualDictionary(nn.Module):
         """Quantise ``x`` (N, D): returns (f(x) = sg[d_h(x) - x] + x, h(x)).
 
         In training mode the dictionary is then updated from the rows where ``update_mask`` is True
-        (default all; padding positions should be left out). The returned codes are the pre-update ones.
+        (default all). The codes h(x) are the pre-update ones; the vectors d come from the table after the
+        update unless ``quantize_from="lookup"``.
         """
         index = self.lookup(x.detach().float())
         quantized = self.embed[index].to(x.dtype)
         if self.training:
             keep = update_mask if update_mask is not None else torch.ones_like(index, dtype=torch.bool)
             self.ema_update(x.detach()[keep], index[keep])
+            if self.quantize_from == "updated":
+                quantized = self.embed[index].to(x.dtype)
         return x + (quantized - x).detach(), index
 
 
@@ -150,11 +167,15 @@ class SOHOEmbedder(VisualEmbedder):
         visual_input: What the Transformer sees: ``gate`` (official code: a softmax gate mixes the
             quantised and raw features), ``sum`` (quantised + raw, official non-gate neck) or ``quantized``
             (the paper's f(v) alone).
+        gate_norm: The gate's scores are a bias-free 1x1 projection followed by BatchNorm (official
+            ``gate_fc``, a ``ConvModule`` with SyncBN); False = a plain ``Linear`` with bias.
         dictionary_downstream: Use the VD in fine-tuning too. The official VQA neck bypasses it (raw
             features + position + LN); True keeps the pre-trained input distribution.
         mvm_mask_prob: Probability that an image gets its visual word masked (official 0.015, per image).
         mvm_anchor: ``batch`` (official: one position drawn for the whole batch, each image masks the index
-            found there) or ``image`` (one position per image).
+            found there) or ``image`` (one valid position per image).
+        vd_statistics: Which positions update the dictionary: ``valid`` (real image cells only) or ``all``
+            (official: padding cells too).
     """
 
     def __init__(
@@ -165,6 +186,8 @@ class SOHOEmbedder(VisualEmbedder):
         dictionary_downstream: bool = True,
         mvm_mask_prob: float = 0.015,
         mvm_anchor: Literal["batch", "image"] = "batch",
+        gate_norm: bool = True,
+        vd_statistics: Literal["valid", "all"] = "valid",
     ) -> None:
         super().__init__()
         from transformers.models.detr.modeling_detr import DetrSinePositionEmbedding
@@ -173,16 +196,27 @@ class SOHOEmbedder(VisualEmbedder):
             raise ValueError(f"visual_input must be gate, sum or quantized, got {visual_input!r}")
         if mvm_anchor not in ("batch", "image"):
             raise ValueError(f"mvm_anchor must be 'batch' or 'image', got {mvm_anchor!r}")
+        if vd_statistics not in ("valid", "all"):
+            raise ValueError(f"vd_statistics must be 'valid' or 'all', got {vd_statistics!r}")
         self.dictionary = dictionary
         self.visual_input, self.dictionary_downstream = visual_input, dictionary_downstream
-        self.mvm_mask_prob, self.mvm_anchor = mvm_mask_prob, mvm_anchor
+        self.mvm_mask_prob, self.mvm_anchor, self.vd_statistics = mvm_mask_prob, mvm_anchor, vd_statistics
         self.align = nn.Linear(dim, dim)  # official ``pos_line`` on the quantised features
-        self.gate = nn.Linear(2 * dim, 2) if visual_input == "gate" else None
+        self.gate: nn.Module | None = None
+        if visual_input == "gate":  # scores of (quantised, raw) per position, softmax-ed in forward
+            self.gate = GateScores(dim) if gate_norm else nn.Linear(2 * dim, 2)
         self.mask_embedding = nn.Parameter(torch.zeros(dim))  # official nn.Embedding(1, D)
         nn.init.normal_(self.mask_embedding, std=0.02)
         # DETR's normalised 2-D sine encoding, D/2 features per axis (official ``pos_feat_dim = 768 // 2``)
         self.position = DetrSinePositionEmbedding(num_position_features=dim // 2, normalize=True)
         self.norm = nn.LayerNorm(dim)
+
+    def draw_anchor(self, valid: Tensor) -> Tensor:
+        """MVM's anchor position per image (B,): one uniform position for the batch, or a valid one per image."""
+        b, n = valid.shape
+        if self.mvm_anchor == "batch":
+            return torch.randint(n, (1,), device=valid.device).expand(b)
+        return torch.multinomial(valid.float() + 1e-12, 1).squeeze(1)
 
     def mvm_mask(self, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """MVM's mask and labels from dictionary indices ``index`` (B, N) and ``valid`` (B, N).
@@ -190,11 +224,8 @@ class SOHOEmbedder(VisualEmbedder):
         Per image b an anchor position gives the target index t_b; every valid position with index t_b is
         masked, with probability ``mvm_mask_prob`` per image. Labels are the indices there, -100 elsewhere.
         """
-        b, n = index.shape
-        if self.mvm_anchor == "batch":
-            anchor = torch.randint(n, (1,), device=index.device).expand(b)
-        else:  # a valid position per image
-            anchor = torch.multinomial(valid.float() + 1e-12, 1).squeeze(1)
+        b = index.shape[0]
+        anchor = self.draw_anchor(valid)
         target = index.gather(1, anchor[:, None])
         chosen = torch.rand(b, 1, device=index.device) < self.mvm_mask_prob
         mask = (index == target) & valid & chosen & valid.gather(1, anchor[:, None])
@@ -206,7 +237,8 @@ class SOHOEmbedder(VisualEmbedder):
         flat_valid = valid.flatten(1)
         extras: dict[str, Tensor] = {}
         if pretraining or self.dictionary_downstream:
-            quantized, index = self.dictionary(x.reshape(-1, d), flat_valid.reshape(-1))
+            update = flat_valid.reshape(-1) if self.vd_statistics == "valid" else None
+            quantized, index = self.dictionary(x.reshape(-1, d), update)  # Sec. 3.2, f(v) = sg[d_h(v) - v] + v
             quantized, index = self.align(quantized.view(b, -1, d)), index.view(b, -1)
             extras["vd_index"] = index
             if self.gate is not None:  # softmax gate over (quantised, raw)
@@ -223,6 +255,23 @@ class SOHOEmbedder(VisualEmbedder):
         position = self.position(grid.shape, grid.device, grid.dtype, mask=valid)
         x = self.norm(x + position.flatten(2).transpose(1, 2))
         return VisualTokens(x, flat_valid, extras)
+
+
+class GateScores(nn.Module):
+    """The official gate's scores: a bias-free 1x1 projection of cat[quantised, raw] to 2, then BatchNorm.
+
+    BatchNorm normalises each of the two scores over all positions of the batch (padding included, as the
+    official ``ConvModule`` on the padded grid does) before the softmax.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * dim, 2, bias=False)
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = self.proj(x)
+        return self.norm(scores.reshape(-1, 2)).view_as(scores)
 
 
 def mvm_logits(visual_hidden: Tensor, dictionary: VisualDictionary, temperature: float = 1.0) -> Tensor:
@@ -266,14 +315,23 @@ def build_soho(
     dictionary_downstream: bool = True,
     mvm_mask_prob: float = 0.015,
     mvm_anchor: Literal["batch", "image"] = "batch",
+    vd_quantize_from: Literal["updated", "lookup"] = "updated",
+    vd_statistics: Literal["valid", "all"] = "valid",
+    gate_norm: bool = True,
+    neck_relu: bool = False,
+    valid_mask: Literal["covered", "official"] = "covered",
 ) -> SingleStreamModel:
-    """SOHO of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it)."""
+    """SOHO of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it).
+
+    The switches are those of ``VisualDictionary``, ``SOHOEmbedder`` and ``GridEncoder`` (README table).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown SOHO preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
     config = text_config(tokenizer, p.layers, p.hidden, p.heads)
     dictionary = VisualDictionary(p.num_tokens, p.hidden, vd_decay, vd_decay_ramp, vd_max_decay,
-                                  restart_dead=vd_restart_dead)  # fmt: skip
-    embedder = SOHOEmbedder(p.hidden, dictionary, visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor)
-    encoder = GridEncoder(build_cnn(p.cnn), p.hidden, p.frozen_stages)
+                                  quantize_from=vd_quantize_from, restart_dead=vd_restart_dead)  # fmt: skip
+    embedder = SOHOEmbedder(p.hidden, dictionary, visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor,
+                            gate_norm=gate_norm, vd_statistics=vd_statistics)  # fmt: skip
+    encoder = GridEncoder(build_cnn(p.cnn), p.hidden, p.frozen_stages, neck_relu=neck_relu, valid_mask=valid_mask)
     return SingleStreamModel(encoder, embedder, config, num_answers)

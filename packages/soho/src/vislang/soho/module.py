@@ -37,6 +37,14 @@ class SOHOModule(SingleStreamModule):
         mvm_anchor: ``batch`` (official: one anchor position per batch) or ``image``.
         mvm_temperature: Temperature of MVM's cosine logits (official: none = 1.0).
         mvm_weight: Weight of the MVM loss in the sum (official 1).
+        vd_quantize_from: ``updated`` (official: training output reads the table after the momentum update)
+            or ``lookup``.
+        vd_statistics: ``valid`` (padding cells do not update the VD) or ``all`` (official).
+        gate_norm: The gate's scores pass a BatchNorm (official ``gate_fc``); False = Linear with bias.
+        neck_relu: ReLU after the neck's 1x1 conv + BN (not official).
+        valid_mask: ``covered`` or ``official`` (height used as width; a bug, kept for parity).
+        official_weights: A checkpoint of the official SOHO code (``researchmm/soho`` release, preset
+            ``soho_r18``) to start from (``vislang.soho.convert``); applied before ``init_weights``.
     """
 
     def __init__(
@@ -45,6 +53,9 @@ class SOHOModule(SingleStreamModule):
         tokenizer: str = "bert-base-uncased",
         num_answers: int = 3129,
         init_weights: str | None = None,
+        cnn_weights: str | None = None,
+        text_weights: str | None = None,
+        official_weights: str | None = None,
         max_text_len: int = 16,
         mlm_probability: float = 0.15,
         mlm_on_negatives: bool = True,
@@ -71,11 +82,18 @@ class SOHOModule(SingleStreamModule):
         mvm_anchor: Literal["batch", "image"] = "batch",
         mvm_temperature: float = 1.0,
         mvm_weight: float = 1.0,
+        vd_quantize_from: Literal["updated", "lookup"] = "updated",
+        vd_statistics: Literal["valid", "all"] = "valid",
+        gate_norm: bool = True,
+        neck_relu: bool = False,
+        valid_mask: Literal["covered", "official"] = "covered",
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
             num_answers=num_answers,
             init_weights=init_weights,
+            cnn_weights=cnn_weights,
+            text_weights=text_weights,
             max_text_len=max_text_len,
             mlm_probability=mlm_probability,
             mlm_on_negatives=mlm_on_negatives,
@@ -95,8 +113,14 @@ class SOHOModule(SingleStreamModule):
         )
         self.model = build_soho(
             preset, self.tokenizer, num_answers, vd_decay, vd_decay_ramp, vd_max_decay, vd_restart_dead,
-            visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor,
+            visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor, vd_quantize_from, vd_statistics,
+            gate_norm, neck_relu, valid_mask,
         )  # fmt: skip
+        self.load_pretrained_starts()
+        if official_weights:
+            from vislang.soho.convert import load_official
+
+            load_official(self.model, official_weights)
         self.load_init_weights(init_weights)
 
     def extra_pretrain_losses(self, hidden: Tensor, visual: VisualTokens, text_len: int) -> dict[str, Tensor]:

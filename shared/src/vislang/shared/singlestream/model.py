@@ -18,7 +18,7 @@ retrieval score), VQA (3129-way soft-score BCE), NLVR2 (two image-sentence pairs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,28 +78,43 @@ def build_cnn(arch: str) -> nn.Module:
 
 
 class GridEncoder(nn.Module):
-    """ResNet C5 grid features -> 2x2 max-pool -> 1x1 conv + BN + ReLU to the Transformer width.
+    """ResNet C5 grid features -> 2x2 max-pool -> 1x1 conv + BN (+ ReLU) to the Transformer width.
 
     SOHO's neck (official ``necks.py``): max-pool C5 by 2 (total stride 64 for a plain ResNet), then a 1x1
-    ``ConvModule`` with BN and ReLU. Both steps act per position, so pooling first only saves compute.
+    ``ConvModule`` with BN and no activation (the config gives none). Both steps act per position, so pooling
+    first only saves compute.
 
     Args:
         cnn: A torchvision (or timm) ResNet; its stem and four stages are used, pooling and ``fc`` dropped.
         hidden: Output channels (the Transformer's hidden size).
         frozen_stages: Freeze the stem and the first ``frozen_stages`` stages (SOHO freezes 1); -1 = none.
+        neck_relu: A ReLU after the BN (not in the official SOHO neck; False restores it).
+        valid_mask: How padding in pixels becomes padding in grid cells: ``covered`` (a cell is valid when
+            any real pixel lies under it) or ``official`` (SOHO's ``get_vis_mask``: an H x H mask, i.e. the
+            padded *height* used as width, resized to the grid by nearest neighbour -- a bug on non-square
+            batches, kept for parity tests).
     """
 
-    def __init__(self, cnn: nn.Module, hidden: int, frozen_stages: int = -1) -> None:
+    def __init__(
+        self,
+        cnn: nn.Module,
+        hidden: int,
+        frozen_stages: int = -1,
+        neck_relu: bool = False,
+        valid_mask: Literal["covered", "official"] = "covered",
+    ) -> None:
         super().__init__()
+        if valid_mask not in ("covered", "official"):
+            raise ValueError(f"valid_mask must be 'covered' or 'official', got {valid_mask!r}")
         activation = cnn.relu if hasattr(cnn, "relu") else cnn.act1  # torchvision / timm naming
         self.trunk = nn.Sequential(
             cnn.conv1, cnn.bn1, activation, cnn.maxpool, cnn.layer1, cnn.layer2, cnn.layer3, cnn.layer4
         )
         channels = cnn.num_features if hasattr(cnn, "num_features") else cnn.fc.in_features
         self.out_channels = channels
-        self.proj = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)
-        )
+        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden)]
+        self.proj = nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if neck_relu else []))
+        self.valid_mask = valid_mask
         self.frozen_stages = frozen_stages
         if frozen_stages >= 0:
             for module in list(self.trunk)[: 4 + frozen_stages]:
@@ -114,18 +129,28 @@ class GridEncoder(nn.Module):
                 module.eval()
         return self
 
+    def neck(self, c5: Tensor) -> Tensor:
+        """C5 (B, C, H/32, W/32) -> 2x2 max-pool -> 1x1 conv + BN: the grid (B, D, H/64, W/64)."""
+        return self.proj(F.max_pool2d(c5, kernel_size=2, stride=2))
+
+    def valid_cells(self, pixel_mask: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, h, w) bool validity of the grid cells from ``pixel_mask`` (B, H, W), True on real pixels."""
+        if self.valid_mask == "official":  # H x H mask (height as width), nearest resize (do-not-replicate 1)
+            height = pixel_mask.shape[1]
+            square = F.pad(pixel_mask[:, :, :height].float(), (0, max(height - pixel_mask.shape[2], 0)))
+            return F.interpolate(square[:, None], size=size)[:, 0] > 0
+        return F.adaptive_max_pool2d(pixel_mask[:, None].float(), size)[:, 0] > 0
+
     def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``images`` (B, 3, H, W), ``pixel_mask`` (B, H, W) True on real pixels (False on padding).
 
-        Returns ``(grid (B, D, h, w), valid (B, h, w) bool)``. A cell is valid when any pixel under it is
-        real; the official code computes this mask with the *height* as width (bug 1 of the reference's
-        do-not-replicate list), here both sides are used.
+        Returns ``(grid (B, D, h, w), valid (B, h, w) bool)``.
         """
-        grid = self.proj(F.max_pool2d(self.trunk(images), kernel_size=2, stride=2))
+        grid = self.neck(self.trunk(images))
         if pixel_mask is None:
             valid = torch.ones(grid.shape[0], *grid.shape[2:], dtype=torch.bool, device=grid.device)
         else:
-            valid = F.adaptive_max_pool2d(pixel_mask[:, None].float(), grid.shape[2:])[:, 0] > 0
+            valid = self.valid_cells(pixel_mask, grid.shape[2:])
         return grid, valid
 
 

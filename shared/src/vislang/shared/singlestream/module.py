@@ -87,6 +87,9 @@ class SingleStreamModule(LightningModule):
         num_answers: VQA answer-vocabulary size of the head (3129); the data's vocabulary must fit.
         init_weights: A checkpoint of this model (e.g. after pre-training) to start from; the config's
             hyper-parameters stay in force (unlike ``--ckpt_path``, which resumes a run).
+        cnn_weights: ImageNet weights of the preset's CNN, as both papers start (torchvision or timm
+            ResNet / ResNeXt state dict; ``vislang.shared.singlestream.convert``). Applied before ``init_weights``.
+        text_weights: BERT weights in the Hugging Face ``bert-base-uncased`` layout, as both papers start.
         max_text_len: Token limit of captions and questions, [CLS]/[SEP] included (SOHO: 16).
         mlm_probability: Fraction of text tokens chosen for MLM (BERT: 0.15, then 80/10/10).
         mlm_on_negatives: Also train MLM on ITM-negative captions (official SOHO code: True; UNITER/ViLT
@@ -111,6 +114,8 @@ class SingleStreamModule(LightningModule):
         tokenizer: str = "bert-base-uncased",
         num_answers: int = 3129,
         init_weights: str | None = None,
+        cnn_weights: str | None = None,
+        text_weights: str | None = None,
         max_text_len: int = 16,
         mlm_probability: float = 0.15,
         mlm_on_negatives: bool = True,
@@ -142,6 +147,15 @@ class SingleStreamModule(LightningModule):
         self.baselines: dict[str, dict[str, float]] = {}
 
     # -- for the paper packages ------------------------------------------------------------------------
+    def load_pretrained_starts(self) -> None:
+        """Load ``cnn_weights`` into the CNN trunk and ``text_weights`` into BERT (each optional)."""
+        from vislang.shared.singlestream.convert import load_cnn_weights, load_text_weights
+
+        if self.hparams.cnn_weights:
+            load_cnn_weights(self.model.encoder.trunk, self.hparams.cnn_weights)
+        if self.hparams.text_weights:
+            load_text_weights(self.model, self.hparams.text_weights)
+
     def load_init_weights(self, path: str | None) -> None:
         """Load a checkpoint of this model (Lightning ``.ckpt`` or a state dict) into ``self.model``."""
         if not path:
