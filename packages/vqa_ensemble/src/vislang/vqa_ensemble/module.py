@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from vislang.shared.metrics.vqa import VQAAccuracy, aggregate_vqa, vqa_accuracy, write_vqa_results
 from vislang.shared.text import load_text_model, load_tokenizer, tiny_bert_config
 from vislang.vqa_ensemble.detector import build_detector
-from vislang.vqa_ensemble.ensemble import OfficialScorer, combine, fit_ensemble_weights
+from vislang.vqa_ensemble.ensemble import PRIORS, OfficialScorer, combine, cross_validate_prior, fit_ensemble_weights
 from vislang.vqa_ensemble.features import check_spec
 from vislang.vqa_ensemble.model import MCAN, PRESETS
 
-__all__ = ["DetectorModule", "VQAEnsemble", "VQAModule", "load_member"]
+__all__ = ["DetectorModule", "LeakError", "VQAEnsemble", "VQAModule", "check_no_leak", "load_member"]
 
 
 # ---- detector ---------------------------------------------------------------------------------------
@@ -157,6 +157,7 @@ class VQAModule(LightningModule):
         self.answers: list[str] = []
         self.visual_dim = 0
         self.feature_spec: dict[str, Any] = {}
+        self.train_question_ids: Tensor | None = None  # VQA question ids trained on (checked by the ensemble)
         self.val_metric = VQAAccuracy(metric_version)
         self.test_metric = VQAAccuracy(metric_version)
         self._predictions: dict[int, str] = {}
@@ -180,12 +181,16 @@ class VQAModule(LightningModule):
             self.build(dm.answers, store.feature_dim, store.spec)
         dm.use_answer_vocab(self.answers)  # targets in this model's label order
         check_member_features(self, dm)
+        if stage == "fit":  # recorded in the checkpoint: an ensemble refuses to fit weights on these questions
+            ids = sorted({i.question_id for i in dm.splits["train"].items if i.source == "vqa"})
+            self.train_question_ids = torch.tensor(ids, dtype=torch.long)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vqa_member"] = {
             "answers": self.answers,
             "visual_dim": self.visual_dim,
             "feature_spec": self.feature_spec,
+            "train_question_ids": self.train_question_ids,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -197,6 +202,11 @@ class VQAModule(LightningModule):
             # checkpoint's vocabulary and feature size win, and the data module adopts them for its targets.
             self.model = None
         self.build(info["answers"], info["visual_dim"], info["feature_spec"])
+        if info.get("train_question_ids") is not None:  # resumed on other data: it trained on both
+            seen = [info["train_question_ids"]] + (
+                [self.train_question_ids] if self.train_question_ids is not None else []
+            )
+            self.train_question_ids = torch.cat(seen).unique()
         dm = self._trainer.datamodule if self._trainer is not None else None
         if dm is not None and hasattr(dm, "use_answer_vocab"):
             dm.use_answer_vocab(self.answers)
@@ -288,10 +298,7 @@ def _write_outputs(module: LightningModule, split: str, predictions: dict[int, s
         return
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm = module.trainer.datamodule
-    split_key = "val" if split == "val" else "test"
-    question_ids = [i.question_id for i in dm.splits[split_key].items] if dm is not None else None
-    write_vqa_results(predictions, out / f"{split}_results.json", question_ids=question_ids)
+    write_vqa_results(predictions, out / f"{split}_results.json", question_ids=_split_question_ids(module, split))
     if scores:
         (out / f"{split}_metrics.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
 
@@ -312,6 +319,38 @@ def check_member_features(member: VQAModule, datamodule: Any) -> None:
         f"feature set {member.hparams.feature_set!r} ({store.root})",
         ("the member was trained on", "is in this store", ""),
     )
+
+
+def _split_question_ids(module: LightningModule, split: str) -> list[int] | None:
+    """Question ids of the data module's split behind ``split`` (val -> val, test / predict -> test)."""
+    dm = module.trainer.datamodule
+    if dm is None:
+        return None
+    return [i.question_id for i in dm.splits["val" if split == "val" else "test"].items]
+
+
+class LeakError(ValueError):
+    """A member was trained on questions an ensemble would fit its weights on (or be scored on)."""
+
+
+def check_no_leak(members: list[VQAModule], paths: list[str], question_ids: list[int], split: str) -> None:
+    """Refuse questions a member trained on: fitting weights on them rewards memorisation, scoring on them
+    flatters the ensemble. Members record their training question ids in their checkpoints."""
+    wanted = torch.tensor(sorted(set(question_ids)), dtype=torch.long)
+    for member, path in zip(members, paths, strict=True):
+        seen = member.train_question_ids
+        if seen is None:
+            raise LeakError(
+                f"{path}: the checkpoint records no training questions, so a leak into the {split} split cannot be "
+                "ruled out: retrain the member with this version of vislang"
+            )
+        shared = wanted[torch.isin(wanted, seen)]
+        if shared.numel():
+            raise LeakError(
+                f"{path} was trained on {shared.numel()} of the {wanted.numel()} {split} questions (e.g. question "
+                f"{int(shared[0])}): fit the weights with members trained without them "
+                "(vqa2_mcan_large_*_train.yaml + vqa2_ensemble_fit.yaml, README 'Ensemble protocol')"
+            )
 
 
 def load_member(path: str | Path) -> VQAModule:
@@ -338,15 +377,22 @@ def load_member(path: str | Path) -> VQAModule:
 class VQAEnsemble(LightningModule):
     """Weighted average of member answer probabilities (sigmoid scores); evaluates like one model.
 
-    ``lightning validate`` fits the weights on the validation split (grid search, official accuracy) and
-    saves them to ``weights_path``; ``lightning test|predict`` reads them from there (or ``weights``).
-    Members may have different vocabularies: probabilities are mapped onto the union by answer string.
+    ``lightning validate`` fits the weights on the validation split (grid search on the official accuracy,
+    with a prior toward equal weights whose strength is cross-validated, see ``ensemble.py``) and saves them
+    to ``weights_path``; ``lightning test|predict`` reads them from there (or ``weights``), so weights fitted
+    with train-only members serve the train + val members of the same recipe (README "Ensemble protocol").
+    Every stage first checks that no question it fits or scores on is in a member's recorded training
+    questions (``check_no_leak``). Members may have different vocabularies: probabilities are mapped onto the
+    union by answer string.
 
     Args:
         members: Member checkpoints (``VQAModule``), each reading its own feature set.
         weights: Fixed weights (one per member); None = fitted on validate / read from ``weights_path``.
         weights_path: JSON where fitted weights are written and read.
         grid_step: Resolution of the weight grid.
+        prior: Strength of the pull toward equal weights; None = chosen by ``cv_folds``-fold cross-validation
+            on the validation split among ``ensemble.PRIORS``; 0 = plain grid search.
+        cv_folds: Folds of that cross-validation.
         metric_version: Official accuracy version.
         results_dir: Write results files and metrics (per member and ensemble) here.
     """
@@ -357,6 +403,8 @@ class VQAEnsemble(LightningModule):
         weights: list[float] | None = None,
         weights_path: str | None = None,
         grid_step: float = 0.1,
+        prior: float | None = None,
+        cv_folds: int = 5,
         metric_version: str = "2021",
         results_dir: str | None = None,
     ) -> None:
@@ -384,6 +432,9 @@ class VQAEnsemble(LightningModule):
         dm = self.trainer.datamodule if self.trainer is not None else None
         for member in self.members:
             check_member_features(member, dm)
+        split = "val" if stage == "validate" else "test"
+        if dm is not None and split in getattr(dm, "splits", {}):
+            check_no_leak(self.members, self.hparams.members, [i.question_id for i in dm.splits[split].items], split)
         if self.weights is None and stage != "validate":
             path = self.hparams.weights_path
             if path and Path(path).is_file():
@@ -443,21 +494,15 @@ class VQAEnsemble(LightningModule):
         rows = sorted({r[0]: r for r in self._rows}.values())  # one row per question (sampler padding)
         probs = torch.stack([r[5] for r in rows], dim=1)  # (M, N, A)
         answers = [r[2] for r in rows]
+        report: dict[str, Any] = {}
         if split == "val" and self.hparams.weights is None:
-            scorer = OfficialScorer(answers, self.answers, self.hparams.metric_version)
-            self.weights, _ = fit_ensemble_weights(probs, scorer, self.hparams.grid_step)
-            if self.hparams.weights_path:
-                path = Path(self.hparams.weights_path)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(
-                    json.dumps({"weights": list(self.weights), "members": list(self.hparams.members)}, indent=1)
-                )
+            report.update(self._fit(probs, answers, [r[1] for r in rows]))
         assert self.weights is not None
         predictions = {
             "ensemble": combine(probs, self.weights).argmax(-1).tolist(),
             **{f"member{k}": probs[k].argmax(-1).tolist() for k in range(len(self.members))},
         }
-        report: dict[str, Any] = {"weights": list(self.weights)}
+        report["weights"] = list(self.weights)
         scored = bool(answers and answers[0])
         for name, labels in predictions.items():
             preds = {r[1]: self.answers[a] for r, a in zip(rows, labels, strict=True)}
@@ -475,11 +520,37 @@ class VQAEnsemble(LightningModule):
             if self.hparams.results_dir and self.trainer.world_size == 1:
                 out = Path(self.hparams.results_dir)
                 out.mkdir(parents=True, exist_ok=True)
-                write_vqa_results(preds, out / f"{split}_{name}_results.json", question_ids=[r[1] for r in rows])
+                # checked against the split's question list, not the rows collected: a question lost on the way
+                # (a dropped batch, a feature-store gap) stops here
+                write_vqa_results(
+                    preds, out / f"{split}_{name}_results.json", question_ids=_split_question_ids(self, split)
+                )
         if self.hparams.results_dir and self.trainer.world_size == 1:
             (Path(self.hparams.results_dir) / f"{split}_metrics.json").write_text(json.dumps(report, indent=1))
         self.fitted[split] = report
         return report
+
+    def _fit(self, probs: Tensor, answers: list[tuple[str, ...]], question_ids: list[int]) -> dict[str, Any]:
+        """Fit the weights on the validation rows; write them (with how they were chosen) to ``weights_path``."""
+        h = self.hparams
+        scorer = OfficialScorer(answers, self.answers, h.metric_version)
+        if h.prior is None:
+            self.weights, prior, cv = cross_validate_prior(probs, scorer, h.grid_step, PRIORS, h.cv_folds)
+        else:
+            (self.weights, _), prior, cv = fit_ensemble_weights(probs, scorer, h.grid_step, h.prior), h.prior, {}
+        fit = {
+            "weights": list(self.weights),
+            "prior": prior,
+            "cv_accuracy_by_prior": cv,
+            "members": list(h.members),
+            "fit_questions": len(question_ids),
+            "leak_check": "no question the weights were fitted on is in any member's training questions",
+        }
+        if h.weights_path:
+            path = Path(h.weights_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(fit, indent=1))
+        return {"prior": prior, "cv_accuracy_by_prior": cv}
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
