@@ -24,7 +24,8 @@ def _plain_argv(monkeypatch) -> None:
 
 
 def test_every_package_ships_a_demo_config() -> None:
-    packages = sorted(p.parent.name for p in REPO.glob("packages/*/pyproject.toml"))
+    # packages/app trains nothing: it serves the checkpoints the other packages' demos write
+    packages = sorted(p.parent.name for p in REPO.glob("packages/*/pyproject.toml") if p.parent.name != "app")
     without_demo = [p for p in packages if not (REPO / "packages" / p / "configs" / "demo.yaml").is_file()]
     assert without_demo == []
 

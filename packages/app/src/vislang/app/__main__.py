@@ -1,0 +1,3 @@
+from vislang.app.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""VQA-entry tab: an image and a question in; the ensemble's answer, each member's top answers and the weights.
+
+The package predicts from feature stores (`extract` then `lightning predict`); it has no call for one new
+image. This adapter runs the same steps on one image, in memory, with the package's parts:
+
+1. the detector checkpoint the members' features came from (`extract.load_detector`; its SHA-256 must
+   match the `detector_weights` each member recorded, as a feature store refuses another extractor);
+2. per member, the extractor its `feature_spec` records (`RegionFeatureExtractor`: detector boxes,
+   `min_boxes`..`max_boxes` above `score_threshold`; or `GridFeatureExtractor`: `grid_size`² C5 cells),
+   at the largest training scale, features rounded to the stored dtype;
+3. the question tokenized like `VQADataModule.collate` does (the members' tokenizer), each member's
+   sigmoid answer scores mapped onto the union vocabulary, averaged with the fitted weights (`combine`),
+   as `VQAEnsemble.member_probabilities` and `predict_step` do.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislang.app.checkpoints import resolve_relative
+from vislang.app.inputs import CheckedImage, check_question
+from vislang.shared.text import load_tokenizer
+from vislang.vqa_ensemble.detector import GridFeatureExtractor, RegionFeatureExtractor
+from vislang.vqa_ensemble.ensemble import combine
+from vislang.vqa_ensemble.extract import _sha256, load_detector  # the digest a store records as detector_weights
+from vislang.vqa_ensemble.module import VQAModule
+
+__all__ = ["VQAAnswer", "VQAPredictor"]
+
+MAX_QUESTION_TOKENS = 24
+"""Question length the members see (the demo's `max_question_tokens`; longer questions are truncated)."""
+TOP_K = 5
+
+
+def _load_member(path: Path) -> VQAModule:
+    """`vislang.vqa_ensemble.module.load_member`, with the tokenizer path recorded by the training run made
+    usable from this working directory (the demo records it relative to the repository root)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: member checkpoint not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("hyper_parameters", "state_dict", "vqa_member"):
+        if key not in checkpoint:
+            raise ValueError(f"{path}: missing {key!r}: not a VQAModule checkpoint")
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    for key in ("tokenizer", "text_model"):
+        hparams[key] = resolve_relative(hparams.get(key), path)
+    member = contextvars.Context().run(VQAModule, **hparams)
+    member.on_load_checkpoint(checkpoint)
+    member.load_state_dict(checkpoint["state_dict"])
+    return member.eval()
+
+
+@dataclass
+class VQAAnswer:
+    answer: str
+    ensemble_top: list[tuple[str, float]]
+    members: list[dict[str, Any]]  # name, feature set, weight, top answers
+    weights: list[float]
+    notes: list[str] = field(default_factory=list)
+
+
+class VQAPredictor:
+    """The fitted ensemble of `weights_json` (written by `lightning validate` of an ensemble config) with the
+    detector its members' features came from."""
+
+    def __init__(self, weights_json: str | Path, detector_ckpt: str | Path) -> None:
+        weights_json, detector_ckpt = Path(weights_json), Path(detector_ckpt)
+        try:
+            info = json.loads(weights_json.read_text(encoding="utf-8"))
+            weights, members = [float(w) for w in info["weights"]], list(info["members"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{weights_json}: not an ensemble weights file ({{'weights': [...], 'members': "
+                             f"[...]}} as `lightning validate` writes it): {type(error).__name__} {error}") from None  # fmt: skip
+        if len(weights) != len(members) or not members:
+            raise ValueError(f"{weights_json}: {len(weights)} weights for {len(members)} members")
+        self.weights = weights
+        self.member_paths = [Path(resolve_relative(m, weights_json)) for m in members]
+        self.members = [_load_member(p) for p in self.member_paths]
+        self.detector, build_args = load_detector(detector_ckpt)
+        # at test time torchvision resizes to the largest training scale, as the extraction command does
+        self.detector.transform.min_size = (max(build_args.get("min_size", [800])),)
+        sha = _sha256(detector_ckpt)
+        self.extractors: list[torch.nn.Module] = []
+        for path, member in zip(self.member_paths, self.members, strict=True):
+            spec = member.feature_spec
+            if spec.get("detector_weights") != sha:
+                raise ValueError(f"{path}: the member was trained on features of detector {spec.get('detector_weights')}"
+                                 f" but {detector_ckpt} is {sha}; pass the detector its features came from "
+                                 "(--vqa-detector)")  # fmt: skip
+            if spec.get("kind") == "grid":
+                extractor: torch.nn.Module = GridFeatureExtractor(self.detector, int(spec["grid_size"]))
+            else:
+                extractor = RegionFeatureExtractor(self.detector, int(spec["min_boxes"]), int(spec["max_boxes"]),
+                                                   float(spec["score_threshold"]))  # fmt: skip
+            self.extractors.append(extractor.eval())
+        vocab: dict[str, int] = {}
+        for member in self.members:
+            for answer in member.answers:
+                vocab.setdefault(answer, len(vocab))
+        self.answers = list(vocab)
+        self._maps = [torch.tensor([vocab[a] for a in m.answers]) for m in self.members]
+        self.tokenizer = load_tokenizer(self.members[0].hparams.tokenizer)
+
+    def features(self, image: CheckedImage) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per member: (features (n, d), boxes (n, 4) normalised), as its feature store would hold them."""
+        pixels = torch.from_numpy(image.array).permute(2, 0, 1).float() / 255.0
+        out = []
+        for member, extractor in zip(self.members, self.extractors, strict=True):
+            features, boxes = extractor([pixels])[0]
+            if member.feature_spec.get("dtype") == "float16":  # the store kept float16 features (boxes: float32)
+                features = features.half()
+            out.append((features.float(), boxes.float()))
+        return out
+
+    @torch.no_grad()
+    def predict(self, image: CheckedImage, question: str) -> VQAAnswer:
+        question = check_question(question)
+        tokens = self.tokenizer([question], padding=True, truncation=True, max_length=MAX_QUESTION_TOKENS,
+                                return_tensors="pt")  # fmt: skip
+        probabilities, members = [], []
+        for k, (member, (features, boxes)) in enumerate(zip(self.members, self.features(image), strict=True)):
+            visual = {"features": features[None], "boxes": boxes[None],
+                      "mask": torch.ones(1, len(features), dtype=torch.bool)}  # fmt: skip
+            batch = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
+                     "visual": {member.hparams.feature_set: visual}}  # fmt: skip
+            p = torch.sigmoid(member(batch))[0]
+            full = p.new_zeros(len(self.answers))
+            full[self._maps[k]] = p
+            probabilities.append(full)
+            top = p.topk(min(TOP_K, len(p)))
+            members.append({"name": f"member {k + 1}: {member.hparams.feature_set} features ({len(features)} "
+                                    f"{'cells' if member.feature_spec.get('kind') == 'grid' else 'boxes'})",
+                            "weight": self.weights[k], "checkpoint": str(self.member_paths[k]),
+                            "top": [(member.answers[i], float(s)) for i, s in zip(top.indices, top.values, strict=True)]})  # fmt: skip
+        mixed = combine(torch.stack(probabilities)[:, None], self.weights)[0]
+        top = mixed.topk(min(TOP_K, len(mixed)))
+        ranked = [(self.answers[i], float(s)) for i, s in zip(top.indices, top.values, strict=True)]
+        notes = list(image.notes)
+        if tokens["input_ids"].shape[1] >= MAX_QUESTION_TOKENS:
+            notes.append(f"the question was cut to {MAX_QUESTION_TOKENS} tokens, as in training")
+        return VQAAnswer(ranked[0][0], ranked, members, list(self.weights), notes)
