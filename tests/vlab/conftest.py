@@ -14,8 +14,10 @@ def tiny_cli_args() -> list[str]:
         "--model.init_args.preset=tiny",
         f"--model.init_args.decoder_tokenizer={SYNTHETIC_TOKENIZER_DIR}",
         "--model.init_args.clip_weights=null",
+        "--model.init_args.decoder_weights=null",
         "--model.init_args.gradient_checkpointing=false",
         "--data.init_args.image_size=32",
+        "--data.init_args.videos_dir=null",  # the synthetic writers use each layout's own video folder
         "--data.init_args.num_workers=0",
         "--data.init_args.batch_size=4",
         "--data.init_args.eval_batch_size=4",

@@ -55,11 +55,15 @@ def test_msrvtt_config_trains_and_tests_on_a_fixture_tree(msrvtt_root: Path, tmp
     assert isinstance(module.answer(video, "what color is the square?", num_frames=4), str)
 
 
-def test_missing_dataset_stops_with_the_file_names(tmp_path: Path, tiny_cli_args) -> None:
+def test_missing_dataset_stops_with_the_file_names(tmp_path: Path, tiny_cli_args, capsys) -> None:
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt_qa")]
-    with pytest.raises(FileNotFoundError, match=r"msrvtt_qa/train_qa\.json"):
+    with pytest.raises(SystemExit) as stop:
         build_cli(["fit", "-c", str(config), *tiny_cli_args, f"--data.init_args.root={tmp_path}", "--trainer.fast_dev_run=1",
                    "--trainer.callbacks=[]"])  # fmt: skip
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "data.root: 2 annotation file(s) missing" in error
+    assert f"{tmp_path}/msrvtt_qa/train_qa.json" in error and f"{tmp_path}/msrvtt_qa/val_qa.json" in error
 
 
 @pytest.mark.slow

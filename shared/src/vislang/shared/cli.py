@@ -14,6 +14,9 @@ Three traps of a plain LightningCLI are closed here (see shared/reference/lightn
   that differs from the checkpoint's is named in a warning, so a resume with changed settings is
   deliberate and visible.
 * A parse error (a misspelled key, a wrong type) prints one line naming the key, not a page of usage.
+* Before anything is built, `vislang.shared.preflight` checks what the config needs (data, weights,
+  tokenizers, the accelerator) and lists everything missing at once, each with its fix
+  (`VISLANG_SKIP_PREFLIGHT=1` skips it).
 * No argument links are declared: a link whose source attribute is missing on the chosen data
   module is skipped silently by jsonargparse, and one CLI serves six packages. A module reads what
   it needs from `self.trainer.datamodule` in `setup()` instead.
@@ -21,6 +24,7 @@ Three traps of a plain LightningCLI are closed here (see shared/reference/lightn
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -30,6 +34,8 @@ from typing import Any, NoReturn
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from vislang.shared.preflight import format_missing, run_preflight
 
 __all__ = ["VislangCLI", "VislangArgumentParser", "build_cli", "main", "one_line_error"]
 
@@ -96,6 +102,18 @@ class VislangCLI(LightningCLI):
         for name in (None, *self.subcommands()):
             (parser_kwargs.setdefault(name, {}) if name else parser_kwargs).setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Stop before any model is built when the config's inputs are missing, naming all of them."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand or os.environ.get("VISLANG_SKIP_PREFLIGHT"):
+            return
+        config = self.config[subcommand]
+        missing = run_preflight(subcommand, config.as_dict() if hasattr(config, "as_dict") else dict(config))
+        if missing:
+            prog = self.parser.prog.replace(" [options]", "")
+            sys.stderr.write(format_missing(f"{prog} {subcommand}", missing) + "\n")
+            sys.exit(2)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config's model arguments when `ckpt_path` is a file; warn about each difference.

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from vislang.shared.data.robust import RobustDataset, collate_with_failures
 from vislang.shared.data.video import VideoReader, tsn_indices
 from vislang.shared.metrics.ddp import evaluation_sampler
+from vislang.shared.preflight import Missing, PreflightContext
 
 Task = Literal["retrieval", "caption", "qa"]
 DatasetName = Literal["msrvtt", "msvd", "tgif", "webvid"]
@@ -36,6 +37,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = [
+    "DATA_SOURCES",
+    "MissingDataFiles",
     "VLABDataModule",
     "VideoTextDataset",
     "VideoTextItem",
@@ -57,12 +60,34 @@ class VideoTextItem:
     answer: str | None = None
 
 
-def _require(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"missing {', '.join(missing)} (see packages/vlab/README.md, 'Data layout', for what goes where)"
+class MissingDataFiles(FileNotFoundError):
+    """Annotation files a reader needs and does not find; `paths` lists them."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        super().__init__(
+            f"missing {', '.join(map(str, paths))} (see packages/vlab/README.md, 'Data layout', for what goes where)"
         )
+
+
+def _require(*paths: Path) -> None:
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise MissingDataFiles(missing)
+
+
+# Where each benchmark comes from, for the preflight's fixes (the README's "Data layout" has the details).
+DATA_SOURCES: dict[str, str] = {
+    "msrvtt": "`python -m vislang.vlab.prepare msrvtt --root {root}` lays out CLIP4Clip's msrvtt_data.zip "
+    "(add --videos for Frozen in Time's MSRVTT.zip, 6.3 GB, into {root}/videos/all); MSRVTT-QA's "
+    "{{train,val,test}}_qa.json go in {root}/msrvtt_qa by hand (xudejing/video-question-answering)",
+    "msvd": "videos: YouTubeClips.tar (UT Austin's MSVD page) into {root}/videos; lists and raw-captions.pkl: "
+    "CLIP4Clip's msvd_data.zip; MSVD-QA json and youtube_mapping.txt in {root}/msvd_qa "
+    "(`python -m vislang.vlab.prepare msvd --root {root}` prints the addresses)",
+    "tgif": "TGIF-QA's {{Train,Test}}_frameqa_question.csv (YunseokJANG/tgif-qa) and the TGIF GIFs in {root}/gifs",
+    "webvid": "WebVid's results_2M_{{train,val}}.csv and videos downloaded with video2dataset into "
+    "{root}/videos/<page_dir>/<videoid>.mp4",
+}
 
 
 # ---- MSRVTT ------------------------------------------------------------------------------------
@@ -218,6 +243,18 @@ def read_webvid(
 
 
 READERS = {"msrvtt": read_msrvtt, "msvd": read_msvd, "tgif": read_tgif_frameqa, "webvid": read_webvid}
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+def _read(dataset: str, root: Path, task: str, split: str, videos_dir: str | None) -> list[VideoTextItem]:
+    """`READERS[dataset]`, with the video folder given in the config or the layout's own."""
+    reader = READERS[dataset]
+    return reader(root, task, split) if videos_dir is None else reader(root, task, split, videos=videos_dir)
+
+
+def _examples(paths: Sequence[Path], count: int = 3) -> str:
+    shown = ", ".join(str(p) for p in paths[:count])
+    return shown + (f" (+{len(paths) - count} more)" if len(paths) > count else "")
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -319,6 +356,8 @@ class VLABDataModule(LightningDataModule):
         expand_captions: train retrieval/captioning on every (video, caption) pair rather than one
             random caption per video per epoch.
         max_failure_fraction: stop when more than this fraction of a split's videos fail to decode.
+        videos_dir: the video folder inside `root`; None = the layout's own (`videos`, TGIF's `gifs`).
+            The common MSRVTT download (Frozen in Time's MSRVTT.zip) unpacks to `videos/all`.
         synthetic_videos: write this many synthetic-world videos into `root` in the `dataset`'s
             layout before reading it (when `root` holds no such data yet); 0 for real data.
         seed: seed of the synthetic world (frame sampling follows `seed_everything`).
@@ -337,6 +376,7 @@ class VLABDataModule(LightningDataModule):
         num_workers: int = 4,
         expand_captions: bool = True,
         max_failure_fraction: float = 0.01,
+        videos_dir: str | None = None,
         synthetic_videos: int = 0,
         seed: int = 0,
     ) -> None:
@@ -365,7 +405,7 @@ class VLABDataModule(LightningDataModule):
     def _dataset(self, task: str, split: str) -> Dataset:
         key = (task, split)
         if key not in self._splits:
-            items = READERS[self.hparams.dataset](self.root, task, split)
+            items = _read(self.hparams.dataset, self.root, task, split, self.hparams.videos_dir)
             train = split == "train"
             common = dict(
                 num_frames=self.hparams.num_frames if train else self.hparams.eval_num_frames,
@@ -378,11 +418,54 @@ class VLABDataModule(LightningDataModule):
             self._splits[key] = RobustDataset(dataset, max_failure_fraction=self.hparams.max_failure_fraction)
         return self._splits[key]
 
+    @classmethod
+    def preflight(cls, init_args: dict[str, Any], context: PreflightContext) -> list[Missing]:
+        """The annotation files the stage's tasks read, and a stat of every video they list.
+
+        Synthetic runs (`synthetic_videos > 0`) are skipped: `prepare_data` writes their files.
+        """
+        if init_args.get("synthetic_videos"):
+            return []
+        dataset, root = init_args["dataset"], Path(init_args["root"])
+        fix = DATA_SOURCES[dataset].format(root=root)
+        if not root.is_dir():
+            return [Missing("data.root", f"{root} does not exist", fix)]
+        files: list[Path] = []
+        videos: dict[Path, None] = {}  # ordered set: every listed video once
+        for task in init_args.get("tasks") or ["retrieval"]:
+            for split in _STAGE_SPLITS[context.stage]:
+                try:
+                    items = _read(dataset, root, task, split, init_args.get("videos_dir"))
+                except MissingDataFiles as err:
+                    files += [p for p in err.paths if p not in files]
+                    continue
+                except ValueError as err:  # a task the dataset does not have, or inconsistent files
+                    return [Missing("data.tasks", str(err), f"choose tasks that {dataset} provides")]
+                videos.update(dict.fromkeys(item.video for item in items))
+        found = (
+            [Missing("data.root", f"{len(files)} annotation file(s) missing: {_examples(files)}", fix)] if files else []
+        )
+        absent = [video for video in videos if not video.is_file()]
+        if absent:
+            folder = absent[0].parent
+            found.append(
+                Missing(
+                    "data.videos_dir",
+                    f"{len(absent)} of {len(videos)} listed videos are missing, e.g. {_examples(absent)}",
+                    f"put them in {folder}, or set data.videos_dir to the folder inside {root} that holds them"
+                    + (
+                        " (`python -m vislang.vlab.prepare msrvtt --videos` fetches them)"
+                        if dataset == "msrvtt"
+                        else ""
+                    ),
+                )
+            )
+        return found
+
     def setup(self, stage: str) -> None:
         # read every annotation file the stage needs now, so a missing one fails before training
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         for task in self.tasks:
-            for split in splits:
+            for split in _STAGE_SPLITS[stage]:
                 self._dataset(task, split)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:

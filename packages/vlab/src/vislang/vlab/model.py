@@ -31,6 +31,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import open_clip
@@ -40,6 +41,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache
 
+from vislang.shared.checkpoint import LoadReport, StateDictMismatchError, load_into, load_state_dict, rename_keys
+
 __all__ = [
     "PRESETS",
     "GatedCrossAttentionBlend",
@@ -47,6 +50,9 @@ __all__ = [
     "VLAB",
     "VLABConfig",
     "build_vlab",
+    "clip_uses_quick_gelu",
+    "load_bert_decoder",
+    "load_clip_state_dict",
     "sample_hard_negatives",
 ]
 
@@ -209,12 +215,26 @@ class VLAB(nn.Module):
     or, for EVA-CLIP, a `TimmModel` (blocks `trunk.blocks`); `_vit_*` below hide the difference.
     """
 
-    def __init__(self, config: VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> None:
+    def __init__(
+        self,
+        config: VLABConfig,
+        decoder_vocab_size: int | None,
+        decoder_pad_token_id: int = 0,
+        clip_tag: str | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         # build where the caller builds (the meta device for parameter counting of full-size presets)
         device = torch.get_default_device()
-        self.clip = open_clip.create_model(config.clip_arch, pretrained=None, device=device, **config.clip_overrides)
+        # the architecture the weights were trained with: open_clip's settings for the pretrained tag
+        # (OpenAI's CLIP used QuickGELU, which open_clip's plain `ViT-B-16` config does not)
+        self.clip = open_clip.create_model(
+            config.clip_arch,
+            pretrained=None,
+            device=device,
+            force_quick_gelu=clip_uses_quick_gelu(config.clip_arch, clip_tag),
+            **config.clip_overrides,
+        )
         visual = self.clip.visual
         width = _vit_width(visual, config.clip_arch)
 
@@ -232,7 +252,13 @@ class VLAB(nn.Module):
         # §feature blending
         self.blend = GatedCrossAttentionBlend(width, config.blend_heads)
 
-        # generative head: a BERT decoder cross-attending to the blended visual tokens (VALOR/COSA style)
+        # generative head: a BERT decoder cross-attending to the blended visual tokens (VALOR/COSA style).
+        # Retrieval-only models have none (no decoder vocabulary): no tokenizer to load, no weights to train.
+        self.decoder: BertLMHeadModel | None = None
+        self.visual_to_decoder: nn.Linear | None = None
+        self.itm_head: nn.Linear | None = None
+        if decoder_vocab_size is None:
+            return
         decoder_config = BertConfig(
             vocab_size=decoder_vocab_size, pad_token_id=decoder_pad_token_id, is_decoder=True,
             add_cross_attention=True, **config.decoder,
@@ -443,13 +469,38 @@ def _run_adapter_first(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tup
     return (block.temporal_adapter(args[0]), *args[1:]), kwargs
 
 
-def build_vlab(preset: str | VLABConfig, decoder_vocab_size: int, decoder_pad_token_id: int = 0) -> VLAB:
-    """Build a VLAB from a preset name (`tiny`, `vlab_b32`, ..., `vlab_eva02_b16`, ...) or a config."""
+def build_vlab(
+    preset: str | VLABConfig,
+    decoder_vocab_size: int | None,
+    decoder_pad_token_id: int = 0,
+    clip_tag: str | None = None,
+) -> VLAB:
+    """Build a VLAB from a preset name (`tiny`, `vlab_b32`, ..., `vlab_eva02_b16`, ...) or a config.
+
+    `decoder_vocab_size=None` builds no generative decoder and no ITM head (retrieval only);
+    `clip_tag` is the open_clip pretrained tag of the CLIP weights to be loaded (`openai`, ...).
+    """
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown VLAB preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
-    return VLAB(preset, decoder_vocab_size, decoder_pad_token_id)
+    return VLAB(preset, decoder_vocab_size, decoder_pad_token_id, clip_tag=clip_tag)
+
+
+def clip_uses_quick_gelu(clip_arch: str, clip_tag: str | None) -> bool:
+    """Whether open_clip builds `clip_arch` with QuickGELU for the pretrained tag `clip_tag`.
+
+    open_clip records it in the tag's pretrained config (`quick_gelu: True` for OpenAI's weights) and
+    applies it when it loads those weights itself; loading them by hand must do the same.
+    """
+    if clip_tag is None:
+        return False
+    tags = open_clip.list_pretrained_tags_by_model(clip_arch)
+    if clip_tag not in tags:
+        raise ValueError(
+            f"clip_tag: open_clip has no pretrained tag {clip_tag!r} for {clip_arch}; choose one of {tags}"
+        )
+    return bool(open_clip.get_pretrained_cfg(clip_arch, clip_tag).get("quick_gelu", False))
 
 
 def load_clip_state_dict(model: VLAB, state_dict: dict[str, Tensor]) -> tuple[list[str], list[str]]:
@@ -462,3 +513,50 @@ def load_clip_state_dict(model: VLAB, state_dict: dict[str, Tensor]) -> tuple[li
     mapped.update({f"video_{key}": value for key, value in state_dict.items() if key.startswith("visual.")})
     result = model.load_state_dict(mapped, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)
+
+
+# Hugging Face BERT checkpoints (BertForPreTraining, BertModel; TF-era `gamma`/`beta` names) → the decoder.
+# The pooler and next-sentence head have no place in a decoder; cross-attention is new (VALOR/COSA start
+# their multimodal decoder from BERT the same way).
+_BERT_TO_DECODER_RULES: list[tuple[str, str | None]] = [
+    (r"^(bert\.)?pooler\.", None),
+    (r"^cls\.seq_relationship\.", None),
+    (r"^bert\.", ""),
+    (r"^(?!cls\.)", "bert."),
+    (r"LayerNorm\.gamma$", "LayerNorm.weight"),
+    (r"LayerNorm\.beta$", "LayerNorm.bias"),
+]
+_DECODER_NEW_KEYS = [r"bert\.encoder\.layer\.\d+\.crossattention\..*"]
+
+
+def load_bert_decoder(model: VLAB, path: str) -> LoadReport:
+    """Initialise the generative decoder from Hugging Face BERT (`bert-base-uncased`, `bert-large-uncased`).
+
+    `path` is a BERT directory (`model.safetensors` or `pytorch_model.bin` beside `config.json`) or one
+    weights file. Every BERT weight must fit the decoder by name and shape; only the cross-attention
+    layers may stay new (and the LM head, for a bare `BertModel`). Returns what was not loaded.
+    """
+    if model.decoder is None:
+        raise ValueError("decoder_weights: this model has no decoder (set decoder_tokenizer to build one)")
+    file = Path(path)
+    if file.is_dir():
+        candidates = [file / name for name in ("model.safetensors", "pytorch_model.bin")]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"decoder_weights: {path} holds neither model.safetensors nor pytorch_model.bin")
+        file = found[0]
+    state = rename_keys(load_state_dict(file), _BERT_TO_DECODER_RULES)
+    state.pop("bert.embeddings.position_ids", None)  # a buffer older checkpoints saved
+    bare = not any(key.startswith("cls.") for key in state)
+    allowed = _DECODER_NEW_KEYS + ([r"cls\.predictions\..*"] if bare else [])
+    head = model.decoder.cls.predictions
+    if head.decoder.weight.data_ptr() == model.decoder.bert.embeddings.word_embeddings.weight.data_ptr():
+        # the output layer is tied to the word embeddings (and its bias to the head's): checkpoints omit it
+        allowed.append(r"cls\.predictions\.decoder\.(weight|bias)")
+    try:
+        return load_into(model.decoder, state, strict=True, allowed_missing=allowed)
+    except StateDictMismatchError as err:
+        raise ValueError(
+            f"decoder_weights: {file} does not fit the preset's decoder ({str(err).splitlines()[0]}); "
+            "use BERT-base for the B presets and BERT-large for the L/g presets"
+        ) from None

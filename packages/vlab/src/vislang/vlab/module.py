@@ -33,12 +33,14 @@ from vislang.shared.metrics import (
     first_occurrence,
     positives_from_keys,
     retrieval_metrics,
-    transpose_positives,
+    video_to_text_metrics,
 )
+from vislang.shared.preflight import Missing, PreflightContext, check_path, check_tokenizer
 from vislang.shared.text import load_tokenizer
-from vislang.vlab.model import VLAB, build_vlab, load_clip_state_dict
+from vislang.vlab.model import VLAB, build_vlab, load_bert_decoder, load_clip_state_dict
 
 Task = Literal["retrieval", "caption", "qa"]
+_DECODER_PARTS = ("decoder.", "visual_to_decoder.", "itm_head.")
 
 __all__ = ["VLABModule", "rerank_top_k"]
 
@@ -53,12 +55,22 @@ class VLABModule(LightningModule):
             are the data module's: `retrieval` (contrastive), `caption` (decoder LM), `qa` (the
             decoder generates the answer after the question, scored by exact match).
         decoder_tokenizer: local HF-format directory or hub name of the decoder's WordPiece
-            tokenizer (`bert-base-uncased` for the paper-size presets).
+            tokenizer (`bert-base-uncased` for the paper-size presets); None builds no decoder and
+            no ITM head (retrieval only: nothing to load or train for them).
+        decoder_weights: Hugging Face BERT weights (a `bert-base-uncased`-style directory or weights
+            file) to initialise the decoder from, as VALOR/COSA do; cross-attention starts new.
+            None starts the decoder from random weights.
         clip_weights: open_clip CLIP checkpoint (.safetensors/.pt/.bin) loaded into both streams
             and the text tower; None keeps random initialisation.
+        clip_tag: open_clip pretrained tag of `clip_weights` (`openai`, `laion2b_s34b_b88k`, ...): the
+            towers are built with open_clip's settings for that tag (QuickGELU for `openai`). None
+            builds the architecture's plain config (right for weights trained with GELU).
         init_weights: a VLAB checkpoint (e.g. after pre-training) to fine-tune from. Loaded into the
             model, hyper-parameters stay the config's (unlike `--ckpt_path`, which resumes a run).
-        freeze: parameter-name prefixes to keep frozen, e.g. `[clip.visual]` for a frozen image stream.
+        freeze: parameter-name prefixes to keep frozen, e.g. `[clip.text_projection]`.
+        freeze_image_stream: keep the image stream (CLIP's per-frame ViT that the blending reads)
+            frozen at its pretrained weights; False trains it at `clip_lr` (an assumption: the
+            abstract does not say).
         lr: learning rate of everything that is not CLIP (adapters, blending, decoder).
         clip_lr: learning rate of the CLIP towers (both streams and text), far lower so CLIP's
             features are adapted rather than overwritten (CLIP4Clip, VALOR).
@@ -70,6 +82,10 @@ class VLABModule(LightningModule):
         itm_weight: weight of the video-text matching loss added to every retrieval batch (ALBEF
             §3.2: the batch's pairs plus one softmax-sampled hard negative text per video and video
             per text); 0 = no ITM training.
+        video_to_text: how video-to-text retrieval ranks when a video has several captions:
+            `captions` ranks every caption and scores the best-ranked of the video's own (ALBEF);
+            `groups` ranks videos' caption groups, each scored by its best caption (CLIP4Clip's
+            multi-sentence evaluation). Identical with one caption per video (MSRVTT 1k-A).
         itm_rerank_k: at evaluation, re-score each text's top-k videos (and each video's top-k texts)
             of the contrastive ranking with the ITM head (UMT's `k_test`); 0 = off. Keeps every
             evaluation video's decoder memory, T·(1+N)·H numbers per video, on the CPU until the
@@ -85,16 +101,20 @@ class VLABModule(LightningModule):
         self,
         preset: str = "vlab_b16",
         loss_weights: dict[str, float] | None = None,
-        decoder_tokenizer: str = "bert-base-uncased",
+        decoder_tokenizer: str | None = "bert-base-uncased",
+        decoder_weights: str | None = None,
         clip_weights: str | None = None,
+        clip_tag: str | None = None,
         init_weights: str | None = None,
         freeze: list[str] | None = None,
+        freeze_image_stream: bool = False,
         lr: float = 1e-4,
         clip_lr: float = 1e-6,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
         dual_softmax: bool = False,
+        video_to_text: Literal["captions", "groups"] = "captions",
         itm_weight: float = 0.0,
         itm_rerank_k: int = 0,
         max_answer_tokens: int = 8,
@@ -112,8 +132,18 @@ class VLABModule(LightningModule):
             raise ValueError(f"itm_weight and itm_rerank_k must be >= 0, got {itm_weight} and {itm_rerank_k}")
         self.loss_weights["itm"] = itm_weight
 
-        self.tokenizer = load_tokenizer(decoder_tokenizer)
-        self.model: VLAB = build_vlab(preset, len(self.tokenizer), self.tokenizer.pad_token_id)
+        if decoder_tokenizer is None and (itm_weight > 0 or itm_rerank_k > 0 or decoder_weights):
+            raise ValueError(
+                "decoder_tokenizer: null builds no decoder, but itm_weight/itm_rerank_k/decoder_weights need one; "
+                "set decoder_tokenizer (e.g. bert-base-uncased)"
+            )
+        self.tokenizer = load_tokenizer(decoder_tokenizer) if decoder_tokenizer is not None else None
+        self.model: VLAB = build_vlab(
+            preset,
+            len(self.tokenizer) if self.tokenizer is not None else None,
+            self.tokenizer.pad_token_id if self.tokenizer is not None else 0,
+            clip_tag=clip_tag,
+        )
         self.clip_tokenizer = open_clip.get_tokenizer(
             self.model.config.clip_arch, context_length=self.model.clip.context_length
         )
@@ -121,30 +151,51 @@ class VLABModule(LightningModule):
             missing, unexpected = load_clip_state_dict(self.model, load_state_dict(clip_weights))
             if unexpected:
                 raise ValueError(f"{clip_weights}: not an open_clip CLIP checkpoint (unexpected keys {unexpected[:5]})")
+        if decoder_weights:
+            load_bert_decoder(self.model, decoder_weights)
         if init_weights:
             state = load_state_dict(init_weights)
             state = {k.removeprefix("model."): v for k, v in state.items()}
+            if self.model.decoder is None:  # a retrieval-only model fine-tuned from a full one
+                state = {k: v for k, v in state.items() if not k.startswith(_DECODER_PARTS)}
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             # a checkpoint from before the ITM head (or pre-trained without it) may lack only that
             missing = [k for k in missing if not k.startswith("itm_head.")]
             if missing or unexpected:
                 raise ValueError(f"{init_weights}: not a VLAB checkpoint of this preset (missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]})")  # fmt: skip
+        frozen = [*(freeze or []), *(["clip.visual."] if freeze_image_stream else [])]
         for name, parameter in self.model.named_parameters():
-            if any(name.startswith(prefix) for prefix in freeze or []):
+            if any(name.startswith(prefix) for prefix in frozen):
                 parameter.requires_grad_(False)
         if gradient_checkpointing:
             self.model.clip.visual.set_grad_checkpointing(True)
             self.model.video_visual.set_grad_checkpointing(True)
         if compile:
             self.model.compile()
-        self.retrieval_metric = RetrievalMetric()
+        self.retrieval_metric = RetrievalMetric(video_to_text=video_to_text)
         self.qa_metric = ExactMatchAccuracy()
         self.caption_metric = CaptionMetric()
         self.last_scores: dict[str, dict[str, float]] = {}
         # ITM re-ranking keeps, per evaluation epoch, each video's decoder memory and each caption
         self._rerank_memory: dict[int, Tensor] = {}
         self._rerank_text: dict[int, str] = {}
+
+    @classmethod
+    def preflight(cls, init_args: dict[str, Any], context: PreflightContext) -> list[Missing]:
+        """What the model needs before it is built: the weights it names, and a decoder tokenizer when the
+        data module's tasks (or ITM) use the decoder; a retrieval-only config needs none."""
+        fix = "`python -m vislang.vlab.prepare weights` fetches them into pretrained/ (or point the key at your copy)"
+        tasks = set(context.data.get("tasks") or ["retrieval"])
+        itm = init_args.get("itm_weight", 0) > 0 or init_args.get("itm_rerank_k", 0) > 0
+        found: list[Missing] = []
+        if init_args.get("decoder_tokenizer") is None and (tasks & {"caption", "qa"} or itm):
+            found.append(Missing("model.decoder_tokenizer", f"null, but the tasks {sorted(tasks)} (or ITM) need the "
+                                 "decoder", f"set it to pretrained/bert-base-uncased; {fix}"))  # fmt: skip
+        found += check_tokenizer("model.decoder_tokenizer", init_args.get("decoder_tokenizer"), fix)
+        for key in ("clip_weights", "decoder_weights", "init_weights"):
+            found += check_path(f"model.{key}", init_args.get(key), fix)
+        return found
 
     # ---- text helpers -----------------------------------------------------------------------
 
@@ -189,6 +240,11 @@ class VLABModule(LightningModule):
         if stage != "fit" or self.trainer is None or self.trainer.datamodule is None:
             return
         tasks = set(self.trainer.datamodule.tasks)
+        if self.model.decoder is None and tasks & {"caption", "qa"}:
+            raise ValueError(
+                f"data.tasks {sorted(tasks)} need the generative decoder, but model.decoder_tokenizer is null; "
+                "set it (e.g. bert-base-uncased)"
+            )
         itm = self.hparams.itm_weight > 0 and "retrieval" in tasks
         # the image stream feeds the blending with its tokens only: CLIP's own pooling head is unused
         unused: list[str] = ["clip.visual.ln_post", "clip.visual.proj", "clip.visual.head.", "clip.visual.trunk.norm.",
@@ -366,7 +422,7 @@ class VLABModule(LightningModule):
         sim_v2t = rerank_top_k(sim_v2t, k, v2t_scores)
         self._rerank_memory, self._rerank_text = {}, {}
         t2v = retrieval_metrics(sim, positives, block_size=metric.block_size)
-        v2t = retrieval_metrics(sim_v2t, transpose_positives(positives, visual.shape[0]), block_size=metric.block_size)
+        v2t = video_to_text_metrics(sim_v2t, positives, text_key, metric.video_to_text, metric.block_size)
         out = {f"t2v/{name}": value for name, value in t2v.items()}
         out.update({f"v2t/{name}": value for name, value in v2t.items()})
         out["rsum"] = sum(value for name, value in out.items() if "/R@" in name)
@@ -430,6 +486,9 @@ class VLABModule(LightningModule):
         return load_clip(video, num_frames, size).unsqueeze(0).to(self.device)
 
     def _generate(self, tokens: Tensor, prompts: list[str], task: str) -> list[str]:
+        if self.model.decoder is None:
+            raise ValueError("this VLAB was built for retrieval only (decoder_tokenizer: null): it has no decoder "
+                             "to generate captions or answers")  # fmt: skip
         memory = self.model.decoder_memory(tokens)
         ids, mask = self._prompt_batch(prompts)
         limit = self.hparams.max_answer_tokens if task == "qa" else self.hparams.max_caption_tokens

@@ -42,6 +42,7 @@ from vislang.shared.metrics.retrieval import (
     retrieval_metrics,
     retrieval_ranks,
     transpose_positives,
+    video_to_text_metrics,
 )
 from vislang.shared.metrics.segmentation import (
     SegmentationIoU,
@@ -107,6 +108,7 @@ __all__ = [
     "snli_ve_accuracy",
     "topk_accuracy",
     "transpose_positives",
+    "video_to_text_metrics",
     "vqa_accuracy",
     "vqa_prior_baselines",
     "vqa_soft_score",

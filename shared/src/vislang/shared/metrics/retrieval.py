@@ -18,7 +18,7 @@ result plus one block (see ``benchmarks/retrieval.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "transpose_positives",
+    "video_to_text_metrics",
 ]
 
 Positives = Tensor | Sequence[Sequence[int]]
@@ -204,6 +205,36 @@ def positives_from_keys(query_keys: Tensor | Sequence[int], target_keys: Tensor 
     return [list(where.get(key, [])) for key in torch.as_tensor(query_keys).tolist()]
 
 
+def video_to_text_metrics(
+    sim_v2t: Tensor,
+    positives: Positives,
+    text_key: Tensor,
+    video_to_text: Literal["captions", "groups"] = "captions",
+    block_size: int = DEFAULT_BLOCK,
+) -> dict[str, float]:
+    """Visual-to-text scores of a (visuals x texts) matrix under one of the two multi-caption conventions.
+
+    ``captions`` (ALBEF ``itm_eval``): every text is a target; a visual's rank is that of its best-ranked
+    own text, so each wrong *text* scoring above it costs a place. ``groups`` (CLIP4Clip's multi-sentence
+    evaluation, ``tensor_video_to_text_sim``): the texts are grouped by key and each group scores by its
+    best text, so each wrong *visual's group* costs a place. ``positives`` are the text->visual positives.
+    """
+    num_visual = sim_v2t.shape[0]
+    if video_to_text == "captions":
+        return retrieval_metrics(sim_v2t, transpose_positives(positives, num_visual), block_size=block_size)
+    if video_to_text != "groups":
+        raise ValueError(f"video_to_text: expected 'captions' or 'groups', got {video_to_text!r}")
+    keys, group = torch.unique(torch.as_tensor(text_key).to(sim_v2t.device), return_inverse=True)
+    grouped = torch.full((num_visual, keys.numel()), float("-inf"), dtype=sim_v2t.dtype, device=sim_v2t.device)
+    grouped.scatter_reduce_(1, group.expand(num_visual, -1), sim_v2t, reduce="amax")
+    # the visual whose key a group carries is that group's one positive
+    group_of_visual: list[list[int]] = [[] for _ in range(num_visual)]
+    for text, visuals in enumerate(positives if not isinstance(positives, Tensor) else positives.tolist()):
+        for visual in visuals if isinstance(visuals, list) else [visuals]:
+            group_of_visual[visual] = [int(group[text])]
+    return retrieval_metrics(grouped, group_of_visual, block_size=block_size)
+
+
 class RetrievalMetric(SampleMetric):
     """Text <-> visual retrieval over a whole evaluation set, exact under DDP.
 
@@ -211,15 +242,23 @@ class RetrievalMetric(SampleMetric):
     visual embeddings (with their key). After the all-gather, texts are deduplicated by dataset index and
     visuals by key (a video seen with several captions is kept once), both in ascending order; a text is
     correct for the visual with the same key. ``compute`` returns both directions plus ``rsum``:
-    ``t2v/R@1 ... t2v/MnR, v2t/R@1 ... v2t/MnR`` (``v2t`` counts the best-ranked of a visual's texts).
+    ``t2v/R@1 ... t2v/MnR, v2t/R@1 ... v2t/MnR``. With several texts per visual, ``video_to_text`` picks
+    the convention (see ``video_to_text_metrics``): ``captions`` (ALBEF, default) or ``groups`` (CLIP4Clip).
     """
 
     def __init__(
-        self, dual_softmax_temperature: float | None = None, block_size: int = DEFAULT_BLOCK, **kwargs: Any
+        self,
+        dual_softmax_temperature: float | None = None,
+        block_size: int = DEFAULT_BLOCK,
+        video_to_text: Literal["captions", "groups"] = "captions",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if video_to_text not in ("captions", "groups"):
+            raise ValueError(f"video_to_text: expected 'captions' or 'groups', got {video_to_text!r}")
         self.dual_softmax_temperature = dual_softmax_temperature
         self.block_size = block_size
+        self.video_to_text = video_to_text
         self._add_states("text_emb", "text_key", "visual_emb", "visual_key")
 
     def update(
@@ -259,7 +298,7 @@ class RetrievalMetric(SampleMetric):
         else:
             sim_v2t = sim.T
         t2v = retrieval_metrics(sim, positives, block_size=self.block_size)
-        v2t = retrieval_metrics(sim_v2t, transpose_positives(positives, visual.shape[0]), block_size=self.block_size)
+        v2t = video_to_text_metrics(sim_v2t, positives, text_key, self.video_to_text, self.block_size)
         out = {f"t2v/{k}": v for k, v in t2v.items()}
         out.update({f"v2t/{k}": v for k, v in v2t.items()})
         out["rsum"] = sum(v for k, v in out.items() if "/R@" in k)
