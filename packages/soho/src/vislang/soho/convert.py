@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import Tensor, nn
 
 from vislang.shared.checkpoint import LoadReport, load_into, load_state_dict, rename_keys
@@ -81,10 +80,7 @@ def load_official(model: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
     optional = ("nlvr2_head.", "snli_ve_head.", "vqa_head.", "embedder.dictionary.updates")
     needed = [k for k in report.missing if not k.startswith(optional)]
     if needed or report.mismatched:
-        raise ValueError(f"{path} does not fit this SOHO model (preset soho_r18 matches the official release, "
-                         f"with the bert-base-uncased tokenizer): {report}")  # fmt: skip
-    with torch.no_grad():  # a pre-training checkpoint's dictionary has seen as many updates as its counters say
-        dictionary = getattr(getattr(model, "embedder", None), "dictionary", None)
-        if dictionary is not None and "embedder.dictionary.updates" not in state:
-            dictionary.updates.fill_(0)
+        shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:5]]
+        raise ValueError(f"{path} does not fit this SOHO model: missing {needed[:5]}, shape-mismatched {shapes} "
+                         "(preset soho_r18 with the bert-base-uncased tokenizer matches the official release)")  # fmt: skip
     return report

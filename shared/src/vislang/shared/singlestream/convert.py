@@ -78,5 +78,9 @@ def load_text_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadRep
 
 
 def _refuse(report: LoadReport, argument: str, path: str | os.PathLike[str], fix: str) -> None:
+    """One line naming the argument, the file, what did not fit (first keys) and the fix."""
     if report.missing or report.mismatched:
-        raise ValueError(f"{argument} {path} does not fit the model; pass {fix}. {report}")
+        shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:3]]
+        raise ValueError(f"{argument} {path} does not fit the model: {len(report.missing)} missing (e.g. "
+                         f"{report.missing[:3]}), {len(report.mismatched)} shape-mismatched (e.g. {shapes}); "
+                         f"pass {fix}")  # fmt: skip
