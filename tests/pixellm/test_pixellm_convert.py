@@ -1,90 +1,95 @@
-"""Released PixelLM (HF layout), LLaVA base and CLIP weights load into the model, from fabricated tiny state dicts."""
+"""Released PixelLM (the official code's own release layout, golden fixture), LLaVA delta / base and CLIP weights load."""
 
 from __future__ import annotations
 
 import json
-import re
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights
+from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights, main
 from vislang.pixellm.model import build_pixellm, interpolate_clip_position_embeddings
-from vislang.shared.checkpoint import save_state_dict
+from vislang.shared.checkpoint import load_state_dict, save_state_dict
 
 VOCAB = 434
 BASE_VOCAB = 427  # the released embedding covers the base vocabulary only in the LLaVA case
-
-_TO_RELEASED = [
-    (r"^llm\.model\.", "model."),
-    (r"^llm\.lm_head\.", "lm_head."),
-    (r"\.base_layer\.", "."),
-    (r"^vision\.", "model.vision_tower.vision_tower.vision_model."),
-    (r"^(mm_projector|out_mm_projector)\.", r"model.\1."),
-    (r"^text_hidden_fcs\.", "model.text_hidden_fcs.0."),
-    (r"^neck\.", "model.image_feature_neck."),
-    (r"^decoder\.no_mask_embed\.", "model.prompt_encoder.no_mask_embed."),
-    (r"^decoder\.pe\.0\.", "model.prompt_encoder.pe_layer."),
-    (r"^decoder\.pe\.1\.", "model.mask_decoder.pe1."),
-    (r"^decoder\.transformers\.", "model.mask_decoder.transformer."),
-    (r"^decoder\.level_upsample\.1\.", "model.mask_decoder.upsample_2x."),
-    (r"^decoder\.hypernetwork\.", "model.mask_decoder.output_hypernetworks_mlps.0."),
-    (r"^decoder\.mask_token\.", "model.mask_decoder.mask_tokens."),
-    (r"^decoder\.", "model.mask_decoder."),
-]
+GOLDEN = Path(__file__).parent / "golden" / "model"
 
 
-def _released(model) -> dict[str, torch.Tensor]:
-    """The model's weights in the released layout, with the release's extra and reshaped tensors."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if ".lora_" in key or key in ("fusion.weights", "decoder.scale_weights"):
-            continue  # LoRA is merged in the release; fusion/scale weights are never saved
-        for pattern, repl in _TO_RELEASED:
-            key = re.sub(pattern, repl, key)
-        out[key] = value.clone()
-    out["model.mask_decoder.mask_tokens.weight"] = torch.cat([out["model.mask_decoder.mask_tokens.weight"],
-                                                              torch.randn(3, 64)])  # fmt: skip
-    out["model.mask_decoder.iou_token.weight"] = torch.randn(1, 64)
-    out["model.mask_decoder.iou_prediction_head.layers.0.weight"] = torch.randn(64, 64)
-    out["model.mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"] = torch.randn(64, 64)
-    out["model.prompt_encoder.point_embeddings.0.weight"] = torch.randn(1, 64)
-    return out
-
-
-def _save_sharded(state: dict[str, torch.Tensor], directory) -> None:
+def test_official_release_loads_strictly_from_shards_in_hf_model(tmp_path, golden_layout_model) -> None:
+    """The release the official code saved (golden fixture), re-saved as two shards under `hf_model/` (PixelLM
+    #25), loads strictly once CLIP comes from its own weights; every released key lands somewhere."""
+    state = load_state_dict(GOLDEN / "release" / "model.safetensors")
+    directory = tmp_path / "PixelLM-small" / "hf_model"
     directory.mkdir(parents=True)
     keys = sorted(state)
     shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
               "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # fmt: skip
     for name, names in shards.items():
-        save_state_dict({k: state[k].contiguous() for k in names}, directory / name)
+        save_state_dict({k: state[k] for k in names}, directory / name)
     index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
 
-
-def test_released_pixellm_weights(tmp_path) -> None:
-    torch.manual_seed(0)
-    source = build_pixellm("tiny", VOCAB)
-    with torch.no_grad():  # non-trivial values everywhere (LayerNorms start at 1/0)
-        for p in source.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    state = _released(source)
-    _save_sharded(state, tmp_path / "PixelLM-tiny" / "hf_model")  # PixelLM #25: the hf_model/ subfolder
-
-    torch.manual_seed(1)
-    target = build_pixellm("tiny", VOCAB)
-    report = load_pixellm_weights(target, tmp_path / "PixelLM-tiny")
+    model, _ = golden_layout_model()
+    report = load_pixellm_weights(model, tmp_path / "PixelLM-small", vision_weights=GOLDEN / "clip")
     assert not report.unexpected and not report.mismatched
     assert all(".lora_" in k or k in ("fusion.weights", "decoder.scale_weights") for k in report.missing)
-    own = target.state_dict()
-    for key, value in source.state_dict().items():
-        if ".lora_" in key or key in ("fusion.weights", "decoder.scale_weights"):
-            continue
-        assert torch.equal(own[key], value), key
-    # unsaved fusion / scale weights keep the released code's fixed values
-    assert torch.allclose(own["fusion.weights"], torch.full((3,), 1 / 3))
+    own = model.state_dict()
+    assert torch.equal(own["decoder.mask_tokens.weight"], state["model.mask_decoder.mask_tokens.weight"])
+    assert torch.equal(own["decoder.iou_token.weight"], state["model.mask_decoder.iou_token.weight"])
+    # unsaved fusion / scale weights keep the released code's fixed values: 1/(N·L) per token, 1/L per scale
+    assert torch.allclose(own["fusion.weights"], torch.full((3,), 1 / 6))
     assert torch.allclose(own["decoder.scale_weights"], torch.full((2,), 0.5))
+
+
+def test_official_clip_position_layout() -> None:
+    """`official`: the last row is treated as CLS and appended after the grid interpolated from rows 0..g²-1."""
+    grid = torch.arange(4 * 4, dtype=torch.float32)[:, None].expand(-1, 2)
+    weight = torch.cat([torch.full((1, 2), -7.0), grid])  # HF layout: CLS first, then the 4x4 patches
+    out = interpolate_clip_position_embeddings(weight, 6, "official")
+    assert out.shape == (37, 2)
+    assert torch.equal(out[-1], weight[-1])  # the last patch's embedding becomes "CLS"
+    expected = F.interpolate(weight[:-1, 0].reshape(1, 1, 4, 4), size=(6, 6), mode="bilinear").flatten()
+    assert torch.allclose(out[:-1, 0], expected)
+    fixed = interpolate_clip_position_embeddings(weight, 6, "fixed")
+    assert torch.equal(fixed[0], weight[0])
+    with pytest.raises(ValueError, match="'official' or 'fixed'"):
+        interpolate_clip_position_embeddings(weight, 6, "cls_last")
+
+
+def test_apply_llava_delta_command(tmp_path) -> None:
+    """LLaVA = delta + base LLaMA, tensor by tensor; rows the delta adds (new tokens) and the projector are kept."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=20)  # fmt: skip
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).state_dict()
+    (tmp_path / "base").mkdir()
+    save_state_dict({k: v.contiguous() for k, v in base.items()}, tmp_path / "base" / "model.safetensors")
+    delta = {k: torch.randn_like(v) for k, v in base.items()}
+    delta["model.embed_tokens.weight"] = torch.randn(23, 16)  # 3 tokens added by LLaVA
+    delta["lm_head.weight"] = torch.randn(23, 16)
+    delta["model.mm_projector.weight"] = torch.randn(16, 8)
+    (tmp_path / "delta").mkdir()
+    save_state_dict(delta, tmp_path / "delta" / "model.safetensors")
+    (tmp_path / "delta" / "config.json").write_text("{}")
+    main(["apply-delta", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"),
+          "--out", str(tmp_path / "llava")])  # fmt: skip
+    merged = load_state_dict(tmp_path / "llava" / "model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(merged[q], delta[q] + base[q])
+    embed = merged["model.embed_tokens.weight"]
+    torch.testing.assert_close(embed[:20], delta["model.embed_tokens.weight"][:20] + base["model.embed_tokens.weight"])
+    assert torch.equal(embed[20:], delta["model.embed_tokens.weight"][20:])
+    assert torch.equal(merged["model.mm_projector.weight"], delta["model.mm_projector.weight"])
+    assert (tmp_path / "llava" / "config.json").is_file()
+    # the merged directory loads as LLaVA weights
+    loaded = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "vocab_size": 23}))
+    missing = loaded.load_state_dict({k: v for k, v in merged.items() if "mm_projector" not in k}, strict=False)
+    assert not missing.missing_keys
 
 
 def test_llava_base_and_clip_weights(tmp_path) -> None:
@@ -103,7 +108,7 @@ def test_llava_base_and_clip_weights(tmp_path) -> None:
     clip = {f"vision_model.{k.removeprefix('vision.')}": v.clone() for k, v in source.state_dict().items()
             if k.startswith("vision.")}  # fmt: skip
     positions = clip["vision_model.embeddings.position_embedding.weight"]
-    small = interpolate_clip_position_embeddings(positions, 6)
+    small = interpolate_clip_position_embeddings(positions, 6, "fixed")
     clip["vision_model.embeddings.position_embedding.weight"] = small
     clip["text_model.embeddings.token_embedding.weight"] = torch.randn(10, 8)
     clip["logit_scale"] = torch.tensor(1.0)
@@ -112,7 +117,7 @@ def test_llava_base_and_clip_weights(tmp_path) -> None:
 
     target = build_pixellm("tiny", VOCAB)
     before = target.state_dict()["llm.model.embed_tokens.weight"].clone()
-    report = load_llava_weights(target, tmp_path / "llava", clip_directory=tmp_path / "clip")
+    report = load_llava_weights(target, tmp_path / "llava", clip_directory=tmp_path / "clip", clip_positions="fixed")
     own = target.state_dict()
     assert "mm_projector.0.weight" in report.missing  # trained from scratch, as released
     assert not any(k.startswith("vision.") for k in report.missing)
@@ -122,7 +127,7 @@ def test_llava_base_and_clip_weights(tmp_path) -> None:
     q = "llm.model.layers.1.self_attn.q_proj.base_layer.weight"
     assert torch.equal(own[q], llava["model.layers.1.self_attn.q_proj.weight"])
     pos = own["vision.embeddings.position_embedding.weight"]
-    assert torch.equal(pos, interpolate_clip_position_embeddings(small, 8))  # 6x6 -> 8x8, CLS at 0
+    assert torch.equal(pos, interpolate_clip_position_embeddings(small, 8, "fixed"))  # 6x6 -> 8x8, CLS at 0
     assert torch.equal(pos[0], positions[0])
     assert torch.equal(
         own["vision.encoder.layers.0.mlp.fc1.weight"], source.state_dict()["vision.encoder.layers.0.mlp.fc1.weight"]

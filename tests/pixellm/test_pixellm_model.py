@@ -174,7 +174,7 @@ def test_padded_patches_are_masked_in_the_vision_tower(tiny) -> None:
 def test_position_embedding_interpolation_keeps_cls_at_index_0() -> None:
     grid = torch.arange(24 * 24, dtype=torch.float32).reshape(24 * 24, 1).expand(-1, 3)
     weight = torch.cat([torch.full((1, 3), -7.0), grid])
-    out = interpolate_clip_position_embeddings(weight, 32)
+    out = interpolate_clip_position_embeddings(weight, 32, "fixed")
     assert out.shape == (1 + 32 * 32, 3)
     assert torch.equal(out[0], weight[0])  # CLS untouched
     expected = F.interpolate(grid[:, 0].reshape(1, 1, 24, 24), size=(32, 32), mode="bilinear").flatten()

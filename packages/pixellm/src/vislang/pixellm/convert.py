@@ -11,7 +11,7 @@ released key                                           this package
 =====================================================  ==========================================================
 `model.embed_tokens.*`, `model.layers.*`, `model.norm`  `llm.model.*` (q/v projections -> `*.base_layer.*`:
 `lm_head.*`                                             LoRA is merged into them in the release)
-`model.vision_tower.vision_tower.vision_model.*`       `vision.*` (positions interpolated if the grid differs)
+(no `vision_tower` key: the merge script drops them)   `vision.*` from CLIP's own weights (`vision_weights`)
 `model.mm_projector.*`, `model.out_mm_projector.*`     `mm_projector.*`, `out_mm_projector.*`
 `model.text_hidden_fcs.0.*`                            `text_hidden_fcs.*`
 `model.image_feature_neck.*`                           `neck.*`
@@ -20,29 +20,42 @@ released key                                           this package
 `model.mask_decoder.transformer.{l}.*`                 `decoder.transformers.{l}.*`
 `model.mask_decoder.upsample_2x.*`                     `decoder.level_upsample.1.*`
 `model.mask_decoder.output_upscaling.*`, `level_embed`  `decoder.output_upscaling.*`, `decoder.level_embed`
+`model.mask_decoder.iou_token`, `.mask_tokens`         `decoder.iou_token`, `decoder.mask_tokens` (all attend)
 `model.mask_decoder.output_hypernetworks_mlps.0.*`     `decoder.hypernetwork.*`
-`model.mask_decoder.mask_tokens` (row 0)               `decoder.mask_token`
-`iou_token`, `iou_prediction_head`, other mask tokens  dropped (unused: single-mask output)
+hypernetworks 1-3, `iou_prediction_head`, the prompt   dropped: their outputs are never read (single-mask
+encoder's point / box / mask-input embeddings           output, no point, box or mask prompts)
 =====================================================  ==========================================================
 
 The release never saves the fusion weights and scale weights γ (unregistered lists, fixed at 1/N and
 1/L): they keep this package's initial values, which equal those.
+
+CLIP comes from its own checkpoint (`openai/clip-vit-large-patch14-336` in HF layout), as the released code
+loads it: its 24x24 position grid is interpolated to 32x32 as `clip_encoder.py` did for the released model
+(`clip_positions="official"`, see `interpolate_clip_position_embeddings`); `"fixed"` keeps CLS at index 0.
+
+`apply_llava_delta` turns a released LLaVA *delta* (LLaVA-Lightning-7B-delta-v1-1) into the LLaVA weights by
+adding the base LLaMA's tensors (`python -m vislang.pixellm.convert apply-delta --base ... --delta ...
+--out ...`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from vislang.pixellm.model import PixelLM, interpolate_clip_position_embeddings
-from vislang.shared.checkpoint import LoadReport, load_into, load_state_dict, rename_keys
+from vislang.shared.checkpoint import LoadReport, load_into, load_state_dict, rename_keys, save_state_dict
 
 __all__ = [
     "PIXELLM_RULES",
+    "apply_llava_delta",
     "load_clip_weights",
     "load_llava_weights",
     "load_pixellm_weights",
@@ -50,6 +63,7 @@ __all__ = [
 ]
 
 _LLM_RULES: list[tuple[str, str | None]] = [
+    (r"\.rotary_emb\.inv_freq$", None),  # a buffer older transformers saved; recomputed from the config
     (r"^model\.(embed_tokens|layers|norm)\.", r"llm.model.\1."),
     (r"^lm_head\.", "llm.lm_head."),
     (r"^model\.vision_tower\.vision_tower\.vision_model\.", "vision."),
@@ -67,8 +81,8 @@ PIXELLM_RULES: list[tuple[str, str | None]] = [
     (r"^model\.mask_decoder\.upsample_2x\.", "decoder.level_upsample.1."),
     (r"^model\.mask_decoder\.(output_upscaling|level_embed)\.", r"decoder.\1."),
     (r"^model\.mask_decoder\.output_hypernetworks_mlps\.0\.", "decoder.hypernetwork."),
-    (r"^model\.mask_decoder\.mask_tokens\.weight$", "decoder.mask_token.weight"),
-    (r"^model\.mask_decoder\..*", None),  # iou token/head and the 3 multimask tokens: unused
+    (r"^model\.mask_decoder\.(iou_token|mask_tokens)\.", r"decoder.\1."),
+    (r"^model\.mask_decoder\.(output_hypernetworks_mlps|iou_prediction_head)\..*", None),  # outputs never read
 ]
 _ALLOWED_MISSING = [r".*\.lora_[AB]\..*", r"fusion\..*", r"decoder\.scale_weights"]
 
@@ -92,8 +106,13 @@ def read_hf_directory(directory: str | os.PathLike[str]) -> dict[str, Tensor]:
     raise FileNotFoundError(f"{path}: no model.safetensors, pytorch_model.bin or *.index.json (also not in hf_model/)")
 
 
-def _fit_to_model(model: PixelLM, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Adapt released shapes: LoRA base-layer names, vocab rows, CLIP position grid, mask-token row 0."""
+ClipPositions = Literal["official", "fixed"]
+
+
+def _fit_to_model(
+    model: PixelLM, state: dict[str, Tensor], clip_positions: ClipPositions = "official"
+) -> dict[str, Tensor]:
+    """Adapt released shapes: LoRA base-layer names, vocabulary rows, the CLIP position grid."""
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -101,29 +120,54 @@ def _fit_to_model(model: PixelLM, state: dict[str, Tensor]) -> dict[str, Tensor]
             key = key.replace(".weight", ".base_layer.weight")
         elif key not in own and key.endswith(".bias") and key.replace(".bias", ".base_layer.bias") in own:
             key = key.replace(".bias", ".base_layer.bias")
-        if key == "decoder.mask_token.weight":
-            value = value[:1]
         if key == "vision.embeddings.position_embedding.weight" and key in own and value.shape != own[key].shape:
-            value = interpolate_clip_position_embeddings(value, model.config.vision_grid)
+            value = interpolate_clip_position_embeddings(value, model.config.vision_grid, clip_positions)
         if key in ("llm.model.embed_tokens.weight", "llm.lm_head.weight") and key in own:
             rows = own[key].shape[0]
             if value.shape[0] > rows:
                 raise ValueError(f"{key}: checkpoint vocabulary {value.shape[0]} > model vocabulary {rows}; "
                                  "use the checkpoint's tokenizer")  # fmt: skip
-            if value.shape[0] < rows:  # base vocabulary only: the codebook and <image> rows keep their init
+            if value.shape[0] < rows:  # rows the checkpoint lacks (e.g. <image>) keep their initial values
                 value = torch.cat([value, own[key][value.shape[0] :].to(value.dtype)])
         out[key] = value
     return out
 
 
-def load_pixellm_weights(model: PixelLM, directory: str | os.PathLike[str], strict: bool = True) -> LoadReport:
-    """Released PixelLM weights (HF layout) into `model`; every kept key must fit (see the module table)."""
+def load_pixellm_weights(
+    model: PixelLM,
+    directory: str | os.PathLike[str],
+    strict: bool = True,
+    vision_weights: str | os.PathLike[str] | None = None,
+    clip_positions: ClipPositions = "official",
+) -> LoadReport:
+    """Released PixelLM weights (HF layout) into `model`; every kept key must fit (see the module table).
+
+    The official merge script saves no `vision_tower` key, so CLIP comes from its own weights:
+    `vision_weights` is a local HF CLIP directory (`openai/clip-vit-large-patch14-336`). Strict loading
+    without it stops with one line naming what is missing.
+    """
     state = _fit_to_model(model, rename_keys(read_hf_directory(directory), PIXELLM_RULES))
-    return load_into(model, state, strict=strict, allowed_missing=_ALLOWED_MISSING)
+    has_vision = any(k.startswith("vision.") for k in state)
+    if vision_weights is not None:
+        load_clip_weights(model, vision_weights, clip_positions)
+    elif strict and not has_vision:
+        raise ValueError(
+            f"{directory}: the release holds no vision tower (the official merge script drops every "
+            "`vision_tower` key); give CLIP's own weights: `vision_weights: <local dir of "
+            "openai/clip-vit-large-patch14-336>` (in a config: `model.init_args.clip_weights`)"
+        )
+    allowed = [*_ALLOWED_MISSING, r"vision\..*"] if vision_weights is not None else _ALLOWED_MISSING
+    report = load_into(model, state, strict=strict, allowed_missing=allowed)
+    if vision_weights is not None:  # loaded from CLIP's own weights above
+        report.missing = [k for k in report.missing if not k.startswith("vision.")]
+    return report
 
 
 def load_llava_weights(
-    model: PixelLM, directory: str | os.PathLike[str], clip_directory: str | os.PathLike[str] | None = None
+    model: PixelLM,
+    directory: str | os.PathLike[str],
+    clip_directory: str | os.PathLike[str] | None = None,
+    clip_positions: ClipPositions = "official",
 ) -> LoadReport:
     """LLaVA base weights (the LLM; the vision tower if saved) and optionally CLIP from its own directory.
 
@@ -132,15 +176,65 @@ def load_llava_weights(
     """
     state = rename_keys(read_hf_directory(directory), [*_LLM_RULES, (r"^model\.mm_projector\..*", None)])
     state = {k: v for k, v in state.items() if k.startswith(("llm.", "vision."))}
-    report = load_into(model, _fit_to_model(model, state))
+    report = load_into(model, _fit_to_model(model, state, clip_positions))
     if clip_directory is not None:
-        load_clip_weights(model, clip_directory)
+        load_clip_weights(model, clip_directory, clip_positions)
         report.missing = [k for k in report.missing if not k.startswith("vision.")]
     return report
 
 
-def load_clip_weights(model: PixelLM, directory: str | os.PathLike[str]) -> LoadReport:
-    """An HF CLIP (`openai/clip-vit-large-patch14-336` layout) vision tower into `model.vision`."""
+def load_clip_weights(
+    model: PixelLM, directory: str | os.PathLike[str], clip_positions: ClipPositions = "official"
+) -> LoadReport:
+    """An HF CLIP (`openai/clip-vit-large-patch14-336` layout) vision tower into `model.vision`; its position grid
+    is interpolated to the model's as the released code did (`official`) or with CLS at index 0 (`fixed`)."""
     state = rename_keys(read_hf_directory(directory), [(r"^(?!vision_model\.)", None), (r"^vision_model\.", "vision.")])
-    return load_into(model, _fit_to_model(model, state), strict=True,
+    return load_into(model, _fit_to_model(model, state, clip_positions), strict=True,
                      allowed_missing=[r"(?!vision\.).*"])  # fmt: skip
+
+
+def apply_llava_delta(base: str | os.PathLike[str], delta: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """LLaVA weights = delta + base LLaMA (LLaVA's `apply_delta.py` rule), written as `out/model.safetensors`.
+
+    Tensors the base lacks (the projector) are copied from the delta; embedding rows the delta adds (new
+    tokens) are kept as in the delta, the base rows are added to the first rows. Tokenizer and config files of
+    the delta directory are copied along.
+    """
+    base_state, delta_state = read_hf_directory(base), read_hf_directory(delta)
+    merged: dict[str, Tensor] = {}
+    for key, value in delta_state.items():
+        if key not in base_state:
+            merged[key] = value.clone()
+            continue
+        b = base_state[key].to(value.dtype)
+        if b.shape == value.shape:
+            merged[key] = value + b
+        elif key.endswith(("embed_tokens.weight", "lm_head.weight")) and b.shape[1:] == value.shape[1:]:
+            merged[key] = value.clone()
+            merged[key][: b.shape[0]] += b
+        else:
+            raise ValueError(f"{key}: delta shape {tuple(value.shape)} does not fit base shape {tuple(b.shape)}")
+    target = Path(out).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    save_state_dict({k: v.contiguous() for k, v in merged.items()}, target / "model.safetensors")
+    delta_dir = Path(delta).expanduser()
+    for extra in delta_dir.glob("*"):
+        if extra.is_file() and extra.suffix in (".json", ".model") and "index" not in extra.name:
+            (target / extra.name).write_bytes(extra.read_bytes())
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m vislang.pixellm.convert apply-delta --base LLAMA --delta DELTA --out DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m vislang.pixellm.convert")
+    commands = parser.add_subparsers(dest="command", required=True)
+    delta = commands.add_parser("apply-delta", help="LLaVA delta + base LLaMA -> LLaVA weights")
+    delta.add_argument("--base", required=True, help="local HF directory of the base LLaMA (e.g. LLaMA-7B)")
+    delta.add_argument("--delta", required=True, help="local HF directory of the delta (LLaVA-Lightning-7B-delta-v1-1)")
+    delta.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    print(apply_llava_delta(args.base, args.delta, args.out))
+
+
+if __name__ == "__main__":
+    main()

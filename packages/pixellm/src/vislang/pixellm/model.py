@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_TOKEN",
+    "IM_END_TOKEN",
+    "IM_START_TOKEN",
     "PRESETS",
     "GenerationOutput",
     "PixelDecoder",
@@ -65,6 +67,8 @@ __all__ = [
 
 IMAGE_TOKEN = "<image>"
 """Placeholder of the image in the prompt; expanded to `llm_grid**2` copies before the LLM."""
+IM_START_TOKEN, IM_END_TOKEN = "<im_start>", "<im_end>"
+"""The released model was trained with the image wrapped as `<im_start><image><im_end>` (`use_mm_start_end`)."""
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 """The official code normalises CLIP's input with SAM/ImageNet statistics (0..255 scale), not CLIP's."""
@@ -184,13 +188,15 @@ def codebook_token_strings(config: PixelLMConfig) -> list[str]:
 
 
 def add_codebook_tokens(tokenizer: PreTrainedTokenizerBase, config: PixelLMConfig) -> tuple[list[int], int]:
-    """Add `<image>` and the N·L codebook tokens to `tokenizer`; return (codebook ids, image id).
+    """Add the N·L codebook tokens, `<im_start>`, `<im_end>` and `<image>` to `tokenizer` (the released order:
+    `train_ds.py` adds `[SEG0..]` then the two image delimiters; a released tokenizer already holds them, so
+    only `<image>` is new); return (codebook ids, image id).
 
     Ids are resolved with `convert_tokens_to_ids` and asserted unique: the official
     `tokenizer(tok).input_ids[0]` can return SentencePiece's `▁` prefix for every token (PixelLM #23).
     """
     tokens = codebook_token_strings(config)
-    tokenizer.add_tokens([IMAGE_TOKEN, *tokens], special_tokens=True)
+    tokenizer.add_tokens([*tokens, IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN], special_tokens=True)
     ids = [int(i) for i in tokenizer.convert_tokens_to_ids(tokens)]
     image_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     unk = tokenizer.unk_token_id
@@ -204,21 +210,28 @@ def add_codebook_tokens(tokenizer: PreTrainedTokenizerBase, config: PixelLMConfi
 # ------------------------------------------------------------------------------------------------------
 
 
-def interpolate_clip_position_embeddings(weight: Tensor, new_grid: int) -> Tensor:
+def interpolate_clip_position_embeddings(
+    weight: Tensor, new_grid: int, layout: Literal["official", "fixed"] = "official"
+) -> Tensor:
     """Resize a CLIP position-embedding table (1 + g², d) to (1 + new_grid², d), bilinearly.
 
-    HF CLIP puts the CLS position at index 0; only rows 1.. form the patch grid. (The official code takes
-    the *last* row as CLS, so its grid holds the CLS position plus 575 patches.)
+    `official` (what the released model was trained with, `clip_encoder.py`): the *last* row is taken as the
+    CLS embedding and rows 0..g²-1 (HF's CLS position plus g²-1 patches) as the g x g grid; the interpolated
+    grid comes first and that last row is appended, so CLS is embedded with the grid's top-left entry and each
+    patch with its left neighbour's. `fixed`: HF CLIP's layout, CLS at index 0 and rows 1.. the patch grid.
     """
-    cls, grid = weight[:1], weight[1:]
-    old = math.isqrt(grid.shape[0])
-    if old * old != grid.shape[0]:
+    if layout not in ("official", "fixed"):
+        raise ValueError(f"CLIP position layout must be 'official' or 'fixed', got {layout!r}")
+    old = math.isqrt(weight.shape[0] - 1)
+    if old * old != weight.shape[0] - 1:
         raise ValueError(f"position embeddings of {weight.shape[0]} rows are not 1 + a square grid")
     if old == new_grid:
         return weight.clone()
+    extra, grid = (weight[-1:], weight[:-1]) if layout == "official" else (weight[:1], weight[1:])
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", align_corners=False)
-    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(weight.dtype)])
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(weight.dtype)
+    return torch.cat([grid, extra]) if layout == "official" else torch.cat([extra, grid])
 
 
 def _projector(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -234,15 +247,18 @@ def _projector(in_dim: int, out_dim: int) -> nn.Sequential:
 class TokenFusion(nn.Module):
     """Fuse the N codebook embeddings of one scale into one: (T, L, N, D) -> (T, L, D).
 
-    `weighted`: Σ_n w_n h_n with w registered (initialised 1/N). `linear`: the paper's φ, a linear map of
+    `weighted`: Σ_n w_n h_n with w registered, initialised to `init`. The released model's weights are
+    1/(N·L) each (its list holds one 1/(N·L) scalar per codebook token, of which the fusion reads the first
+    N, so the fused token is half the mean for L = 2); they are never saved, so a converted release needs
+    exactly that value. `linear`: the paper's φ, a linear map of
     the concatenated N embeddings. With N = 1 both reduce to the identity-like single token.
     """
 
-    def __init__(self, tokens_per_scale: int, dim: int, mode: Literal["weighted", "linear"]) -> None:
+    def __init__(self, tokens_per_scale: int, dim: int, mode: Literal["weighted", "linear"], init: float) -> None:
         super().__init__()
         self.mode = mode
         if mode == "weighted":
-            self.weights = nn.Parameter(torch.full((tokens_per_scale,), 1.0 / tokens_per_scale))
+            self.weights = nn.Parameter(torch.full((tokens_per_scale,), float(init)))
         elif mode == "linear":
             self.proj = nn.Linear(tokens_per_scale * dim, dim)
         else:
@@ -261,13 +277,18 @@ class PixelDecoder(nn.Module):
     mask at grid·2^(l+1). Level l's input is modulated by level l-1's mask: f' = f ⊙ (σ(m) + 1).
     """
 
-    def __init__(self, num_scales: int, dim: int, depth: int, heads: int, mlp_dim: int) -> None:
+    def __init__(
+        self, num_scales: int, dim: int, depth: int, heads: int, mlp_dim: int, num_mask_tokens: int = 4
+    ) -> None:
         super().__init__()
         self.num_scales = num_scales
         self.no_mask_embed = nn.Embedding(1, dim)  # SAM's dense prompt when no mask prompt is given
         # SAM's random Fourier positional encoding, one per level (official: prompt_encoder.pe_layer, pe1)
         self.pe = nn.ModuleList(PositionEmbeddingRandom(dim // 2) for _ in range(num_scales))
-        self.mask_token = nn.Embedding(1, dim)
+        # SAM's output tokens: the IoU token and 1 + 3 multi-mask tokens. Only the first mask token's output
+        # becomes a mask (single-mask output), but all of them take part in the two-way attention.
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(num_mask_tokens, dim)
         self.level_embed = nn.Embedding(num_scales, dim)
         self.transformers = nn.ModuleList(TwoWayTransformer(depth, dim, heads, mlp_dim) for _ in range(num_scales))
         # level l >= 1: l successive 2x transposed convolutions bring its features to grid·2^l
@@ -301,12 +322,13 @@ class PixelDecoder(nn.Module):
                 previous = F.interpolate(level_masks[-1][:, None], size=src.shape[-2:], mode="bilinear")
                 src = src * (previous.sigmoid() + 1)
             src = src + self.no_mask_embed.weight.view(1, dim, 1, 1)
-            tokens = torch.stack([self.mask_token.weight.expand(t, dim), prompts[:, level]], dim=1)
-            tokens = tokens + self.level_embed.weight[level]
+            # [IoU token, mask tokens, codebook prompt], each plus the level embedding (released decoder)
+            output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).expand(t, -1, -1)
+            tokens = torch.cat([output_tokens, prompts[:, level, None]], dim=1) + self.level_embed.weight[level]
             h, w = src.shape[-2:]
             queries, keys = self.transformers[level](src, self.pe[level]((h, w))[None].to(src.dtype), tokens)
             upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(t, dim, h, w))
-            kernel = self.hypernetwork(queries[:, 0])  # (T, D/8): the mask token's output as a dynamic kernel
+            kernel = self.hypernetwork(queries[:, 1])  # (T, D/8): the first mask token's output as a dynamic kernel
             level_masks.append(torch.einsum("tc,tchw->thw", kernel, upscaled))
         size = level_masks[-1].shape[-2:]
         fused = sum(
@@ -423,7 +445,7 @@ class PixelLM(nn.Module):
         self.neck = nn.Sequential(nn.Conv2d(d, dd, 1, bias=False), LayerNorm2d(dd),
                                   nn.Conv2d(dd, dd, 3, padding=1, bias=False), LayerNorm2d(dd))  # fmt: skip
         self.text_hidden_fcs = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, dd))
-        self.fusion = TokenFusion(config.tokens_per_scale, dd, config.fusion)
+        self.fusion = TokenFusion(config.tokens_per_scale, dd, config.fusion, init=1.0 / config.group_size)
         self.decoder = PixelDecoder(config.num_scales, dd, config.decoder_depth, config.decoder_heads,
                                     config.decoder_mlp_dim)  # fmt: skip
 

@@ -41,9 +41,10 @@ __all__ = ["LLAVA_V1_PROMPT", "OverlayWriter", "PixelLMModule", "SegmentationRes
 
 LLAVA_V1_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the user's questions. USER: <image>\n{question} ASSISTANT:"
+    "detailed, and polite answers to the user's questions. USER: <im_start><image><im_end>\n{question} ASSISTANT:"
 )
-"""The llava_v1 conversation template both released PixelLM models use (sep " ", sep2 "</s>")."""
+"""The llava_v1 conversation template both released PixelLM models use (sep " ", sep2 "</s>"), with the image
+wrapped in `<im_start>`/`<im_end>` as the release was trained (`use_mm_start_end`)."""
 
 
 @dataclass
@@ -72,8 +73,10 @@ class PixelLMModule(LightningModule):
         train_vision / train_llm: also train CLIP / the LLM base (the paper freezes both; a from-scratch
             demo without pretrained weights trains them).
         llava_weights: local LLaVA checkpoint directory (HF layout) to start from (LLM; CLIP if saved).
-        clip_weights: local HF CLIP directory (`openai/clip-vit-large-patch14-336`) for the vision tower;
-            its 24x24 position grid is interpolated to 448 px with CLS kept at index 0.
+        clip_weights: local HF CLIP directory (`openai/clip-vit-large-patch14-336`) for the vision tower
+            (a released PixelLM holds none, so loading one needs it).
+        clip_positions: how CLIP's 24x24 position grid becomes 32x32 at 448 px: `official` as the released
+            model was trained (the last row taken as CLS), `fixed` with CLS at index 0.
         pixellm_weights: local released PixelLM checkpoint directory (HF layout) to start from.
         init_weights: a checkpoint of this module (fine-tuning; hyper-parameters stay the config's).
         lr / weight_decay / betas / warmup_steps: AdamW with linear warm-up then linear decay to 0
@@ -103,6 +106,7 @@ class PixelLMModule(LightningModule):
         train_llm: bool = False,
         llava_weights: str | None = None,
         clip_weights: str | None = None,
+        clip_positions: Literal["official", "fixed"] = "official",
         pixellm_weights: str | None = None,
         init_weights: str | None = None,
         lr: float = 3e-4,
@@ -139,12 +143,15 @@ class PixelLMModule(LightningModule):
         if llava_weights or clip_weights or pixellm_weights:
             from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights
 
-            if llava_weights:
-                load_llava_weights(self.model, llava_weights, clip_directory=clip_weights)
+            if pixellm_weights:  # a release holds no vision tower: CLIP comes from clip_weights
+                load_pixellm_weights(self.model, pixellm_weights, vision_weights=clip_weights,
+                                     clip_positions=clip_positions)  # fmt: skip
+            elif llava_weights:
+                load_llava_weights(
+                    self.model, llava_weights, clip_directory=clip_weights, clip_positions=clip_positions
+                )
             elif clip_weights:
-                load_clip_weights(self.model, clip_weights)
-            if pixellm_weights:
-                load_pixellm_weights(self.model, pixellm_weights)
+                load_clip_weights(self.model, clip_weights, clip_positions)
         if init_weights:
             from vislang.shared.checkpoint import load_weights
 
