@@ -158,6 +158,52 @@ def test_kv_cached_generation_equals_full_recomputation(tiny, tokenizer) -> None
     assert [m.shape[1:] for m in cached.masks] == [(64, 64), (64, 40)]
 
 
+def test_single_pass_generation_masks_equal_a_teacher_forced_second_pass(tiny, tokenizer) -> None:
+    """The codebook states collected while decoding give the masks a second, teacher-forced pass over prompt +
+    answer gives; an incomplete trailing group is truncated and counted."""
+    codes = tiny.codebook_ids.tolist()
+    eos = tokenizer.convert_tokens_to_ids("[SEP]")
+    # forced schedule (step -> token per row): row 0 a whole group, then 3 codebook tokens; row 1 a group, then end
+    plan = {0: {2 + k: codes[k] for k in range(6)} | {10: codes[0], 11: codes[1], 12: codes[2]},
+            1: {1 + k: codes[k] for k in range(6)} | {9: eos}}  # fmt: skip
+
+    def force(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        step = ids.shape[1] - prompt.shape[1]
+        for row, schedule in plan.items():
+            if step in schedule:
+                logits[row] = float("-inf")
+                logits[row, schedule[step]] = 0.0
+            else:
+                logits[row, codes] = float("-inf")  # no codebook token outside the schedule
+        return logits
+
+    prompts = ["[CLS] " + "<image> " * 16 + q for q in ("which shapes are red?", "segment every shape.")]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    tokenizer.padding_side = "right"
+    prompt, attention = enc.input_ids, enc.attention_mask
+    torch.manual_seed(2)
+    pixels, patch_mask = torch.randn(2, 3, 64, 64), torch.ones(2, 8, 8, dtype=torch.bool)
+    patch_mask[1, :, 6:] = False
+    sizes, original = torch.tensor([[64, 64], [64, 48]]), [(64, 64), (64, 48)]
+    out = tiny.generate(pixels, patch_mask, prompt, attention, sizes, original, 16, eos, logits_processor=force)
+    assert [t.numel() for t in out.tokens] == [16, 10]
+    assert out.dropped_tokens == [3, 0]
+    assert [m.shape[0] for m in out.masks] == [1, 1]
+    # the two-pass reference: prompt + generated answer teacher-forced, masks from the predicting positions of
+    # whole groups (the trailing 3 tokens of row 0 are truncated there too)
+    length = prompt.shape[1] + 16
+    ids = torch.full((2, length), eos)
+    mask = torch.zeros(2, length, dtype=torch.long)
+    for row, tokens in enumerate(out.tokens):
+        ids[row, : prompt.shape[1] + tokens.numel()] = torch.cat([prompt[row], tokens])
+        mask[row, : prompt.shape[1] + tokens.numel()] = torch.cat([attention[row], torch.ones_like(tokens)])
+    reference = tiny(pixels, patch_mask, ids, mask, sizes, original)["masks"]
+    for ours, ref in zip(out.masks, reference, strict=True):
+        torch.testing.assert_close(ours, ref, atol=2e-5, rtol=0)
+        assert ours.abs().mean() > 0.01
+
+
 def test_padded_patches_are_masked_in_the_vision_tower(tiny) -> None:
     pixels = torch.randn(1, 3, 64, 64)
     patch_mask = torch.zeros(1, 8, 8, dtype=torch.bool)

@@ -20,14 +20,15 @@ Read top to bottom it follows the paper's Figure 2:
    per-pixel BCE weighted by α on pixels that two or more of a question's predicted masks claim
    (`target_refinement_loss`).
 
-`PixelLM.generate` decodes greedily with the KV cache and then runs one teacher-forced pass over the
-answer to collect the codebook hidden states; incomplete token groups are truncated to whole groups.
+`PixelLM.generate` decodes greedily with the KV cache and collects the codebook hidden states as it decodes
+(the state that generates a codebook token is the one that predicts it); incomplete token groups are
+truncated to whole groups.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -618,10 +619,17 @@ class PixelLM(nn.Module):
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    def _logits_step(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache | None) -> Tensor:
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=cache is not None)  # fmt: skip
-        return out.logits[:, -1]
+    def _step(
+        self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache | None
+    ) -> tuple[Tensor, Tensor]:
+        """One decoding step: the last position's final hidden state (B, d) and its next-token logits (B, V).
+
+        The LM head runs on the last position only: the prompt's other positions need no logits.
+        """
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                             cache=cache, use_cache=cache is not None)  # fmt: skip
+        hidden = out.last_hidden_state[:, -1]
+        return hidden, self.llm.lm_head(hidden)
 
     @torch.no_grad()
     def generate(
@@ -636,11 +644,15 @@ class PixelLM(nn.Module):
         eos_token_id: int,
         use_cache: bool = True,
         with_masks: bool = True,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> GenerationOutput:
-        """Greedy decoding of left-padded prompts, then masks from one teacher-forced pass.
+        """Greedy decoding of left-padded prompts; the codebook hidden states are collected while decoding.
 
-        `use_cache=False` recomputes CLIP and the LLM over the whole sequence at every step, as the
-        released code does (`use_cache=False`); it yields the same tokens and exists for the benchmark.
+        The state that *predicts* a codebook token is the last hidden state of the step that generates it,
+        so no second pass over the sequence is needed (§3.2's embedding of each codebook token).
+        `use_cache=False` recomputes CLIP and the LLM over the whole sequence at every step, as the released
+        code does (`use_cache=False`); it yields the same tokens and exists for the benchmark.
+        `logits_processor(ids, logits) -> logits` may edit each step's logits (as HF's logits processors).
         """
         b = input_ids.shape[0]
         image_tokens, image_mask, features = self.encode_image(pixel_values, patch_mask)
@@ -649,13 +661,19 @@ class PixelLM(nn.Module):
         ids = input_ids
         cache = DynamicCache() if use_cache else None
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        new_tokens = []
+        new_tokens: list[Tensor] = []
+        code_states: list[list[Tensor]] = [[] for _ in range(b)]
         step_embeds, step_mask, step_pos = embeds, mask, self.position_ids(token_mask)
         for _ in range(max_new_tokens):
-            logits = self._logits_step(step_embeds, step_mask, step_pos, cache)
+            hidden, logits = self._step(step_embeds, step_mask, step_pos, cache)
             logits[:, self.image_token_id] = float("-inf")  # the image is given, never generated
+            if logits_processor is not None:
+                logits = logits_processor(ids, logits)
             token = logits.argmax(-1)
             token = torch.where(done, torch.full_like(token, eos_token_id), token)
+            is_code = torch.isin(token, self.codebook_ids) & ~done
+            for row in is_code.nonzero().flatten().tolist():
+                code_states[row].append(hidden[row])
             new_tokens.append(token)
             done = done | (token == eos_token_id)
             ids = torch.cat([ids, token[:, None]], 1)
@@ -678,20 +696,13 @@ class PixelLM(nn.Module):
             tokens.append(row_tokens[: int(end[0]) + 1] if end.numel() else row_tokens)
         if not with_masks:
             return GenerationOutput(tokens, [], [], [0] * b)
-        # one teacher-forced pass over prompt + answer collects the hidden states that predict the codebook tokens
-        full_embeds, full_mask = self.embed_inputs(ids, token_mask, image_tokens, image_mask)
-        for row in range(b):  # tokens after a row's end are padding
-            full_mask[row, input_ids.shape[1] + tokens[row].numel() :] = 0
-        out = self.llm(inputs_embeds=full_embeds, attention_mask=full_mask, position_ids=self.position_ids(token_mask),
-                       output_hidden_states=True, use_cache=False)  # fmt: skip
-        answer_ids = ids.clone()
-        answer_ids[:, : input_ids.shape[1]] = -1  # only codebook tokens of the answer count
-        for row in range(b):
-            answer_ids[row, input_ids.shape[1] + tokens[row].numel() :] = -1
-        is_code = torch.isin(answer_ids, self.codebook_ids)
-        dropped = [int(n) % self.config.group_size for n in is_code.sum(1).tolist()]
-        states, _ = codebook_hidden_states(out.hidden_states[-1], answer_ids, self.codebook_ids.tolist(),
-                                           self.config.group_size)  # fmt: skip
+        group, d = self.config.group_size, self.config.llm["hidden_size"]
+        dropped = [len(c) % group for c in code_states]
+        states = [
+            torch.stack(c[: whole_groups(len(c), group)]).reshape(-1, group, d) if len(c) >= group
+            else features[0].new_zeros((0, group, d))
+            for c in code_states
+        ]  # fmt: skip
         masks = self.masks_from_hidden(states, features, resized_sizes, original_sizes)
         scores = [mask_confidence(m) for m in masks]
         return GenerationOutput(tokens, masks, scores, dropped)
