@@ -129,3 +129,34 @@ def test_metric_both_directions_with_duplicates():
     dsl.update(text, text_key, torch.arange(8), video[text_key], text_key)
     expected_dsl = retrieval_metrics(sim * torch.softmax(sim / 0.05, dim=0) * 8, pos)
     assert {k[4:]: v for k, v in dsl.compute().items() if k.startswith("t2v/")} == pytest.approx(expected_dsl)
+
+
+def test_video_to_text_conventions_with_several_captions_per_video() -> None:
+    """ALBEF ranks single captions, CLIP4Clip ranks each video's caption group by its best caption."""
+    from vislang.shared.metrics import video_to_text_metrics
+
+    # texts 0,1 belong to video 0; texts 2,3,4 to video 1; text 5 to video 2 (rows: videos)
+    text_key = torch.tensor([0, 0, 1, 1, 1, 2])
+    positives = [[0], [0], [1], [1], [1], [2]]
+    sim_v2t = torch.tensor(
+        [
+            [0.5, 0.1, 0.9, 0.8, 0.7, 0.0],  # video 0: three captions of video 1 above its best, one group
+            [0.0, 0.0, 0.6, 0.1, 0.1, 0.2],  # video 1: its own caption first
+            [0.3, 0.28, 0.1, 0.0, 0.0, 0.25],  # video 2: two captions of video 0 above, one group
+        ]
+    )
+    captions = video_to_text_metrics(sim_v2t, positives, text_key, "captions")
+    groups = video_to_text_metrics(sim_v2t, positives, text_key, "groups")
+    # 0-based ranks: captions (3, 0, 2), groups (1, 0, 1)
+    assert captions["MnR"] == pytest.approx(1 + 5 / 3) and groups["MnR"] == pytest.approx(1 + 2 / 3)
+    assert captions["R@1"] == groups["R@1"] == pytest.approx(100 / 3)
+    assert captions["R@5"] == groups["R@5"] == pytest.approx(100.0)
+    assert captions["MdR"] == 3.0 and groups["MdR"] == 2.0
+    # one caption per video: the two conventions agree
+    single = torch.tensor([[0.2, 0.9, 0.1], [0.3, 0.4, 0.5], [0.6, 0.1, 0.7]])
+    one = [[0], [1], [2]]
+    assert video_to_text_metrics(single, one, torch.arange(3), "captions") == video_to_text_metrics(
+        single, one, torch.arange(3), "groups"
+    )
+    with pytest.raises(ValueError, match="video_to_text"):
+        video_to_text_metrics(single, one, torch.arange(3), "group")

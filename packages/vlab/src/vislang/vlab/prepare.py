@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Sequence
@@ -148,6 +149,8 @@ def download(url: str, target: Path, timeout: float = 60.0) -> None:
             if total is not None and out.tell() != total:
                 raise OSError(f"{url}: transfer ended after {out.tell()} of {total} bytes")
         os.replace(partial, target)
+    except urllib.error.HTTPError as err:
+        raise OSError(f"{url}: HTTP {err.code} {err.reason}") from None
     finally:
         partial.unlink(missing_ok=True)
 
