@@ -1,4 +1,4 @@
-"""SOHO presets on the meta device, MVM masking, and one pre-training step on the synthetic layouts."""
+"""SOHO presets on the meta device and MVM masking (one pre-training step: tests/shared/test_singlestream_steps.py)."""
 
 import torch
 
