@@ -12,7 +12,14 @@ from vislang.shared.cli import build_cli
 from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.writers import split_indices, write_coco_instances
 from vislang.vqa_ensemble import extract
-from vislang.vqa_ensemble.detector import GridFeatureExtractor, build_detector, select_boxes
+from vislang.vqa_ensemble.data import image_files, load_rgb
+from vislang.vqa_ensemble.detector import (
+    GridFeatureExtractor,
+    RegionFeatureExtractor,
+    bottom_up_select,
+    build_detector,
+    select_boxes,
+)
 from vislang.vqa_ensemble.features import FeatureStore
 
 CONFIGS = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "configs"
@@ -24,6 +31,21 @@ def test_bottom_up_box_rule() -> None:
     assert len(select_boxes(scores, 0.2, 5, 100)) == 5  # at least min_boxes
     assert len(select_boxes(scores, 0.0, 1, 4)) == 4  # at most max_boxes
     assert len(select_boxes(scores, 0.0, 10, 100)) == 6  # never more than were detected
+
+
+def test_bottom_up_selection_keeps_one_box_per_proposal() -> None:
+    # proposals A and B overlap (IoU 0.8), C stands apart; classes: 0 background, 1, 2
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0], [20.0, 20.0, 30.0, 30.0]])
+    scores = torch.tensor([[0.05, 0.90, 0.05], [0.05, 0.35, 0.60], [0.65, 0.05, 0.30]])
+    keep, confidence, label = bottom_up_select(boxes, scores, score_threshold=0.2, min_boxes=1, max_boxes=100)
+    # A: class 1 (0.9). B: its class-1 score is suppressed by A's, class 2 (0.6) survives. C: class 2 (0.3);
+    # background never counts. Each proposal once, most confident first.
+    assert keep.tolist() == [0, 1, 2] and label.tolist() == [1, 2, 2]
+    assert confidence.tolist() == pytest.approx([0.9, 0.6, 0.3])
+    assert bottom_up_select(boxes, scores, 0.5, 1, 100)[0].tolist() == [0, 1]  # by confidence
+    assert bottom_up_select(boxes, scores, 0.95, 2, 100)[0].tolist() == [0, 1]  # at least min_boxes
+    assert bottom_up_select(boxes, scores, 0.0, 1, 1)[0].tolist() == [0]  # at most max_boxes
+    # (torchvision's post-processing keeps one regressed box per surviving (proposal, class) pair instead)
 
 
 def test_resnext152_fpn_detector_builds_on_meta() -> None:
@@ -47,13 +69,23 @@ def test_trained_detector_checkpoint_feeds_the_extractor(tmp_path: Path, monkeyp
                      f"--data.init_args.image_dir={tmp_path / 'coco' / 'images' / 'train'}", "--trainer.max_steps=2",
                      "--data.init_args.batch_size=4", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
                      "--model.init_args.min_size=[28, 32]", "--trainer.enable_progress_bar=false"])  # fmt: skip
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    store = FeatureStore(extract.main(["--images", str(tmp_path / "coco" / "images" / "train"), "--out",
-                                       str(tmp_path / "store"), "--detector", ckpt, "--min-boxes", "2", "--max-boxes", "4"]))  # fmt: skip
-    assert store.spec["backbone"] == "resnet18" and store.spec["min_size"] == [28, 32]
-    assert len(store.spec["detector_weights"]) == 16 and store.feature_dim == 256  # sha256 prefix; demo head width
+    images = tmp_path / "coco" / "images" / "train"
+    store = FeatureStore(extract.main(["--images", str(images), "--out", str(tmp_path / "store"), "--detector", ckpt,
+                                       "--min-boxes", "2", "--max-boxes", "4"]))  # fmt: skip
+    spec = store.spec
+    assert spec["backbone"] == "resnet18" and spec["head"] == cli.model.hparams.head and spec["min_size"] == [28, 32]
+    assert len(spec["detector_weights"]) == 16 and store.feature_dim == cli.model.detector.feature_dim  # sha256 prefix
     assert all(2 <= store[i].num_boxes <= 4 for i in store.image_ids)
+    # the stored features are the trained detector's (checkpoint round trip), not an untrained one's
+    trained = cli.model.detector.eval()
+    trained.transform.min_size = (32,)
+    first = store.image_ids[0]
+    (image,) = [f for i, f in image_files(images) if i == first]
+    features, boxes = RegionFeatureExtractor(trained, 2, 4)([load_rgb(image)])[0]
+    stored = store[first]
+    assert torch.allclose(torch.from_numpy(stored.features[: stored.num_boxes]), features, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(stored.boxes[: stored.num_boxes]), boxes, atol=1e-5)
 
 
 def test_grid_features_do_not_depend_on_batching() -> None:

@@ -3,9 +3,13 @@
     python -m vislang.vqa_ensemble.extract --images data/vqa2/train2014 --out features/x152_region/train2014 \\
         --detector checkpoints/detector_x152.ckpt --kind region --min-boxes 10 --max-boxes 100 --dtype float16
 
+Region features follow bottom-up attention (``detector.bottom_up_select``: one box per proposal, 10-100 by
+confidence 0.2); grid features are the full-resolution C5 map with ``--grid-size 0`` (grid-feats-vqa).
+
 Re-running the same command resumes: finished shards are kept, the unfinished one is redone. Running it
 with other settings on an existing store stops with one line naming the differing field. The detector is a
-``DetectorModule`` checkpoint (``lightning fit --config configs/detector_*.yaml``); ``--backbone`` without
+``DetectorModule`` checkpoint (``lightning fit --config configs/detector_*.yaml``, or a published
+bottom-up-attention / grid-feats-vqa model imported by ``python -m vislang.vqa_ensemble.convert``); ``--backbone`` without
 ``--detector`` builds an untrained detector (for tests and smoke runs only: its features are noise).
 ``--boxes ground_truth --instances <COCO instances json>`` pools features over given boxes instead of
 detections (a demo / analysis option, never a VQA result: test images have no boxes).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +32,7 @@ from vislang.shared.checkpoint import load_weights
 from vislang.vqa_ensemble.data import image_files, load_rgb, read_coco_instances
 from vislang.vqa_ensemble.detector import (
     BACKBONES,
+    HEADS,
     GridFeatureExtractor,
     RegionFeatureExtractor,
     build_detector,
@@ -59,6 +65,10 @@ def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return detector.eval(), args
 
 
+def _anchors(head: str) -> list[int]:
+    return [8, 16, 32, 64, 128] if head == "fpn" else [16, 32, 64]
+
+
 def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The extractor named by the command line and its spec (what the store records and checks)."""
     if args.detector:
@@ -67,12 +77,14 @@ def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str
     else:
         torch.manual_seed(args.seed)
         build_args = {"backbone": args.backbone, "num_classes": args.num_classes, "min_size": args.min_size,
-                      "max_size": args.max_size, "representation_size": args.representation_size, "norm": "bn"}  # fmt: skip
+                      "max_size": args.max_size, "representation_size": args.representation_size, "norm": "bn",
+                      "head": args.head, "anchor_sizes": _anchors(args.head)}  # fmt: skip
         detector = build_detector(**build_args).eval()
         weights = f"untrained-seed{args.seed}"
     spec: dict[str, Any] = {
         "kind": args.kind,
         "backbone": build_args["backbone"],
+        "head": build_args.get("head", "fpn"),
         "detector_weights": weights,
         "min_size": list(build_args.get("min_size", [])),
         "max_size": build_args.get("max_size"),
@@ -80,13 +92,17 @@ def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str
     }
     if args.kind == "region":
         extractor: torch.nn.Module = RegionFeatureExtractor(
-            detector, args.min_boxes, args.max_boxes, args.score_threshold
+            detector, args.min_boxes, args.max_boxes, args.score_threshold, args.nms_threshold
         )
         spec.update(box_source=args.boxes, min_boxes=args.min_boxes, max_boxes=args.max_boxes,
-                    score_threshold=args.score_threshold)  # fmt: skip
+                    score_threshold=args.score_threshold, nms_threshold=args.nms_threshold)  # fmt: skip
     else:
         extractor = GridFeatureExtractor(detector, args.grid_size)
-        spec.update(grid_size=args.grid_size, max_boxes=args.grid_size**2)
+        # full resolution: at most ceil(shorter side / stride) x ceil(longer side / stride) cells
+        stride = 16 if spec["head"] == "c5" else 32
+        short, long = max(build_args.get("min_size", [800])), build_args.get("max_size", 1333)
+        cells = args.grid_size**2 if args.grid_size else math.ceil(short / stride) * math.ceil(long / stride)
+        spec.update(grid_size=args.grid_size, max_boxes=cells)
     spec["feature_dim"] = int(extractor.feature_dim)
     # At test time torchvision resizes to the largest training scale; extract at that one scale.
     detector.transform.min_size = (max(build_args.get("min_size", [800])),)
@@ -129,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("region", "grid"), default="region")
     p.add_argument("--detector", help="DetectorModule checkpoint (.ckpt)")
     p.add_argument("--backbone", choices=BACKBONES, default="resnet18", help="untrained detector (no --detector)")
+    p.add_argument("--head", choices=HEADS, default="fpn", help="untrained detector's layout (no --detector)")
     p.add_argument("--num-classes", type=int, default=6)
     p.add_argument("--min-size", type=int, nargs="+", default=[128])
     p.add_argument("--max-size", type=int, default=256)
@@ -138,8 +155,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", help="COCO instances JSON with the boxes (--boxes ground_truth)")
     p.add_argument("--min-boxes", type=int, default=10)
     p.add_argument("--max-boxes", type=int, default=100)
-    p.add_argument("--score-threshold", type=float, default=0.2)
-    p.add_argument("--grid-size", type=int, default=8)
+    p.add_argument("--score-threshold", type=float, default=0.2, help="bottom-up confidence threshold")
+    p.add_argument("--nms-threshold", type=float, default=0.3, help="bottom-up per-class NMS over proposals")
+    p.add_argument("--grid-size", type=int, default=0, help="0 = the full-resolution C5 map (grid-feats-vqa)")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")

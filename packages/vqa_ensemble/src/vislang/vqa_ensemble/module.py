@@ -37,9 +37,11 @@ __all__ = ["DetectorModule", "LeakError", "VQAEnsemble", "VQAModule", "check_no_
 
 
 class DetectorModule(LightningModule):
-    """Faster R-CNN + FPN training (torchvision losses: RPN objectness/box + Fast R-CNN class/box).
+    """Faster R-CNN training (torchvision losses: RPN objectness/box + Fast R-CNN class/box) in any of the
+    ``detector.HEADS`` layouts; validation reports the COCO box mAP (pycocotools) when the data has a val split.
 
     Args mirror ``build_detector``; ``min_size`` with several values is multi-scale training (entry §1).
+    An attribute head is not trained here (no attribute loss): import one with ``convert.py``.
     Optimiser: SGD momentum 0.9 with linear warm-up and cosine decay.
     """
 
@@ -55,6 +57,10 @@ class DetectorModule(LightningModule):
         rpn_batch_size_per_image: int = 256,
         box_batch_size_per_image: int = 512,
         rpn_proposals: int = 1000,
+        head: str = "fpn",
+        stride_in_1x1: bool = False,
+        res5_dilation: int = 1,
+        rpn_channels: int | None = None,
         lr: float = 0.02,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -64,7 +70,8 @@ class DetectorModule(LightningModule):
         self.save_hyperparameters()
         self.detector = build_detector(
             backbone, num_classes, min_size, max_size, anchor_sizes, representation_size, norm,
-            rpn_batch_size_per_image, box_batch_size_per_image, rpn_proposals,
+            rpn_batch_size_per_image, box_batch_size_per_image, rpn_proposals, head, 0, stride_in_1x1, res5_dilation,
+            rpn_channels,
         )  # fmt: skip
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -303,7 +310,7 @@ def _write_outputs(module: LightningModule, split: str, predictions: dict[int, s
         (out / f"{split}_metrics.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
 
 
-FEATURE_IDENTITY = ("kind", "backbone", "detector_weights", "feature_dim", "box_source", "grid_size", "min_size")
+FEATURE_IDENTITY = ("kind", "backbone", "head", "detector_weights", "feature_dim", "box_source", "grid_size", "min_size")
 """Extractor settings a member's features must keep between training and evaluation."""
 
 
