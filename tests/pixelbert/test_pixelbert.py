@@ -108,3 +108,44 @@ def test_tiny_cli_fit(tmp_path, monkeypatch):
         ],
         run=True,
     )
+
+
+def test_clipbert_neck_is_clipberts_grid_encoder():
+    """ClipBERT (jayleicn/ClipBERT@a118b02, src/modeling/grid_feat.py) maps C5 with ``grid_encoder`` =
+    Sequential(3x3 conv without bias, MaxPool2d(2, 2), ReLU); its weights load into ours by name."""
+    torch.manual_seed(0)
+    clipbert = torch.nn.Sequential(
+        torch.nn.Conv2d(128, 64, 3, padding=1, bias=False), torch.nn.MaxPool2d(2, 2), torch.nn.ReLU()
+    )
+    model = build_pixelbert("tiny", load_tokenizer(SYNTHETIC_TOKENIZER_DIR), num_answers=4, neck="clipbert")
+    state = {f"grid_encoder.{k}": v for k, v in clipbert.state_dict().items()}
+    model.encoder.proj.load_state_dict({k.removeprefix("grid_encoder."): v for k, v in state.items()})
+    c5 = torch.randn(2, 128, 8, 12)
+    assert torch.equal(model.encoder.neck(c5), clipbert(c5))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.proj.modules())
+    grid, valid = model.encoder(torch.randn(2, 3, 64, 96))
+    assert grid.shape == (2, 64, 4, 6) and valid.all()  # stride 64 as the SOHO neck
+
+
+@pytest.mark.parametrize("task", ["nlvr2", "snli_ve"])
+def test_nlvr2_and_snli_ve_configs_train_and_score_on_their_layouts(task, tmp_path, monkeypatch):
+    """The paper configs, shrunk to the tiny preset on the synthetic world written in the task's real layout."""
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    cli = build_cli(
+        [
+            "fit",
+            f"--config={CONFIGS / f'pixelbert_r50_{task}.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
+            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+            "--model.init_args.preset=tiny", f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+            "--model.init_args.init_weights=null", "--model.init_args.neck=clipbert",
+            f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.synthetic_images=20",
+            "--data.init_args.image_size=64", "--data.init_args.max_size=64", "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
+        ],
+        run=True,
+    )  # fmt: skip
+    assert cli.model.model.encoder.neck_type == "clipbert"
+    assert 0 <= cli.model.scores[task]["accuracy"] <= 100

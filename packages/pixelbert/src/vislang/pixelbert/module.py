@@ -22,6 +22,7 @@ class PixelBERTModule(SingleStreamModule):
         num_samples: Random Pixel Sampling size in pre-training (100); 0 = off.
         sample_per: ``image`` or ``batch`` (ClipBERT's shared indices).
         position_2d: Learned row/column embeddings on pixels (ClipBERT-style code, not the paper).
+        neck: ``soho`` (pool, 1x1 conv + BN) or ``clipbert`` (ClipBERT's 3x3 conv, pool, ReLU).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class PixelBERTModule(SingleStreamModule):
         num_samples: int = 100,
         sample_per: Literal["image", "batch"] = "image",
         position_2d: bool = False,
+        neck: Literal["soho", "clipbert"] = "soho",
     ) -> None:
         super().__init__(
             tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, cnn_weights=cnn_weights,
@@ -60,6 +62,6 @@ class PixelBERTModule(SingleStreamModule):
             momentum=momentum, warmup_steps=warmup_steps, warmup_start=warmup_start, lr_milestones=lr_milestones,
             lr_gamma=lr_gamma, grad_clip=grad_clip, eval_text_chunk=eval_text_chunk, vqa_version=vqa_version,
         )  # fmt: skip
-        self.model = build_pixelbert(preset, self.tokenizer, num_answers, num_samples, sample_per, position_2d)
+        self.model = build_pixelbert(preset, self.tokenizer, num_answers, num_samples, sample_per, position_2d, neck)
         self.load_pretrained_starts()
         self.load_init_weights(init_weights)

@@ -78,17 +78,20 @@ def build_cnn(arch: str) -> nn.Module:
 
 
 class GridEncoder(nn.Module):
-    """ResNet C5 grid features -> 2x2 max-pool -> 1x1 conv + BN (+ ReLU) to the Transformer width.
+    """ResNet C5 grid features -> a neck to the Transformer width at stride 64.
 
-    SOHO's neck (official ``necks.py``): max-pool C5 by 2 (total stride 64 for a plain ResNet), then a 1x1
-    ``ConvModule`` with BN and no activation (the config gives none). Both steps act per position, so pooling
-    first only saves compute.
+    ``neck_type="soho"`` (official ``necks.py``): max-pool C5 by 2 (total stride 64 for a plain ResNet), then
+    a 1x1 ``ConvModule`` with BN and no activation (the config gives none). Both steps act per position, so
+    pooling first only saves compute. ``neck_type="clipbert"`` (ClipBERT's ``GridFeatBackbone.grid_encoder``,
+    jayleicn/ClipBERT ``src/modeling/grid_feat.py``, the Pixel-BERT-style neck of its code): a bias-free 3x3
+    conv on C5, then the 2x2 max-pool, then ReLU; no BN.
 
     Args:
         cnn: A torchvision (or timm) ResNet; its stem and four stages are used, pooling and ``fc`` dropped.
         hidden: Output channels (the Transformer's hidden size).
         frozen_stages: Freeze the stem and the first ``frozen_stages`` stages (SOHO freezes 1); -1 = none.
-        neck_relu: A ReLU after the BN (not in the official SOHO neck; False restores it).
+        neck_relu: A ReLU after the BN of the SOHO neck (not in the official SOHO neck; False restores it).
+        neck_type: ``soho`` or ``clipbert`` (above).
         valid_mask: How padding in pixels becomes padding in grid cells: ``covered`` (a cell is valid when
             any real pixel lies under it) or ``official`` (SOHO's ``get_vis_mask``: an H x H mask, i.e. the
             padded *height* used as width, resized to the grid by nearest neighbour -- a bug on non-square
@@ -102,18 +105,27 @@ class GridEncoder(nn.Module):
         frozen_stages: int = -1,
         neck_relu: bool = False,
         valid_mask: Literal["covered", "official"] = "covered",
+        neck_type: Literal["soho", "clipbert"] = "soho",
     ) -> None:
         super().__init__()
         if valid_mask not in ("covered", "official"):
             raise ValueError(f"valid_mask must be 'covered' or 'official', got {valid_mask!r}")
+        if neck_type not in ("soho", "clipbert"):
+            raise ValueError(f"neck_type must be 'soho' or 'clipbert', got {neck_type!r}")
         activation = cnn.relu if hasattr(cnn, "relu") else cnn.act1  # torchvision / timm naming
         self.trunk = nn.Sequential(
             cnn.conv1, cnn.bn1, activation, cnn.maxpool, cnn.layer1, cnn.layer2, cnn.layer3, cnn.layer4
         )
         channels = cnn.num_features if hasattr(cnn, "num_features") else cnn.fc.in_features
         self.out_channels = channels
-        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden)]
-        self.proj = nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if neck_relu else []))
+        self.neck_type = neck_type
+        if neck_type == "soho":
+            layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden)]
+            self.proj = nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if neck_relu else []))
+        else:  # ClipBERT: conv3x3 (no bias) -> MaxPool2d(2, 2) -> ReLU; its state-dict keys are these indices too
+            self.proj = nn.Sequential(
+                nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.MaxPool2d(2, 2), nn.ReLU(inplace=True)
+            )
         self.valid_mask = valid_mask
         self.frozen_stages = frozen_stages
         if frozen_stages >= 0:
@@ -130,7 +142,10 @@ class GridEncoder(nn.Module):
         return self
 
     def neck(self, c5: Tensor) -> Tensor:
-        """C5 (B, C, H/32, W/32) -> 2x2 max-pool -> 1x1 conv + BN: the grid (B, D, H/64, W/64)."""
+        """C5 (B, C, H/32, W/32) -> the grid (B, D, H/64, W/64): pool then 1x1 conv + BN (SOHO), or 3x3 conv,
+        pool, ReLU (ClipBERT)."""
+        if self.neck_type == "clipbert":
+            return self.proj(c5)
         return self.proj(F.max_pool2d(c5, kernel_size=2, stride=2))
 
     def valid_cells(self, pixel_mask: Tensor, size: tuple[int, int]) -> Tensor:
