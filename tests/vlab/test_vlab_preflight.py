@@ -118,7 +118,7 @@ def test_a_hub_name_offline_is_listed_without_retrying(complete, capsys, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lines = _stops(_args(complete, **{"model.init_args.decoder_tokenizer": "bert-base-uncased"}), capsys)
     assert _listed(lines) == ["model.decoder_tokenizer"]
-    assert "the hub is offline" in lines[1]
+    assert "and the hub is offline" in lines[1]
 
 
 def test_missing_annotations_and_videos_are_named(complete, tmp_path, capsys) -> None:

@@ -35,6 +35,9 @@ __all__ = [
     "run_preflight",
 ]
 
+SYNTHETIC_SWITCHES = ("synthetic_images", "synthetic_samples", "synthetic_videos")
+"""Data-module arguments that make `prepare_data` write the synthetic world into the data folder."""
+
 MAX_LISTED = 12
 """At most this many problems are printed (and how many more there are), so the list fits a screen."""
 
@@ -132,9 +135,7 @@ def check_tokenizer(
     if online():
         return []
     os.environ["HF_HUB_OFFLINE"] = "1"
-    return [
-        Missing(key, f"{value!r} is not a local directory, not in the Hugging Face cache, and the hub is offline", fix)
-    ]
+    return [Missing(key, f"{value!r} is neither a local directory nor a cached hub model, and the hub is offline", fix)]
 
 
 def check_accelerator(trainer: Mapping[str, Any]) -> list[Missing]:
@@ -160,20 +161,25 @@ def check_accelerator(trainer: Mapping[str, Any]) -> list[Missing]:
     return []
 
 
-def _generic(group: str, init_args: Mapping[str, Any]) -> list[Missing]:
-    """Path-like arguments every package shares by name: `*_weights` and `*tokenizer`."""
+def _generic(group: str, init_args: Mapping[str, Any], package: str) -> list[Missing]:
+    """Path-like arguments every package shares by name: `*_weights`, `*tokenizer`, and the data module's
+    `root`/`*_root` folders (unless a `SYNTHETIC_SWITCHES` argument asks `prepare_data` to write them)."""
     found: list[Missing] = []
+    writes_synthetic = any(init_args.get(name) for name in SYNTHETIC_SWITCHES)
     for name, value in init_args.items():
         if not isinstance(value, str):
             continue
         key = f"{group}.{name}"
-        if name.endswith("_weights"):
+        if group == "data" and (name == "root" or name.endswith("_root")) and not writes_synthetic:
+            found += check_path(key, value, f"point it at the dataset folder (layouts: packages/{package}/README.md)")
+        elif name.endswith("_weights"):
             found += check_path(key, value, "give the path of the weights file, or null to start from random weights")
         elif name.endswith("tokenizer"):
             found += check_tokenizer(
                 key,
                 value,
-                f"on a machine with internet: `hf download {value} --local-dir <dir>`, then {key}: <dir>",
+                f"a local directory with the tokenizer files; or, for a hub model, on a machine with internet "
+                f"`hf download <hub id> --local-dir <dir>`, then {key}: <dir>",
             )
     return found
 
@@ -203,12 +209,14 @@ def run_preflight(stage: str, config: Mapping[str, Any]) -> list[Missing]:
         trainer=dict(config.get("trainer") or {}),
     )
     found = check_accelerator(context.trainer)
+    # the paper's package (the model's), whose README documents the data layouts, also for shared data modules
+    paper = (model.get("class_path") or "vislang.?.").split(".")[1]
     for group, spec, init_args in (("model", model, context.model), ("data", data, context.data)):
         cls = _class(spec.get("class_path"))
         own = getattr(cls, "preflight", None)
         if own is not None:
             found += own(init_args, context)
-        found += [m for m in _generic(group, init_args) if m.key not in {f.key for f in found}]
+        found += [m for m in _generic(group, init_args, paper) if m.key not in {f.key for f in found}]
     return found
 
 
