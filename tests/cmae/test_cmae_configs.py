@@ -44,14 +44,22 @@ def test_every_config_parses(config: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("name", ["imagenet_pretrain_vit_base", "k400_pretrain", "ssv2_finetune"])
-def test_missing_dataset_fails_at_once_naming_path_and_layout(name: str, tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere"
+def test_missing_dataset_fails_at_once_naming_path_and_layout(name: str, tmp_path: Path, capsys) -> None:
     tiny = ["--model.init_args.preset=" + ("video_tiny" if "k400" in name or "ssv2" in name else "tiny")]
     if "finetune" in name:
         tiny.append("--model.init_args.init_weights=null")
-    with pytest.raises(FileNotFoundError, match=r"nowhere/\S+ not found: the \w+ layout is root/"):
-        build_cli(["fit", "-c", str(CONFIG[name]), *CPU, *tiny, f"--data.init_args.root={missing}",
-                   f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]"])  # fmt: skip
+    args = ["fit", "-c", str(CONFIG[name]), *CPU, *tiny, f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false", "--trainer.callbacks=[]"]  # fmt: skip
+    # no data folder at all: the preflight names it before any model is built
+    with pytest.raises(SystemExit) as stop:
+        build_cli([*args, f"--data.init_args.root={tmp_path / 'nowhere'}"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert f"data.root: {tmp_path / 'nowhere'} does not exist" in error and "packages/cmae/README.md" in error
+    # a folder without the layout's files: the data module names the file and the layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/\S+ not found: the \w+ layout is root/"):
+        build_cli([*args, f"--data.init_args.root={tmp_path / 'empty'}"])
 
 
 def test_pretrain_then_finetune_from_its_checkpoint(imagenet: Path, tmp_path: Path) -> None:
