@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from vislang.shared.data.synthetic.world import CLASS_NAMES, VIDEO_CLASS_NAMES, SyntheticWorld
 from vislang.shared.data.synthetic.writers import (
     IMAGE_FORMATS,
-    MANIFEST,
     _claim_directory,
+    _publish,
+    _staging,
     _video_splits,
     dump_json,
     split_indices,
@@ -149,6 +150,7 @@ def write_kinetics400(
     manifest = {"format": "kinetics400", "world": repr(world), "num_videos": count, "video_format": video_format}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     dirs = video_class_dirs()
     for split, indices in _video_splits(count).items():
         lines = []
@@ -160,8 +162,7 @@ def write_kinetics400(
             )
             lines.append(f"{relative.as_posix()} {video.label}\n")
         (out / f"{split}.csv").write_text("".join(lines), encoding="utf-8")
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)
 
 
 def write_ssv2(
@@ -177,6 +178,7 @@ def write_ssv2(
     manifest = {"format": "ssv2", "world": repr(world), "num_videos": count, "video_format": video_format}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     labels = {template.replace("[", "").replace("]", ""): str(k) for k, template in enumerate(SSV2_TEMPLATES)}
     dump_json(labels, out / "something-something-v2-labels.json")
     names = {"train": "train", "val": "validation", "test": "test"}
@@ -194,5 +196,4 @@ def write_ssv2(
             entries.append({"id": video_id, "label": f"moving {thing} {main.direction}",
                             "template": SSV2_TEMPLATES[video.label], "placeholders": [thing]})  # fmt: skip
         dump_json(entries, out / f"something-something-v2-{names[split]}.json")
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -206,19 +207,43 @@ def _video_splits(num_videos: int, fractions: tuple[float, float, float] = (0.8,
 
 
 def _claim_directory(out_dir: Path, manifest: dict[str, Any]) -> bool:
-    """True when `out_dir` already holds exactly this synthetic data; refuses to write over anything else."""
+    """True when `out_dir` already holds exactly this synthetic data; refuses to write over anything else.
+
+    When False, the writer writes into `_staging(out_dir)` and `_publish`es it: the data appears under
+    `out_dir` whole or not at all, so an interrupted write never blocks the next run.
+    """
     marker = out_dir / MANIFEST
     if marker.exists():
         if json.loads(marker.read_text()) == manifest:
             return True
         raise FileExistsError(
-            f"{out_dir} holds synthetic data written with other settings ({marker}); use another directory"
+            f"{out_dir} holds synthetic data written with other settings ({marker}); delete it "
+            f"(`rm -r {out_dir}`) or write this data elsewhere (data.root)"
         )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(
-            f"{out_dir} is not empty and was not written by the synthetic world; refusing to write into it"
+            f"{out_dir} is not empty and holds no synthetic-world manifest ({MANIFEST}): refusing to write into it; "
+            f"delete it (`rm -r {out_dir}`) if it is a leftover, or write the synthetic data elsewhere (data.root)"
         )
     return False
+
+
+def _staging(out_dir: Path) -> Path:
+    """A fresh folder beside `out_dir` to write into; the leftover of an interrupted write is removed."""
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Mark `staging` complete and rename it to `out_dir` (an empty `out_dir` is replaced)."""
+    dump_json(manifest, staging / MANIFEST)
+    if out_dir.exists():
+        out_dir.rmdir()  # `_claim_directory` allowed only an empty one
+    os.replace(staging, out_dir)
+    return out_dir
 
 
 def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
@@ -246,6 +271,7 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
     manifest = {"format": "msrvtt", "world": repr(world), "num_videos": count}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     videos, sentences, qa = [], [], {name: [] for name in splits}
     split_of = {index: name for name, indices in splits.items() for index in indices}
     for index in tqdm(sorted(split_of), desc=f"synthetic MSRVTT -> {out}", unit="video", disable=None):
@@ -281,8 +307,7 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
     for name, indices in splits.items():
         dump_json([f"video{i}" for i in indices], out / f"standardsplit_{name}_id.json")
         dump_json(qa[name], out / "msrvtt_qa" / f"{name}_qa.json")
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -348,6 +373,7 @@ def write_msvd(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_video
     manifest = {"format": "msvd", "world": repr(world), "num_videos": count}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     split_of = {index: name for name, indices in splits.items() for index in indices}
     clips: dict[str, list[str]] = {name: [] for name in splits}
     raw_captions: dict[str, list[list[str]]] = {}
@@ -373,8 +399,7 @@ def write_msvd(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_video
     (out / "msvd_qa" / "youtube_mapping.txt").write_text("".join(f"{line}\n" for line in mapping), encoding="utf-8")
     with open(out / "raw-captions.pkl", "wb") as handle:
         pickle.dump(raw_captions, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)
 
 
 def write_tgif_frameqa(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
@@ -404,6 +429,7 @@ def write_tgif_frameqa(world: SyntheticWorld, out_dir: str | os.PathLike[str], n
     manifest = {"format": "tgif_frameqa", "world": repr(world), "num_videos": count}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     files = {"Train": splits["train"], "Test": splits["val"] + splits["test"]}
     file_of = {index: name for name, indices in files.items() for index in indices}
     rows: dict[str, list[list[Any]]] = {name: [] for name in files}
@@ -428,8 +454,7 @@ def write_tgif_frameqa(world: SyntheticWorld, out_dir: str | os.PathLike[str], n
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(["gif_name", "question", "answer", "type", "vid_id", "key", "description"])
             writer.writerows(table)
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)
 
 
 def write_webvid(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_videos: int | None = None) -> Path:
@@ -455,6 +480,7 @@ def write_webvid(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
     manifest = {"format": "webvid", "world": repr(world), "num_videos": count}
     if _claim_directory(out, manifest):
         return out
+    out, final = _staging(out), out
     files = {"train": splits["train"], "val": splits["val"] + splits["test"]}
     seconds = _seconds(world)
     duration = f"PT{seconds // 3600:02d}H{seconds // 60 % 60:02d}M{seconds % 60:02d}S"
@@ -477,5 +503,4 @@ def write_webvid(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
             writer.writerow(["videoid", "contentUrl", "duration", "page_dir", "name"])
             writer.writerows(rows)
     progress.close()
-    dump_json(manifest, out / MANIFEST)
-    return out
+    return _publish(out, final, manifest)
