@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vislang.app.checkpoints import resolve_checkpoint, resolve_relative
-from vislang.app.cli import parser
+from vislang.app.cli import launch_options, parser
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 
 
@@ -58,6 +58,15 @@ def test_paths_recorded_relative_to_the_run_are_found_from_elsewhere(tmp_path: P
     assert resolve_relative("bert-base-uncased", anchor) == "bert-base-uncased"
 
 
-def test_server_binds_to_this_computer_by_default() -> None:
+def test_server_binds_to_this_computer_by_default(tmp_path: Path) -> None:
+    from gradio.utils import _parse_file_size
+
     args = parser().parse_args([])
-    assert args.host == "127.0.0.1" and args.max_upload_mb > 0 and args.pixellm_ckpt is None
+    assert args.host == "127.0.0.1" and args.pixellm_ckpt is None
+    options = launch_options(args, tmp_path)
+    assert options["server_name"] == "127.0.0.1" and options["share"] is False and options["ssr_mode"] is False
+    assert _parse_file_size(options["max_file_size"]) == 50 * 1024 * 1024  # what Gradio enforces on uploads
+    assert (
+        _parse_file_size(launch_options(parser().parse_args(["--max-upload-mb", "0.5"]), tmp_path)["max_file_size"])
+        == 2**19
+    )

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vislang.app.cmae_tab import DISPLAY_SIDE, load_cmae, reconstruct
 from vislang.app.inputs import CheckedImage, InputError, load_image
-from vislang.app.pixellm_tab import answer_phrases, load_pixellm, run_pixellm
+from vislang.app.pixellm_tab import DISPLAY_MIN_SIDE, answer_phrases, load_pixellm, run_pixellm
 from vislang.app.vlab_tab import describe_video, load_vlab, rank_videos
 from vislang.app.vqa_tab import VQAPredictor
 from vislang.pixellm.module import PALETTE, SegmentationResult
@@ -46,7 +46,11 @@ def test_pixellm_tab_overlay_colours_match_the_legend(pixellm_ckpt: Path, scene_
     known = SegmentationResult("the shapes are the red circle [SEG] and the blue star [SEG].", masks, [0.9, 0.6], 0)
     monkeypatch.setattr(model, "segment", lambda array, question: known)
     result = run_pixellm(model, image, "which shapes?", tmp_path)
-    overlay = np.asarray(Image.open(result.overlay)).astype(float)
+    enlarged = np.asarray(Image.open(result.overlay)).astype(float)
+    factor = DISPLAY_MIN_SIDE // 64  # a 64-px image is shown 6x larger, by whole pixels
+    assert enlarged.shape == (64 * factor, 64 * factor, 3)
+    overlay = enlarged[::factor, ::factor]
+    assert np.array_equal(np.repeat(np.repeat(overlay, factor, 0), factor, 1), enlarged)
     for k, target in enumerate(result.targets):
         expected = 0.5 * image.array.astype(float) + 0.5 * np.asarray(PALETTE[k], dtype=float)
         assert np.abs(overlay[masks[k]] - expected[masks[k]]).max() <= 1.0
@@ -62,7 +66,7 @@ def test_pixellm_tab_runs_the_model(pixellm_ckpt: Path, scene_image: Path, tmp_p
     model = load_pixellm(pixellm_ckpt)
     result = run_pixellm(model, load_image(scene_image), "which shapes are red?", tmp_path)
     overlay = Image.open(result.overlay)
-    assert overlay.size == (64, 64) and isinstance(result.answer, str)
+    assert overlay.size == (DISPLAY_MIN_SIDE, DISPLAY_MIN_SIDE) and isinstance(result.answer, str)
     assert len(result.targets) == result.answer.count("[SEG]")  # one mask per complete codebook group
     with pytest.raises(InputError, match="empty question"):
         run_pixellm(model, load_image(scene_image), "  ", tmp_path)

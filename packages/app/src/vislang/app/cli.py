@@ -18,11 +18,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vislang.app.checkpoints import DEMOS
 from vislang.app.inputs import MAX_UPLOAD_MB
 
-__all__ = ["main", "parser"]
+__all__ = ["launch_options", "main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,11 +62,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                        cmae_ckpt=args.cmae_ckpt, vlab_videos=args.vlab_videos)  # fmt: skip
     app = build_app(config)
     print(f"vislang-app: temporary folder {temp} (deleted on exit)", flush=True)
-    app.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=False, max_file_size=f"{args.max_upload_mb}mb",
-        allowed_paths=[str(temp)], ssr_mode=False, pwa=False, mcp_server=False, theme=THEME, show_error=True,
-        inbrowser=False,
-    )  # fmt: skip
+    app.queue(default_concurrency_limit=1).launch(**launch_options(args, temp), theme=THEME)
+
+
+def launch_options(args: argparse.Namespace, temp: Path) -> dict[str, Any]:
+    """`Blocks.launch` arguments: this computer only unless --host, no share link, no server-side rendering
+    (it would start a Node server), uploads capped, files served only from the temporary folder."""
+    return {"server_name": args.host, "server_port": args.port, "share": False, "inbrowser": False,
+            "max_file_size": int(args.max_upload_mb * 1024 * 1024), "allowed_paths": [str(temp)], "ssr_mode": False,
+            "pwa": False, "mcp_server": False, "show_error": True}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vislang.app.checkpoints import checkpoint_hparams, resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
 from vislang.pixellm.module import PALETTE, PixelLMModule, write_overlay_png
 
-__all__ = ["PixelLMResult", "Target", "answer_phrases", "load_pixellm", "run_pixellm"]
+__all__ = ["DISPLAY_MIN_SIDE", "PixelLMResult", "Target", "answer_phrases", "load_pixellm", "run_pixellm"]
 
 SEG = "[SEG]"
+DISPLAY_MIN_SIDE = 384
+"""Overlays of smaller images are enlarged by an integer factor (nearest neighbour) to about this size."""
 # what separates one target's words from the text before them: "are the red circle [SEG], the blue
 # square [SEG] and the green star [SEG]."
 _BEFORE_TARGET = re.compile(r"(?:,|;|:|\.|\band\b|\bare\b|\bis\b|\bor\b)\s*", flags=re.IGNORECASE)
@@ -110,6 +113,10 @@ def run_pixellm(model: PixelLMModule, image: CheckedImage, question: str, out_di
     masks = np.asarray(result.masks, dtype=bool).reshape(-1, *image.array.shape[:2])
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay = write_overlay_png(image.array, masks, out_dir / f"pixellm_overlay_{uuid.uuid4().hex[:12]}.png")
+    factor = DISPLAY_MIN_SIDE // max(image.array.shape[:2])
+    if factor > 1:  # a small image is enlarged by whole pixels (nearest), so the masks stay crisp on screen
+        small = Image.open(overlay)
+        small.resize((small.width * factor, small.height * factor), Image.Resampling.NEAREST).save(overlay)
     words = answer_phrases(result.answer, len(masks))
     targets = [Target(k + 1, PALETTE[k % len(PALETTE)], words[k], float(result.scores[k]), float(masks[k].mean()))
                for k in range(len(masks))]  # fmt: skip
