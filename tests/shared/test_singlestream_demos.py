@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("package", ["pixelbert", "soho"])
-def test_demo_retrieval_far_above_chance_and_vqa_above_the_majority_answer(package, tmp_path, monkeypatch):
+def test_demo_retrieval_5x_chance_and_vqa_above_the_question_type_prior(package, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lightning"])
     cli = build_cli(
         [
@@ -30,7 +30,8 @@ def test_demo_retrieval_far_above_chance_and_vqa_above_the_majority_answer(packa
         run=True,
     )
     retrieval, vqa = cli.model.scores["retrieval"], cli.model.scores["vqa"]
-    # measured (READMEs), chance 1.0: image->text / text->image R@1 26.0 / 18.4 (Pixel-BERT), 11.0 / 10.8 (SOHO)
-    assert retrieval["tr/R@1"] >= 8 * retrieval["tr/chance_R@1"]
+    # the bars of the READMEs (which show the measured spread of three runs): R@1 at least 5x chance both ways,
+    # VQA above the question-type prior (the most common training answer of each question type)
+    assert retrieval["tr/R@1"] >= 5 * retrieval["tr/chance_R@1"]
     assert retrieval["ir/R@1"] >= 5 * retrieval["ir/chance_R@1"]
-    assert vqa["overall"] >= 1.8 * cli.model.baselines["vqa"]["majority"]
+    assert vqa["overall"] > cli.model.baselines["vqa"]["per_question_type"]
