@@ -45,6 +45,11 @@ def test_demo_config_fits_tests_and_predicts(tmp_path: Path, capsys) -> None:
     )
     scores = json.loads((results / "pixellm_test_scores.json").read_text())["muse_test_less"]
     assert 0.0 <= scores["gIoU"] <= 100.0 and 0.0 <= scores["cIoU"] <= 100.0
+    assert "MUSE scoring protocol: strict" in capsys.readouterr().out  # the default, printed by `test`
+    official = tmp_path / "official"
+    build_cli(["test", *args, f"--model.init_args.results_dir={official}", "--model.init_args.eval_protocol=official",
+               "--data.init_args.muse_test=[muse_test_less.json]"])  # fmt: skip
+    assert "MUSE scoring protocol: official" in capsys.readouterr().out
     pairs = json.loads((results / "pixellm_test_pairs.json").read_text())
     questions = json.loads((root / "muse_test_less.json").read_text())
     assert len(pairs) == sum(len(r["questions"]) for r in questions)
@@ -78,15 +83,17 @@ def test_overlay_png(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["muse", "refcoco"])
-def test_paper_config_without_data_names_the_missing_path(name: str, tmp_path: Path) -> None:
+def test_paper_config_without_data_names_the_missing_path(name: str, tmp_path: Path, capsys) -> None:
     args = ["fit", "-c", str(CONFIGS[name]), "--model.init_args.preset=tiny",
             "--model.init_args.tokenizer=shared/src/vislang/shared/assets/synthetic_wordpiece",
             "--model.init_args.llava_weights=null", "--model.init_args.clip_weights=null",
             f"--data.init_args.muse_root={tmp_path / 'muse'}", f"--data.init_args.refer_root={tmp_path / 'refer'}",
             "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]"]  # fmt: skip
-    with pytest.raises(FileNotFoundError, match=r"muse_train\.json|refs\(unc\)\.p"):
+    with pytest.raises(SystemExit):  # the CLI's preflight lists every missing input before building anything
         build_cli(args)
+    err = capsys.readouterr().err
+    assert "data.muse_root" in err and "does not exist" in err, err
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ everywhere), saved its state dict as the official merge script saves a release (
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from vislang.pixellm.convert import load_pixellm_weights
 from vislang.pixellm.model import codebook_hidden_states
+from vislang.shared.metrics.segmentation import segmentation_scores
 
 GOLDEN = Path(__file__).parent / "golden" / "model"
 TOL = 1e-4
@@ -73,3 +75,27 @@ def test_release_without_clip_weights_names_what_is_missing(golden_layout_model)
     model, _ = golden_layout_model()
     with pytest.raises(ValueError, match="holds no vision tower.*vision_weights"):
         load_pixellm_weights(model, GOLDEN / "release")
+
+
+def _eval_cases():
+    meta = json.loads((GOLDEN.parent / "eval" / "scores.json").read_text())
+    tensors = load_file(GOLDEN.parent / "eval" / "cases.safetensors")
+    preds, gts, counter = [], [], {}
+    for image in meta["image_of_question"]:
+        q = counter.get(image, 0)
+        counter[image] = q + 1
+        preds.append(tensors[f"image{image}_q{q}_pred"])
+        gts.append(tensors[f"image{image}_q{q}_gt"])
+    return meta, preds, gts
+
+
+def test_official_protocol_reproduces_ar_validate() -> None:
+    """The official `ar_validate` scored these constructed questions (extra non-empty predictions, one with
+    logits > 1, a missing prediction, several questions per image); protocol="official" gives its numbers."""
+    meta, preds, gts = _eval_cases()
+    scores = segmentation_scores(preds, gts, num_points=12544, protocol="official", image_ids=meta["image_of_question"])
+    assert scores["gIoU"] == pytest.approx(100 * meta["giou"], abs=1e-4)
+    assert scores["cIoU"] == pytest.approx(100 * meta["ciou"], abs=1e-4)
+    # the strict count (default) differs on exactly these cases: false positives cost cIoU, pairs are per question
+    strict = segmentation_scores(preds, gts, num_points=12544)
+    assert strict["cIoU"] < scores["cIoU"] - 1 and strict["gIoU"] != pytest.approx(scores["gIoU"], abs=0.1)

@@ -273,6 +273,107 @@ def make_model_fixture(out: Path, generator: torch.Generator) -> None:
           "mask range", float(masks.min()), float(masks.max()))  # fmt: skip
 
 
+def _eval_cases(generator: torch.Generator) -> list[dict]:
+    """Per image its questions: (predicted logits, ground-truth masks). Ground truths are disjoint rectangles;
+    a matched prediction is its mask with noisy logits, an extra one a blob elsewhere whose logits cross
+    [0.5, 1] on some pixels (or stay above 1: a confident false positive)."""
+    h, w = 24, 32
+
+    def rect(y0, y1, x0, x1):
+        m = torch.zeros(h, w)
+        m[y0:y1, x0:x1] = 1
+        return m
+
+    def pred_of(mask, gain=4.0):
+        return (mask * 2 - 1) * gain + torch.randn(h, w, generator=generator) * 3.0
+
+    def extra(y0, y1, x0, x1, high=False):
+        logits = torch.full((h, w), -6.0)
+        logits[y0:y1, x0:x1] = torch.rand(y1 - y0, x1 - x0, generator=generator) * 2.5 + (1.5 if high else 0.2)
+        return logits
+
+    g = [rect(0, 8, 0, 10), rect(10, 20, 12, 24), rect(2, 9, 22, 31), rect(14, 23, 0, 8)]
+    images = [
+        [  # two questions: an extra non-empty prediction; a missing prediction
+            ([pred_of(g[0]), extra(12, 22, 26, 32), pred_of(g[1])], [g[0], g[1]]),
+            ([pred_of(g[2])], [g[2], g[3]]),
+        ],
+        [([pred_of(g[1]), extra(0, 6, 0, 6, high=True)], [g[1]])],  # a confident extra prediction (logits > 1)
+        [  # three questions, the last without any prediction
+            ([pred_of(g[3])], [g[3]]),
+            ([pred_of(g[0]), pred_of(g[2])], [g[2], g[0]]),
+            ([], [g[1]]),
+        ],
+    ]
+    return [{"questions": [(torch.stack(p) if p else torch.zeros(0, h, w), torch.stack(t)) for p, t in image]}
+            for image in images]  # fmt: skip
+
+
+def make_eval_fixture(out: Path, generator: torch.Generator) -> None:
+    """Run the official `train_ds.ar_validate` on constructed predictions through a stub model."""
+    import train_ds
+
+    cases = _eval_cases(generator)
+    seg_group = " ".join(f"[SEG{k}]" for k in range(6))
+
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=False):
+            return "USER: question ASSISTANT: " + " and ".join(["a thing " + seg_group] * int(ids.numel()))
+
+    class Base:
+        def evaluate(self, images_clip, images, input_ids, *args, **kwargs):
+            image = cases[int(images_clip.flatten()[0])]
+            preds = [p for p, _ in image["questions"]]
+            output_ids = [torch.zeros(1, p.shape[0], dtype=torch.long) for p in preds]
+            logits = torch.cat(preds)
+            scores = (logits.sigmoid().flatten(1) * (logits > 0).flatten(1)).sum(1)
+            return output_ids, [logits], [torch.tensor([p.shape[0] for p in preds])], [scores]
+
+    class Engine:
+        base_model = Base()
+
+        def __call__(self, **kwargs):
+            return None
+
+        def eval(self):
+            return self
+
+    scalars: dict[str, float] = {}
+
+    class Writer:
+        def add_scalar(self, name, value, step):
+            scalars[name] = float(value)
+
+    class Logger:
+        def info(self, *args):
+            pass
+
+    loader = []
+    for number, image in enumerate(cases):
+        gts = torch.cat([t for _, t in image["questions"]])
+        counts = [t.shape[0] for _, t in image["questions"]]
+        names = [[f"(object{k} [0, 0, 1, 1])" for k in range(c)] for c in counts]
+        loader.append({"image_paths": [f"image{number}.jpg"], "images": torch.zeros(1, 3, 4, 4),
+                       "images_clip": torch.full((1, 3, 4, 4), float(number)), "resize_list": [(24, 32)],
+                       "clip_resize_list": [(24, 32)], "label_list": [torch.zeros(24, 32)],
+                       "input_ids": torch.zeros(len(counts), 4, dtype=torch.long), "masks_list": [gts],
+                       "questions_list": [(["q"] * len(counts), counts, names, "prompt")]})  # fmt: skip
+    args = types.SimpleNamespace(log_dir=tempfile.mkdtemp(), local_rank=0, precision="fp32")
+    train_ds.ar_validate([loader], Engine(), 0, Writer(), args, Logger(), ["muse_constructed"], Tokenizer(),
+                         seg_token_num=3, image_feature_scale_num=2)  # fmt: skip
+    tensors, image_ids = {}, []
+    for number, image in enumerate(cases):
+        for q, (pred, gt) in enumerate(image["questions"]):
+            tensors[f"image{number}_q{q}_pred"] = pred.contiguous()
+            tensors[f"image{number}_q{q}_gt"] = gt.contiguous()
+            image_ids.append(number)
+    save_file(tensors, out / "cases.safetensors")
+    result = {"repo": OFFICIAL_REPO, "commit": OFFICIAL_COMMIT, "function": "train_ds.ar_validate",
+              "image_of_question": image_ids, "giou": scalars["val/giou"], "ciou": scalars["val/ciou"]}  # fmt: skip
+    (out / "scores.json").write_text(json.dumps(result, indent=1))
+    print("eval fixture:", result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", required=True, help="checkout of MaverickRen/PixelLM at " + OFFICIAL_COMMIT)
@@ -284,6 +385,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     (out / "model").mkdir(parents=True, exist_ok=True)
     make_model_fixture(out / "model", generator)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    make_eval_fixture(out / "eval", torch.Generator().manual_seed(1))
 
 
 if __name__ == "__main__":

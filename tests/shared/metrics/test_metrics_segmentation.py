@@ -96,3 +96,42 @@ def test_metric_equals_function_and_dedups_padding():
     metric.update(preds[3:], gts[3:], [3, 4])
     metric.update(preds[:4], gts[:4], [0, 1, 2, 3])  # question 3 seen twice
     assert metric.compute() == segmentation_scores(preds, gts)
+
+
+def test_official_protocol_histograms_extra_logits_and_divides_per_image() -> None:
+    """Hand-computed `ar_validate` numbers: an extra prediction counts only its logits in [0.5, 1]; per image
+    the pair IoUs are divided by max(#pred, #gt) over its questions (not by its pairs)."""
+    from vislang.shared.metrics.segmentation import official_pair_scores
+
+    gt = torch.zeros(1, 4, 4)
+    gt[0, :2, :2] = 1  # 4 pixels
+    matched = gt[0] * 4 - 2  # a perfect prediction
+    extra = torch.full((4, 4), 3.0)  # confident everywhere: no logit in [0.5, 1]
+    extra[3, 3], extra[3, 2] = 0.7, 1.0  # two logits in [0.5, 1]
+    inter, union, iou = official_pair_scores(torch.stack([matched, extra]), gt, num_points=None)
+    assert inter.tolist() == [4, 0] and union.tolist() == [4, 2]
+    assert iou.tolist() == pytest.approx([4 / (4 + 1e-5), 0.0])
+    _, union_high, iou_high = official_pair_scores(torch.stack([matched, torch.full((4, 4), 3.0)]), gt, None)
+    assert union_high.tolist() == [4, 0] and iou_high[1] == 1.0  # a confident false positive scores 1.0
+    # image 0: question A (1 gt, matched + extra: pairs 1 + 0), question B (1 gt, no prediction: 0)
+    preds, gts = [torch.stack([matched, extra]), torch.zeros(0, 4, 4)], [gt, gt]
+    scores = segmentation_scores(preds, gts, protocol="official", image_ids=[0, 0])
+    assert scores["gIoU"] == pytest.approx(100 * (4 / (4 + 1e-5)) / max(2, 2))  # 2 predictions, 2 ground truths
+    assert scores["cIoU"] == pytest.approx(100 * 4 / (4 + 2 + 4))
+    strict = segmentation_scores(preds, gts)  # strict: the extra prediction's 16 positive pixels count
+    assert strict["cIoU"] == pytest.approx(100 * 4 / (4 + 16 + 4))
+    assert strict["gIoU"] == pytest.approx(100 * (4 / (4 + 1e-5)) / 3)  # three pairs
+    with pytest.raises(ValueError, match="matching='hungarian'"):
+        segmentation_scores(preds, gts, matching="ordered", protocol="official")
+
+
+def test_official_protocol_metric_is_exact_with_duplicated_questions() -> None:
+    """Sampler padding repeats questions: they count once, and the image's max(#pred, #gt) too."""
+    gt = torch.zeros(1, 4, 4)
+    gt[0, 1:3, 1:3] = 1
+    pred = (gt * 4 - 2) + torch.tensor([[[0.0] * 4] * 3 + [[0.0, 0.0, 0.0, 5.0]]])
+    metric = SegmentationIoU(protocol="official")
+    metric.update([pred, torch.zeros(0, 4, 4)], [gt, gt], [0, 1], image_ids=[7, 7])
+    once = metric.compute()
+    metric.update([pred], [gt], [0], image_ids=[7])  # a padded duplicate of question 0
+    assert metric.compute() == once

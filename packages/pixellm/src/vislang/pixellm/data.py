@@ -114,7 +114,10 @@ class _SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _sample(self, index: int, path: Path, question: str, answer: str, segs: Sequence[Any]) -> dict[str, Any]:
+    def _sample(
+        self, index: int, path: Path, question: str, answer: str, segs: Sequence[Any], image_id: int | None = None
+    ) -> dict[str, Any]:
+        """One (image, question) item; `image_id` groups the questions of one image (default: the item index)."""
         image = load_image(path)
         h, w = image.shape[:2]
         try:
@@ -124,7 +127,8 @@ class _SegmentationDataset(Dataset):
         pixels, patch_mask, resized = preprocess_image(image, self.image_size, self.patch_size, self.normalisation)
         return {"pixel_values": pixels, "patch_mask": patch_mask, "resized_size": torch.tensor(resized),
                 "original_size": (h, w), "question": question, "answer": answer,
-                "masks": torch.from_numpy(masks), "index": index, "image_path": str(path)}  # fmt: skip
+                "masks": torch.from_numpy(masks), "index": index, "image_path": str(path),
+                "image_id": index if image_id is None else image_id}  # fmt: skip
 
 
 class MuseDataset(_SegmentationDataset):
@@ -179,7 +183,8 @@ class MuseDataset(_SegmentationDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         record = self.records[item["record"]]
-        return self._sample(index, self.image_path(record), item["question"], item["answer"], item["segs"])
+        return self._sample(index, self.image_path(record), item["question"], item["answer"], item["segs"],
+                            image_id=item["record"])  # fmt: skip
 
 
 def _composed_answer(targets: Sequence[dict[str, Any]]) -> str:
@@ -285,6 +290,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "answer": [s["answer"] for s in samples],
         "masks": [s["masks"] for s in samples],
         "index": torch.tensor([s["index"] for s in samples]),
+        "image_id": torch.tensor([s.get("image_id", s["index"]) for s in samples]),
         "image_path": [s["image_path"] for s in samples],
     }
 

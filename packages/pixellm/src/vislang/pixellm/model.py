@@ -146,6 +146,34 @@ PRESETS: dict[str, PixelLMConfig] = {
     "pixellm_7b": PixelLMConfig(vision={**_CLIP_L14, "image_size": 448}, llm=_VICUNA_7B),
     # llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B-chat) + the same vision tower
     "pixellm_13b": PixelLMConfig(vision={**_CLIP_L14, "image_size": 448}, llm=_LLAMA2_13B),
+    # >= 50 M parameters with LLaMA's 32,000-token vocabulary (the generation-speed benchmark): CLIP width
+    # 256 at 224 px (16x16 patches), LLM width 512 x 4 layers seeing 8x8 = 64 image tokens
+    "small": PixelLMConfig(
+        vision={
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "patch_size": 14,
+            "image_size": 224,
+            "projection_dim": 256,
+        },
+        llm={
+            "hidden_size": 512,
+            "intermediate_size": 1376,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 1024,
+            "vocab_size": 32009,
+        },
+        feature_layers=(-2, -5),
+        llm_grid=8,
+        decoder_dim=128,
+        decoder_depth=2,
+        decoder_heads=4,
+        decoder_mlp_dim=512,
+    ),
     # random-init CPU model: 64 px images, 8x8 patches, LLM sees 4x4 = 16 image tokens
     "tiny": PixelLMConfig(
         vision={

@@ -85,6 +85,10 @@ class PixelLMModule(LightningModule):
         model_max_length: training sequences are truncated to this many tokens (official 512).
         eval_num_points: MUSE matching cost on this many random points (official 12,544); None = all pixels.
         empty_pair_iou: IoU of a pair with an empty union (official 1.0; 0.0 or None are strict modes).
+        eval_protocol: MUSE scoring. `strict` (default): extra predictions are binarised and count in the union,
+            gIoU averages each question's pairs. `official`: the released `ar_validate` exactly (extra
+            predictions' raw logits histogrammed over [0, 1], gIoU per image over max(#pred, #gt));
+            refCOCO-style sets (ordered matching) always use `strict`.
         evaluate_before_training: score the untrained model on the validation sets when fit starts, to print
             beside the trained numbers.
         results_dir: where `test` writes scores and the per-pair JSON (None: the logger's directory).
@@ -117,6 +121,7 @@ class PixelLMModule(LightningModule):
         model_max_length: int = 512,
         eval_num_points: int | None = 12544,
         empty_pair_iou: float | None = 1.0,
+        eval_protocol: Literal["strict", "official"] = "strict",
         evaluate_before_training: bool = False,
         results_dir: str | None = None,
         normalisation: Literal["sam", "clip"] = "sam",
@@ -160,6 +165,7 @@ class PixelLMModule(LightningModule):
                 raise ValueError(f"{init_weights}: not a PixelLM checkpoint of this preset: {report}")
         self.trainable_names = self.model.set_trainable(train_vision, train_llm)
         self._metrics: dict[int, SegmentationIoU] = {}
+        self._protocols: dict[str, str] = {}
         self._dump: list[dict[str, Any]] = []
         self.last_scores: dict[str, dict[str, float]] = {}
         self.untrained_scores: dict[str, dict[str, float]] = {}
@@ -248,9 +254,10 @@ class PixelLMModule(LightningModule):
 
     def _metric(self, dataloader_idx: int, matching: str) -> SegmentationIoU:
         if dataloader_idx not in self._metrics:
+            protocol = self.hparams.eval_protocol if matching == "hungarian" else "strict"
             self._metrics[dataloader_idx] = SegmentationIoU(
                 matching=matching, num_points=self.hparams.eval_num_points if matching == "hungarian" else None,
-                empty_pair_iou=self.hparams.empty_pair_iou,
+                empty_pair_iou=self.hparams.empty_pair_iou, protocol=protocol,
             ).to(self.device)  # fmt: skip
         return self._metrics[dataloader_idx]
 
@@ -260,7 +267,7 @@ class PixelLMModule(LightningModule):
         result = self._generate(batch)
         gt = [m.to(self.device) for m in batch["masks"]]
         metric = self._metric(dataloader_idx, matching)
-        metric.update(result.masks, gt, batch["index"])
+        metric.update(result.masks, gt, batch["index"], image_ids=batch.get("image_id"))
         if not dump:
             return
         name = datamodule.eval_names(stage)[dataloader_idx]
@@ -287,6 +294,7 @@ class PixelLMModule(LightningModule):
     def _finish(self, stage: str) -> dict[str, dict[str, float]]:
         names = self.trainer.datamodule.eval_names(stage)
         results = {}
+        self._protocols = {names[idx]: metric.protocol for idx, metric in self._metrics.items()}
         for idx, metric in sorted(self._metrics.items()):
             scores = metric.compute()
             results[names[idx]] = scores
@@ -314,6 +322,8 @@ class PixelLMModule(LightningModule):
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "pixellm_test_scores.json").write_text(json.dumps(results, indent=2))
             (directory / "pixellm_test_pairs.json").write_text(json.dumps(self._dump))
+            protocols = sorted({m for m in self._protocols.values()})
+            print(f"MUSE scoring protocol: {', '.join(protocols)} (eval_protocol; `official` = released ar_validate)")
             print(format_table({"test": results}))
             print(f"scores and per-pair results written to {directory}")
         self._dump = []
