@@ -80,6 +80,9 @@ def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path) 
     weights = fit["weights"]
     assert weights == val["weights"] and sum(weights) == pytest.approx(1.0)
     assert set(fit["cv_accuracy_by_prior"]) == {str(p) for p in PRIORS} and fit["prior"] in PRIORS
+    # unequal weights only when they beat equal weights by two image-clustered standard errors
+    gain = fit["gain_over_equal"]
+    assert weights == fit["fitted_weights"] if gain["percent"] >= 2 * gain["se"] else weights == [0.5, 0.5]
     # no leak: no question the weights were fitted on (nor any held-out one) is in a member's training questions
     fitted_on = {i.question_id for i in cli.datamodule.splits["val"].items}
     held_out = {i.question_id for i in cli.datamodule.splits["test"].items}

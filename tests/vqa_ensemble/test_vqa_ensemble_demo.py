@@ -1,4 +1,4 @@
-"""The documented demo, end to end (about six minutes on two CPU cores)."""
+"""The documented demo, end to end (about six minutes on two idle CPU cores)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ from vislang.vqa_ensemble import demo
 
 
 @pytest.mark.slow
-def test_demo_trains_members_and_an_ensemble_above_the_baselines(tmp_path: Path) -> None:
+def test_demo_ensemble_beats_its_best_member_on_the_held_out_half(tmp_path: Path) -> None:
     result = demo.main(["--out", str(tmp_path / "demo")])
-    val, test = result["val"], result["test"]
-    # fitted on val: never below the best member there (the weight grid contains each member alone)
-    assert val["ensemble"] >= max(val["member0"], val["member1"])
+    test = result["test"]
     members = [v for k, v in test.items() if k.startswith("member")]
     ensemble = next(v for k, v in test.items() if k.startswith("ensemble"))
-    baseline = test["majority answer per question type"]
-    assert min(members) > baseline and ensemble > baseline
+    # the held-out half played no part in fitting the weights: this can fail, unlike the fitting half
+    assert ensemble > max(members) > test["majority answer per question type"]
+    assert result["box_map"]["mAP50"] > 50.0  # the detector is made useful by training, not by ground truth
     for name in ("region", "grid"):
         assert (tmp_path / "demo" / "features" / name / "val2014" / "store.json").is_file()
-    assert (tmp_path / "demo" / "ensemble" / "results" / "test_ensemble_results.json").is_file()

@@ -12,6 +12,7 @@ from vislang.vqa_ensemble.ensemble import (
     combine,
     cross_validate_prior,
     fit_ensemble_weights,
+    gain_over_equal,
     simplex_grid,
 )
 
@@ -101,3 +102,26 @@ def test_ties_prefer_uniform_weights() -> None:
     probs[:, 0, 0] = 1.0  # both members agree: every weight vector has the same accuracy
     weights, acc = fit_ensemble_weights(probs, OfficialScorer([("yes",) * 10], VOCAB), grid_step=0.5)
     assert weights == (0.5, 0.5) and acc == 1.0
+
+
+def test_gain_over_equal_weights_has_an_image_clustered_standard_error() -> None:
+    # 4 images x 3 questions; member 0 right on images 0-2, member 1 right on image 3 only; each member's right
+    # answer scores 0.9, a wrong one 0.6, so equal weights follow member 0 (and err on image 3)
+    vocab = ["a", "b"]
+    answers = [("a",) * 10] * 9 + [("b",) * 10] * 3
+    probs = torch.zeros(2, 12, 2)
+    probs[0, :, 0] = 0.9
+    probs[1, :9, 1], probs[1, 9:, 1] = 0.6, 0.9
+    probs[1, 9:, 0] = 0.0
+    images = [k // 3 for k in range(12)]
+    scorer = OfficialScorer(answers, vocab)
+    gain, se = gain_over_equal(probs, scorer, (1.0, 0.0), images)
+    assert gain == pytest.approx(0.0)  # member 0 alone = equal weights here
+    gain, se = gain_over_equal(probs, scorer, (0.0, 1.0), images)
+    # member 1 alone: +100 on image 3's questions, -100 on the other nine -> mean -50 %
+    assert gain == pytest.approx(-50.0)
+    # clustered by image: per-image sums -3, -3, -3, +3 (in fractions) minus n_g * gain = -1.5 each:
+    # -1.5, -1.5, -1.5, +4.5 -> sqrt(3 * 1.5^2 + 4.5^2) / 12
+    assert se == pytest.approx(100 * (3 * 1.5**2 + 4.5**2) ** 0.5 / 12)
+    # ignoring the images (every question its own cluster) understates the error
+    assert gain_over_equal(probs, scorer, (0.0, 1.0))[1] < se

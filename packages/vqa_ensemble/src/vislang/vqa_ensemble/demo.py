@@ -2,14 +2,18 @@
 
     python -m vislang.vqa_ensemble.demo [--out demo_outputs/vqa_ensemble]
 
-1. writes the synthetic world as VQA v2 (train2014, val2014) and as COCO instances (train images only);
-2. trains the feature detector briefly (``configs/demo_detector.yaml``, ``lightning fit``);
-3. extracts region features (detector boxes, RoIAlign) and grid features (C5 cells) of every image into
-   feature stores (``python -m vislang.vqa_ensemble.extract``);
-4. trains two members (``configs/demo.yaml``): region features with seed 0, grid features with seed 1;
-5. fits the ensemble weights on the first half of val2014 (``lightning validate``, ``demo_ensemble.yaml``)
-   and evaluates members and ensemble on the held-out second half (``lightning test``);
-6. prints the official (2021) VQA accuracy of each beside the majority-answer baselines.
+1. writes the synthetic world as VQA v2 (train2014, val2014) and as COCO instances (train and val images);
+2. trains the feature detector briefly (``configs/demo_detector.yaml``, ``lightning fit``) and measures its box
+   mAP (pycocotools) on the val images' instances, which it never trained on;
+3. extracts region features (bottom-up rule: one box per proposal, 10-36 by confidence) and full-resolution
+   grid features (C5 cells) of every image into feature stores (``python -m vislang.vqa_ensemble.extract``);
+4. trains three members (``configs/demo.yaml``) on train2014 only: region features with seeds 0 and 2, grid
+   features with seed 1 (the entry's members: two region-feature detectors and one grid);
+5. fits the ensemble weights on the first half of the val2014 images (``lightning validate``,
+   ``demo_ensemble.yaml``; prior toward equal weights chosen by cross-validation on that half) and evaluates
+   members and ensemble on the held-out second half (``lightning test``), which played no part in the fit;
+6. checks every results file (members' and ensemble's) against the split's question list, read again from the
+   VQA v2 files, and prints the official (2021) VQA accuracy of each beside the majority-answer baselines.
 
 Every step is the same command a user runs on real data; this file only chains them.
 """
@@ -29,10 +33,14 @@ from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.vl_writers import write_vqa_v2
 from vislang.shared.data.synthetic.writers import split_indices, write_coco_instances
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
-from vislang.shared.metrics.vqa import vqa_prior_baselines
+from vislang.shared.metrics.vqa import read_vqa_results, vqa_prior_baselines
 from vislang.vqa_ensemble import extract
+from vislang.vqa_ensemble.detector import coco_box_map
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+MEMBERS = (("region", "region", 0), ("grid", "grid", 1), ("region_seed2", "region", 2))
+"""(name, feature set, seed) of each member: two on region features, one on grid features, like the entry's
+X152 region / X101 region / X152 grid members."""
 
 
 def _cli(args: list[str]):  # noqa: ANN202 (VislangCLI)
@@ -44,14 +52,35 @@ def _cli(args: list[str]):  # noqa: ANN202 (VislangCLI)
         sys.argv = saved
 
 
+def _halves(root: Path, heldout_fraction: float) -> tuple[list, list]:
+    """The val2014 questions of the weight-fitting half and of the held-out half (split by image id)."""
+    val = read_vqa_v2(*vqa_v2_paths(root, "val2014"))
+    images = sorted({e.image_id for e in val})
+    held = set(images[len(images) - max(1, round(heldout_fraction * len(images))) :])
+    return [e for e in val if e.image_id not in held], [e for e in val if e.image_id in held]
+
+
+def check_results_files(root: Path, results: Path, heldout_fraction: float = 0.5) -> str:
+    """Every results file the ensemble wrote (members' and ensemble's, both halves) must answer exactly the
+    questions of its split, as listed by the VQA v2 files themselves -- not by the rows the run collected."""
+    fit, held = _halves(root, heldout_fraction)
+    count = 0
+    for split, examples in (("val", fit), ("test", held)):
+        ids = [e.question_id for e in examples]
+        for path in sorted(results.glob(f"{split}_*_results.json")):
+            if set(read_vqa_results(path, question_ids=ids)) != set(ids):
+                raise ValueError(f"{path}: does not answer exactly the {len(ids)} {split} questions")
+            count += 1
+    if count != 2 * (len(MEMBERS) + 1):
+        raise FileNotFoundError(f"{results}: expected a results file per member and the ensemble for each half")
+    return f"{count} files, {len(fit)} + {len(held)} questions"
+
+
 def majority_baselines(root: Path, heldout_fraction: float = 0.5) -> dict[str, float]:
     """Official accuracy on the held-out half of val2014 of (a) the most common training answer and
     (b) the most common training answer of each question type (the VQA paper's "prior" baselines)."""
     train = read_vqa_v2(*vqa_v2_paths(root, "train2014"))
-    val = read_vqa_v2(*vqa_v2_paths(root, "val2014"))
-    images = sorted({e.image_id for e in val})
-    held = set(images[len(images) - max(1, round(heldout_fraction * len(images))) :])
-    test = [e for e in val if e.image_id in held]
+    test = _halves(root, heldout_fraction)[1]
     priors = vqa_prior_baselines(train, test)
     return {
         "majority answer": round(priors["majority"], 2),
@@ -81,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         write_vqa_v2(world, vqa_root, "train", train_ids)
         write_vqa_v2(world, vqa_root, "val", split_indices("val", args.val_images))
         write_coco_instances(world, out / "coco", "train", train_ids)
+        write_coco_instances(world, out / "coco", "val", split_indices("val", args.val_images))
     stamp("synthetic VQA v2 + COCO instances written")
 
     # 2. the detector
@@ -91,30 +121,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
               f"--data.init_args.train_json={out / 'coco' / 'annotations' / 'instances_train.json'}",
               f"--data.init_args.image_dir={out / 'coco' / 'images' / 'train'}"])  # fmt: skip
     stamp(f"detector trained: {det_ckpt}")
+    detector, _ = extract.load_detector(det_ckpt)
+    detector.transform.min_size = (max(detector.transform.min_size),)  # test at the largest training scale
+    box_map = coco_box_map(
+        detector, out / "coco" / "annotations" / "instances_val.json", out / "coco" / "images" / "val"
+    )
+    stamp(
+        f"detector box mAP on the {box_map['images']} held-out val images: {box_map['mAP']:.2f} (AP50 {box_map['mAP50']:.2f})"
+    )
 
     # 3. feature stores (resumable: a re-run skips finished shards)
     for kind in ("region", "grid"):
         for subtype in ("train2014", "val2014"):
             extract.main(["--images", str(vqa_root / subtype), "--out", str(out / "features" / kind / subtype),
                           "--detector", str(det_ckpt), "--kind", kind, "--min-boxes", "10", "--max-boxes", "36",
-                          "--grid-size", "3", "--shard-size", "100", "--batch-size", "16"])  # fmt: skip
+                          "--grid-size", "0", "--shard-size", "100", "--batch-size", "16"])  # fmt: skip
     stamp("features extracted")
 
-    # 4. two members: different features, different seeds
+    # 4. the members, as the entry's (two region-feature members and one grid-feature member): different
+    #    features and seeds
     data_overrides = [f"--data.init_args.root={vqa_root}"] + [
         f"--data.init_args.features={{region: [{out}/features/region/train2014, {out}/features/region/val2014], "
         f"grid: [{out}/features/grid/train2014, {out}/features/grid/val2014]}}"
     ]
     checkpoints = []
-    for kind, seed in (("region", 0), ("grid", 1)):
-        ckpt = out / kind / "demo" / "checkpoints" / "last.ckpt"
+    for name, kind, seed in MEMBERS:
+        ckpt = out / name / "demo" / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             _cli(["fit", "-c", str(CONFIGS / "demo.yaml"), f"--seed_everything={seed}",
                   f"--model.init_args.feature_set={kind}", f"--trainer.max_epochs={args.member_epochs}",
-                  f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={kind}",
+                  f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
                   *data_overrides])  # fmt: skip
         checkpoints.append(str(ckpt))
-        stamp(f"member {kind} trained: {ckpt}")
+        stamp(f"member {name} trained: {ckpt}")
 
     # 5. ensemble: fit weights on val (first half), evaluate on the held-out half
     ens = ["-c", str(CONFIGS / "demo_ensemble.yaml"), f"--model.init_args.members=[{', '.join(checkpoints)}]",
@@ -124,24 +163,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     val = _cli(["validate", *ens]).model.fitted["val"]
     test = _cli(["test", *ens]).model.fitted["test"]
     stamp("ensemble fitted and evaluated")
+    checked = check_results_files(vqa_root, out / "ensemble" / "results", heldout_fraction=0.5)
+    stamp(f"results files checked against the split's question list: {checked}")
 
     # 6. the table
-    rows = {**majority_baselines(vqa_root, heldout_fraction=0.5)}
-    names = {"member0": "member 1: region features, seed 0", "member1": "member 2: grid features, seed 1"}
-    for key, name in names.items():
+    rows = {"detector box mAP (held-out val instances)": box_map["mAP"]}
+    rows.update(majority_baselines(vqa_root, heldout_fraction=0.5))
+    val_of = {
+        f"member {k + 1}: {kind} features, seed {seed}": f"member{k}" for k, (_, kind, seed) in enumerate(MEMBERS)
+    }
+    for name, key in val_of.items():
         rows[name] = test[key]["overall"]
     weights = ", ".join(f"{w:.2f}" for w in test["weights"])
-    rows[f"ensemble (weights {weights}, fitted on val)"] = test["ensemble"]["overall"]
+    rows[f"ensemble (weights {weights})"] = test["ensemble"]["overall"]
     print(
         f"\nOfficial VQA accuracy (2021 metric), synthetic val2014 held-out half ({out}); wall {time.time() - start:.0f} s"
     )
     print(f"{'model':<56} {'val (weight fit)':>16} {'held-out test':>14}")
-    val_of = {"member 1: region features, seed 0": "member0", "member 2: grid features, seed 1": "member1"}
     for name, acc in rows.items():
         key = val_of.get(name, "ensemble" if name.startswith("ensemble") else None)
         v = f"{val[key]['overall']:.2f}" if key else "-"
         print(f"{name:<56} {v:>16} {acc:>14.2f}")
-    return {"val": {k: val[k]["overall"] for k in ("member0", "member1", "ensemble")}, "test": rows}
+    g = val["gain_over_equal"]
+    print(f"weight fit on the fitting half: cross-validated accuracy by prior strength {val['cv_accuracy_by_prior']};"
+          f" fitted weights {', '.join(f'{w:.2f}' for w in val['fitted_weights'])} gain {g['percent']:+.2f}"
+          f" +- {g['se']:.2f} (clustered by image) over equal weights -> {'kept' if g['kept'] else 'equal weights'}")  # fmt: skip
+    return {"val": {k: val[k]["overall"] for k in (*val_of.values(), "ensemble")}, "test": rows, "box_map": box_map}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ validation split itself (``cross_validate_prior``): for each strength, weights f
 on the remaining fold, and the strength with the best mean held-out accuracy wins (ties: the stronger prior).
 With ``prior = 0`` this is the plain grid search; the grid contains each member alone, so the plain search is
 never worse than the best member *on the split it was fitted on* -- which says nothing about new questions.
+
+Questions about one image succeed or fail together, so a split of a few hundred images is a small sample
+however many questions it has. Last, ``gain_over_equal`` compares the fitted weights with equal weights on the
+fitting split, with a standard error clustered by image; unequal weights are kept only when they win by at
+least ``min_gain_se`` standard errors (2 by default) -- otherwise the split cannot tell them apart and equal
+weights, the prior, stand.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from torch import Tensor
 
 from vislang.shared.metrics.vqa import vqa_accuracy
 
-__all__ = ["PRIORS", "OfficialScorer", "combine", "cross_validate_prior", "fit_ensemble_weights", "simplex_grid"]
+__all__ = [
+    "PRIORS",
+    "OfficialScorer",
+    "combine",
+    "cross_validate_prior",
+    "fit_ensemble_weights",
+    "gain_over_equal",
+    "simplex_grid",
+]
 
 PRIORS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 1.0)
 """Prior strengths tried by cross-validation (accuracy in [0, 1] per unit of L1 distance from uniform);
@@ -116,8 +130,14 @@ def cross_validate_prior(
     priors: Sequence[float] = PRIORS,
     folds: int = 5,
     seed: int = 0,
+    groups: Sequence[int] | None = None,
 ) -> tuple[tuple[float, ...], float, dict[str, float]]:
     """Choose the prior strength by K-fold cross-validation, then fit the weights on all questions with it.
+
+    Args:
+        groups: A group id per question (VQA: its image). Folds then hold whole groups: questions about one
+            image succeed or fail together, and folds that split an image would make the fit look more stable
+            than it is on new images.
 
     Returns:
         (weights, chosen prior, {prior: mean held-out accuracy in percent over the folds}).
@@ -126,8 +146,14 @@ def cross_validate_prior(
         raise ValueError("priors: give at least one prior strength")
     grid, distance, accuracy = _candidates(probabilities, scorer, grid_step)
     n = accuracy.shape[1]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = [order[f::folds] for f in range(min(folds, n))]
+    keys = torch.as_tensor(list(groups) if groups is not None else range(n))
+    if keys.numel() != n:
+        raise ValueError(f"{keys.numel()} group ids for {n} questions")
+    unique, member_of = keys.unique(return_inverse=True)
+    shuffled = torch.randperm(len(unique), generator=torch.Generator().manual_seed(seed))
+    fold_of = torch.empty_like(shuffled)
+    fold_of[shuffled] = torch.arange(len(unique)) % min(folds, len(unique))
+    parts = [torch.nonzero(fold_of[member_of] == f).flatten() for f in range(min(folds, len(unique)))]
     report: dict[str, float] = {}
     for prior in priors:
         held = []
@@ -140,3 +166,25 @@ def cross_validate_prior(
     chosen = max(p for p in priors if report[str(p)] >= best - 1e-9)  # ties: the stronger prior
     k = _best(accuracy, distance, chosen)
     return tuple(float(x) for x in grid[k]), chosen, report
+
+
+def gain_over_equal(
+    probabilities: Tensor, scorer: OfficialScorer, weights: Sequence[float], groups: Sequence[int] | None = None
+) -> tuple[float, float]:
+    """(accuracy gain of ``weights`` over equal weights, its standard error), in percent, on these questions.
+
+    The standard error is clustered by ``groups`` (VQA: the image): ``sqrt(sum_g (D_g - n_g gain)^2) / n`` with
+    ``D_g`` the summed per-question difference of group ``g`` and ``n_g`` its size.
+    """
+    m = probabilities.shape[0]
+    diff = scorer.per_question(combine(probabilities, weights).argmax(-1).tolist()) - scorer.per_question(
+        combine(probabilities, [1.0 / m] * m).argmax(-1).tolist()
+    )
+    n = diff.numel()
+    keys = torch.as_tensor(list(groups) if groups is not None else range(n))
+    _, member_of = keys.unique(return_inverse=True)
+    sums = torch.zeros(int(member_of.max()) + 1, dtype=diff.dtype).index_add_(0, member_of, diff)
+    sizes = torch.zeros_like(sums).index_add_(0, member_of, torch.ones_like(diff))
+    gain = float(diff.mean())
+    se = float(((sums - sizes * gain) ** 2).sum().sqrt()) / n
+    return 100 * gain, 100 * se

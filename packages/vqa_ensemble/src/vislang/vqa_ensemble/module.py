@@ -26,7 +26,14 @@ from torch import Tensor, nn
 from vislang.shared.metrics.vqa import VQAAccuracy, aggregate_vqa, vqa_accuracy, write_vqa_results
 from vislang.shared.text import load_text_model, load_tokenizer, tiny_bert_config
 from vislang.vqa_ensemble.detector import build_detector
-from vislang.vqa_ensemble.ensemble import PRIORS, OfficialScorer, combine, cross_validate_prior, fit_ensemble_weights
+from vislang.vqa_ensemble.ensemble import (
+    PRIORS,
+    OfficialScorer,
+    combine,
+    cross_validate_prior,
+    fit_ensemble_weights,
+    gain_over_equal,
+)
 from vislang.vqa_ensemble.features import check_spec
 from vislang.vqa_ensemble.model import MCAN, PRESETS
 
@@ -310,7 +317,16 @@ def _write_outputs(module: LightningModule, split: str, predictions: dict[int, s
         (out / f"{split}_metrics.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
 
 
-FEATURE_IDENTITY = ("kind", "backbone", "head", "detector_weights", "feature_dim", "box_source", "grid_size", "min_size")
+FEATURE_IDENTITY = (
+    "kind",
+    "backbone",
+    "head",
+    "detector_weights",
+    "feature_dim",
+    "box_source",
+    "grid_size",
+    "min_size",
+)
 """Extractor settings a member's features must keep between training and evaluation."""
 
 
@@ -399,7 +415,9 @@ class VQAEnsemble(LightningModule):
         grid_step: Resolution of the weight grid.
         prior: Strength of the pull toward equal weights; None = chosen by ``cv_folds``-fold cross-validation
             on the validation split among ``ensemble.PRIORS``; 0 = plain grid search.
-        cv_folds: Folds of that cross-validation.
+        cv_folds: Folds of that cross-validation (whole images per fold).
+        min_gain_se: Keep unequal weights only if they beat equal weights on the validation split by this many
+            standard errors (clustered by image); 0 keeps whatever the fit chose.
         metric_version: Official accuracy version.
         results_dir: Write results files and metrics (per member and ensemble) here.
     """
@@ -412,6 +430,7 @@ class VQAEnsemble(LightningModule):
         grid_step: float = 0.1,
         prior: float | None = None,
         cv_folds: int = 5,
+        min_gain_se: float = 2.0,
         metric_version: str = "2021",
         results_dir: str | None = None,
     ) -> None:
@@ -503,7 +522,7 @@ class VQAEnsemble(LightningModule):
         answers = [r[2] for r in rows]
         report: dict[str, Any] = {}
         if split == "val" and self.hparams.weights is None:
-            report.update(self._fit(probs, answers, [r[1] for r in rows]))
+            report.update(self._fit(probs, answers, rows))
         assert self.weights is not None
         predictions = {
             "ensemble": combine(probs, self.weights).argmax(-1).tolist(),
@@ -537,27 +556,39 @@ class VQAEnsemble(LightningModule):
         self.fitted[split] = report
         return report
 
-    def _fit(self, probs: Tensor, answers: list[tuple[str, ...]], question_ids: list[int]) -> dict[str, Any]:
+    def _fit(self, probs: Tensor, answers: list[tuple[str, ...]], rows: list[tuple]) -> dict[str, Any]:
         """Fit the weights on the validation rows; write them (with how they were chosen) to ``weights_path``."""
         h = self.hparams
         scorer = OfficialScorer(answers, self.answers, h.metric_version)
+        items = self.trainer.datamodule.splits["val"].items
+        images = [items[r[0]].image_id for r in rows]  # questions about one image stand or fall together
         if h.prior is None:
-            self.weights, prior, cv = cross_validate_prior(probs, scorer, h.grid_step, PRIORS, h.cv_folds)
+            fitted, prior, cv = cross_validate_prior(probs, scorer, h.grid_step, PRIORS, h.cv_folds, groups=images)
         else:
-            (self.weights, _), prior, cv = fit_ensemble_weights(probs, scorer, h.grid_step, h.prior), h.prior, {}
+            (fitted, _), prior, cv = fit_ensemble_weights(probs, scorer, h.grid_step, h.prior), h.prior, {}
+        gain, se = gain_over_equal(probs, scorer, fitted, images)
+        equal = tuple([1.0 / len(self.members)] * len(self.members))
+        self.weights = fitted if gain >= h.min_gain_se * se else equal
         fit = {
             "weights": list(self.weights),
+            "fitted_weights": list(fitted),
             "prior": prior,
             "cv_accuracy_by_prior": cv,
+            "gain_over_equal": {
+                "percent": round(gain, 3),
+                "se": round(se, 3),
+                "min_gain_se": h.min_gain_se,
+                "kept": self.weights == fitted,
+            },  # fmt: skip
             "members": list(h.members),
-            "fit_questions": len(question_ids),
+            "fit_questions": len(rows),
             "leak_check": "no question the weights were fitted on is in any member's training questions",
         }
         if h.weights_path:
             path = Path(h.weights_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(fit, indent=1))
-        return {"prior": prior, "cv_accuracy_by_prior": cv}
+        return {k: fit[k] for k in ("fitted_weights", "prior", "cv_accuracy_by_prior", "gain_over_equal")}
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
