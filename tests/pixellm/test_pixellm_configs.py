@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vislang.pixellm.module import write_overlay_png
@@ -105,3 +108,21 @@ def test_demo_clears_the_readme_bar(tmp_path: Path) -> None:
     trained, untrained = cli.model.last_scores["muse_val"], cli.model.untrained_scores["muse_val"]
     assert trained["gIoU"] >= 35.0 and trained["cIoU"] >= 35.0
     assert trained["gIoU"] > untrained["gIoU"] + 30.0
+
+
+@pytest.mark.slow
+def test_samples_per_epoch_is_per_process_under_two_process_ddp(tmp_path: Path) -> None:
+    """Released meaning: each GPU draws `samples_per_epoch` items per epoch. 2 CPU processes (gloo), 16 items
+    each, micro-batch 2, accumulation 2 -> 4 optimiser steps per epoch (a global 16 split over 2 ranks: 2)."""
+    root, ckpt = tmp_path / "muse", tmp_path / "ckpt"
+    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(ckpt), "save_last": True, "save_top_k": 0}}])  # fmt: skip
+    args = [*_demo_args(root, tmp_path), "--data.init_args.batch_size=2", "--data.init_args.samples_per_epoch=16",
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
+            "--trainer.accumulate_grad_batches=2", "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=true",
+            f"--trainer.callbacks={callbacks}", "--model.init_args.evaluate_before_training=false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "vislang.shared", "fit", *args], check=True, cwd=tmp_path, env=env,
+                   timeout=900)  # fmt: skip
+    state = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4

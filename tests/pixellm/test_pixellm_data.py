@@ -30,7 +30,7 @@ def world() -> SyntheticWorld:
 
 def test_muse_dataset_reads_polygons_and_rle(tmp_path, world) -> None:
     path = write_muse(world, tmp_path, "train", indices=range(8), mask_format="mixed")
-    dataset = MuseDataset(path, tmp_path / "images", image_size=64, patch_size=8)
+    dataset = MuseDataset(path, tmp_path / "images", image_size=64, patch_size=8, image_layout="flat")
     assert len(dataset) == sum(len(r["questions"]) for r in json.loads(path.read_text()))
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -46,7 +46,8 @@ def test_muse_dataset_reads_polygons_and_rle(tmp_path, world) -> None:
 
 
 def test_muse_fallback_template_skip_and_coco_url(tmp_path, caplog) -> None:
-    Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "a.jpg")
+    (tmp_path / "train2014").mkdir()  # the released layout: file_name entries under train2014/
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "train2014" / "a.jpg")
     (tmp_path / "val2017").mkdir()
     Image.new("RGB", (30, 20), (10, 200, 10)).save(tmp_path / "val2017" / "000000000042.jpg")
     square = [[0.0, 0.0, 10.0, 0.0, 10.0, 10.0, 0.0, 10.0]]
@@ -58,13 +59,20 @@ def test_muse_fallback_template_skip_and_coco_url(tmp_path, caplog) -> None:
          "answers": [targets, targets], "text_answers": [None, f"only one {SEG_PLACEHOLDER}"]},
         {"coco_url": "http://images.cocodataset.org/val2017/000000000042.jpg", "height": 20, "width": 30,
          "questions": ["and here?"], "answers": [targets]},
+        {"file_name": "a.jpg", "height": 20, "width": 30,  # no questions: one category-name question per category
+         "ann_list": [{**targets[0], "category_id": 1}, {**targets[1], "category_id": 2},
+                      {"segmentation": square, "category_name": "cat", "category_id": 1}]},
     ]  # fmt: skip
     path = tmp_path / "muse_val.json"
     path.write_text(json.dumps(records))
     with caplog.at_level(logging.WARNING):
         dataset = MuseDataset(path, tmp_path, image_size=32, patch_size=8)
     assert dataset.skipped == 1 and "skipped 1" in caplog.text  # {seg} count != targets
-    assert len(dataset) == 2
+    assert len(dataset) == 4
+    cats, dogs = dataset[2], dataset[3]
+    assert cats["question"] == "Can you segment the cat in this image?" and cats["masks"].shape[0] == 2
+    assert cats["answer"] == f"the left cat {SEG_PLACEHOLDER} and cat {SEG_PLACEHOLDER}."
+    assert dogs["question"] == "Can you segment the dog in this image?" and dogs["masks"].shape[0] == 1
     first = dataset[0]
     assert first["answer"] == f"the left cat {SEG_PLACEHOLDER} and dog {SEG_PLACEHOLDER}."
     assert int(first["masks"][0].sum()) == 100 and bool(first["masks"][1].all())
@@ -77,7 +85,7 @@ def test_muse_fallback_template_skip_and_coco_url(tmp_path, caplog) -> None:
 
 def test_missing_image_is_skipped_and_counted(tmp_path, world) -> None:
     path = write_muse(world, tmp_path, "train", indices=range(6))
-    dataset = MuseDataset(path, tmp_path / "images", image_size=48, patch_size=8)
+    dataset = MuseDataset(path, tmp_path / "images", image_size=48, patch_size=8, image_layout="flat")
     first = dataset.records[dataset.items[0]["record"]]
     (tmp_path / "images" / first["file_name"]).unlink()
     robust = RobustDataset(dataset, max_failure_fraction=0.9)
@@ -104,8 +112,26 @@ def test_refer_dataset(tmp_path) -> None:
     assert sample["question"].startswith("Can you segment the ")
 
 
+def test_refer_training_packs_up_to_three_expressions_and_refclef_has_its_folder(tmp_path) -> None:
+    world = SyntheticWorld(seed=5, image_size=40)
+    write_refer(world, tmp_path, counts={"train": 3, "val": 1})
+    single = ReferDataset(tmp_path, "refcoco", "unc", "train", image_size=40, patch_size=8)
+    packed = ReferDataset(tmp_path, "refcoco", "unc", "train", image_size=40, patch_size=8, expressions_per_question=3)
+    assert sum(len(i["segs"]) for i in packed.items) == len(single) and max(len(i["segs"]) for i in packed.items) == 3
+    item = next(i for i in packed.items if len(i["segs"]) == 3)
+    sample = packed[packed.items.index(item)]
+    assert sample["answer"].count(SEG_PLACEHOLDER) == 3 and sample["masks"].shape[0] == 3
+    assert " and " in sample["question"] and sample["answer"].endswith(f"is {SEG_PLACEHOLDER}.")
+    # refclef images live in images/saiapr_tc-12 (the released refer_seg_dataset.py), not in mscoco
+    (tmp_path / "refclef").mkdir()
+    for name in ("refs(unc).p", "instances.json"):
+        (tmp_path / "refclef" / name).write_bytes((tmp_path / "refcoco" / name).read_bytes())
+    refclef = ReferDataset(tmp_path, "refclef", "unc", "val", image_size=40, patch_size=8)
+    assert refclef.image_dir == tmp_path / "images" / "saiapr_tc-12"
+
+
 def test_missing_dataset_names_the_path(tmp_path) -> None:
-    dm = PixelLMDataModule(muse_root=str(tmp_path), image_size=64, patch_size=8)
+    dm = PixelLMDataModule(muse_root=str(tmp_path), image_size=64, patch_size=8, muse_image_layout="flat")
     with pytest.raises(FileNotFoundError, match=r"muse_train\.json"):
         dm.setup("fit")
     with pytest.raises(FileNotFoundError, match=r"refs\(umd\)\.p"):

@@ -8,9 +8,9 @@ strings; `vislang.pixellm.module.PixelLMModule` owns the tokenizer and renders `
 Layouts (`root` = the directory given in the config):
 
     MUSE:   {muse_root}/muse_train.json, muse_val.json, muse_test_less.json, muse_test_many.json
-            {muse_root}/{image_dir}/<file_name>     (or <train2017|val2017>/<name> for `coco_url` entries)
+            {muse_root}/{image_dir}/train2014/<file_name>  (or <train2017|val2017>/<name> for `coco_url` entries)
     refer:  {refer_root}/{dataset}/refs({split_by}).p, {refer_root}/{dataset}/instances.json
-            {refer_root}/images/mscoco/images/train2014/<file_name>
+            {refer_root}/images/mscoco/images/train2014/<file_name>   (refclef: images/saiapr_tc-12/<file_name>)
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 NORMALISATION = {"sam": (SAM_MEAN, SAM_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 """The released code normalises CLIP's input with SAM's (ImageNet) statistics; `clip` uses CLIP's own."""
 MUSE_QUESTION = "{question} Please respond with segmentation mask."
+CATEGORY_QUESTION = "Can you segment the {class_name} in this image?"
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -142,9 +143,10 @@ class MuseDataset(_SegmentationDataset):
     def __init__(
         self, json_path: str | Path, image_root: str | Path, image_size: int, patch_size: int,
         normalisation: str = "sam", name: str | None = None, question_template: str = MUSE_QUESTION,
+        image_layout: Literal["official", "flat"] = "official",
     ) -> None:  # fmt: skip
         super().__init__(image_size, patch_size, normalisation)
-        json_path, self.image_root = Path(json_path), Path(image_root)
+        json_path, self.image_root, self.image_layout = Path(json_path), Path(image_root), image_layout
         self.name = name or json_path.stem
         if not json_path.is_file():
             raise FileNotFoundError(f"MUSE file not found: {json_path} (expected a MUSE JSON list of images)")
@@ -153,11 +155,13 @@ class MuseDataset(_SegmentationDataset):
             raise ValueError(f"{json_path}: expected a JSON list of per-image dicts")
         self.skipped = 0
         for number, record in enumerate(records):
-            for key in ("questions", "answers"):
-                if key not in record:
-                    raise ValueError(f"{json_path}: image entry {number} has no {key!r}")
             if "file_name" not in record and "coco_url" not in record:
                 raise ValueError(f"{json_path}: image entry {number} has neither 'file_name' nor 'coco_url'")
+            if "questions" not in record:  # the released loader asks category-name questions for these
+                self._category_questions(number, record, json_path)
+                continue
+            if "answers" not in record:
+                raise ValueError(f"{json_path}: image entry {number} has 'questions' but no 'answers'")
             texts = record.get("text_answers")
             for q, (question, targets) in enumerate(zip(record["questions"], record["answers"], strict=True)):
                 answer = texts[q] if texts and q < len(texts) and texts[q] else _composed_answer(targets)
@@ -172,10 +176,27 @@ class MuseDataset(_SegmentationDataset):
                 "%s: skipped %d questions whose {seg} count differs from their targets", json_path, self.skipped
             )
 
+    def _category_questions(self, number: int, record: dict[str, Any], json_path: Path) -> None:
+        """An image without `questions`: one question per category of its `ann_list` ("Can you segment the
+        {category} in this image?"), its targets every instance of that category (released loader)."""
+        anns = record.get("ann_list")
+        if not anns:
+            raise ValueError(f"{json_path}: image entry {number} has neither 'questions' nor a non-empty 'ann_list'")
+        by_category: dict[Any, list[dict[str, Any]]] = {}
+        for ann in anns:
+            by_category.setdefault(ann.get("category_id", ann.get("category_name")), []).append(ann)
+        for targets in by_category.values():
+            name = targets[0].get("category_name", "object")
+            answer = _composed_answer([{"category_name": t.get("rephrased_name") or name} for t in targets])
+            self.items.append({"record": number, "question": CATEGORY_QUESTION.format(class_name=name),
+                               "answer": answer, "segs": [t["segmentation"] for t in targets]})  # fmt: skip
+
     def image_path(self, record: dict[str, Any]) -> Path:
-        """`file_name` under the image root, or a `coco_url`'s train2017/val2017 folder and name."""
+        """`file_name` under `<image root>/train2014` (official layout) or the image root (`flat`), or a
+        `coco_url`'s train2017/val2017 folder and name."""
         if "file_name" in record:
-            return self.image_root / record["file_name"]
+            folder = self.image_root / "train2014" if self.image_layout == "official" else self.image_root
+            return folder / record["file_name"]
         url = record["coco_url"]
         folder = "train2017" if "train2017" in url else "val2017"
         return self.image_root / folder / url.rsplit("/", 1)[-1]
@@ -203,16 +224,28 @@ class _RefsUnpickler(pickle.Unpickler):
 
 REFER_QUESTION = "Can you segment the {sent} in this image?"
 REFER_ANSWER = f"It is {SEG_PLACEHOLDER}."
+REFER_IMAGE_DIRS = {"refclef": "images/saiapr_tc-12"}
+"""Image folder per refer dataset under the refer root (released `refer_seg_dataset.py`); others: mscoco train2014."""
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class ReferDataset(_SegmentationDataset):
-    """refCOCO/+/g in the refer layout; one item per referring sentence, one target (LISA's templates)."""
+    """refCOCO/+/g and refclef in the refer layout.
+
+    One item per question. With `expressions_per_question: 1` (evaluation, LISA's protocol) a question is one
+    referring sentence with one target; with up to 3 (training, released `num_classes_per_question=3`) an
+    image's sentences are packed in order into questions of up to that many, "Can you segment the A, B and C
+    in this image?" -> "A is {seg}, B is {seg} and C is {seg}.".
+    """
 
     matching = "ordered"
 
     def __init__(
         self, root: str | Path, dataset: str, split_by: str, split: str, image_size: int, patch_size: int,
-        normalisation: str = "sam",
+        normalisation: str = "sam", expressions_per_question: int = 1,
     ) -> None:  # fmt: skip
         super().__init__(image_size, patch_size, normalisation)
         root = Path(root)
@@ -227,20 +260,30 @@ class ReferDataset(_SegmentationDataset):
         instances = json.loads(inst_path.read_text())
         anns = {a["id"]: a for a in instances["annotations"]}
         images = {i["id"]: i for i in instances["images"]}
-        self.image_dir = root / "images" / "mscoco" / "images" / "train2014"
+        self.image_dir = root / REFER_IMAGE_DIRS.get(dataset, "images/mscoco/images/train2014")
+        per_image: dict[int, list[tuple[str, Any]]] = {}
         for ref in refs:
             if ref["split"] != split:
                 continue
-            image = images[ref["image_id"]]
             for sentence in ref["sentences"]:
-                self.items.append({"file_name": image["file_name"], "question": REFER_QUESTION.format(sent=sentence["sent"]),
-                                   "segs": [anns[ref["ann_id"]]["segmentation"]]})  # fmt: skip
+                per_image.setdefault(ref["image_id"], []).append(
+                    (sentence["sent"], anns[ref["ann_id"]]["segmentation"])
+                )
+        for image_id, pairs in per_image.items():
+            for start in range(0, len(pairs), expressions_per_question):
+                chunk = pairs[start : start + expressions_per_question]
+                sents = [sent for sent, _ in chunk]
+                answer = REFER_ANSWER if len(chunk) == 1 else _join([f"{t} is {SEG_PLACEHOLDER}" for t in sents]) + "."
+                self.items.append({"file_name": images[image_id]["file_name"], "image_id": image_id,
+                                   "question": REFER_QUESTION.format(sent=_join(sents)), "answer": answer,
+                                   "segs": [seg for _, seg in chunk]})  # fmt: skip
         if not self.items:
             raise ValueError(f"{refs_path}: no refs in split {split!r}")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        return self._sample(index, self.image_dir / item["file_name"], item["question"], REFER_ANSWER, item["segs"])
+        return self._sample(index, self.image_dir / item["file_name"], item["question"], item["answer"], item["segs"],
+                            image_id=item["image_id"])  # fmt: skip
 
 
 class LlavaInstructDataset(_SegmentationDataset):
@@ -300,15 +343,23 @@ class PixelLMDataModule(LightningDataModule):
 
     Args:
         muse_root: directory with the MUSE JSONs and images (None: no MUSE).
-        muse_image_dir: image folder under `muse_root` (`file_name` is relative to it).
+        muse_image_dir: image folder, relative to `muse_root` (or absolute): the released layout keeps COCO
+            under `refer_seg/images/mscoco/images` with `train2014/`, `train2017/`, `val2017/` in it.
+        muse_image_layout: `official`: `file_name` entries under `<muse_image_dir>/train2014/`; `flat`: directly
+            under `muse_image_dir` (the synthetic writer's). `coco_url` entries: `<muse_image_dir>/<train2017|val2017>/`.
         muse_train / muse_val / muse_test: JSON file names under `muse_root` (test: few- and many-target).
         refer_root: refer layout root (None: no refCOCO).
         refer_train: `dataset|split_by` sets to train on, e.g. `refcoco|unc`, `refcocog|umd`.
-        refer_val / refer_test: `dataset|split_by|split` sets to evaluate.
+        refer_val / refer_test: `dataset|split_by|split` sets to evaluate (one expression per question).
+        refer_expressions_per_question: training questions pack up to this many referring expressions of one
+            image (released 3).
         vqa_json / vqa_image_dir: LLaVA-Instruct-150K JSON and its COCO train2017 images (None: no VQA).
         sample_rates: training mixture weights per source (`muse`, `refer`, `vqa`); the paper mixes
             sem_seg 2 : refer_seg 9 : vqa 2 : MUSE 4 (semantic-segmentation sets are not implemented here).
-        samples_per_epoch: training items drawn per epoch (None: the sum of the sources' sizes).
+        samples_per_epoch: training items each process (GPU) draws per epoch, the released meaning (its
+            `samples_per_epoch` is the global count, bs x accumulation x steps x world size, split by the
+            distributed sampler): the sampler draws this many times the world size, and Lightning's sampler
+            wrapper gives each rank its share. None: the sum of the sources' sizes, per process.
         synthetic_images: if > 0 and `muse_root` has no `muse_train`, write the synthetic world there as
             MUSE first (train: this many scenes; val: a tenth).
         synthetic_image_size: side of the synthetic scenes.
@@ -321,6 +372,7 @@ class PixelLMDataModule(LightningDataModule):
         self,
         muse_root: str | None = None,
         muse_image_dir: str = "images",
+        muse_image_layout: Literal["official", "flat"] = "official",
         muse_train: str | None = "muse_train.json",
         muse_val: list[str] | None = None,
         muse_test: list[str] | None = None,
@@ -328,6 +380,7 @@ class PixelLMDataModule(LightningDataModule):
         refer_train: list[str] | None = None,
         refer_val: list[str] | None = None,
         refer_test: list[str] | None = None,
+        refer_expressions_per_question: int = 3,
         vqa_json: str | None = None,
         vqa_image_dir: str | None = None,
         sample_rates: dict[str, float] | None = None,
@@ -373,7 +426,8 @@ class PixelLMDataModule(LightningDataModule):
 
     def _muse(self, name: str) -> MuseDataset:
         root = Path(self.hparams.muse_root)
-        return MuseDataset(root / name, root / self.hparams.muse_image_dir, **self._kw())
+        return MuseDataset(root / name, root / self.hparams.muse_image_dir, image_layout=self.hparams.muse_image_layout,
+                           **self._kw())  # fmt: skip
 
     def _refer(self, spec: str) -> ReferDataset:
         parts = spec.split("|")
@@ -391,7 +445,8 @@ class PixelLMDataModule(LightningDataModule):
                 weights += [self.sample_rates["muse"] / max(len(muse), 1)] * len(muse)
             for spec in (hp.refer_train or []) if hp.refer_root else []:
                 dataset, split_by = spec.split("|")
-                refer = ReferDataset(hp.refer_root, dataset, split_by, "train", **self._kw())
+                refer = ReferDataset(hp.refer_root, dataset, split_by, "train",
+                                     expressions_per_question=hp.refer_expressions_per_question, **self._kw())  # fmt: skip
                 sources.append(refer)
                 count = sum(1 for _ in refer.items)
                 weights += [self.sample_rates["refer"] / len(hp.refer_train) / count] * count
@@ -432,8 +487,9 @@ class PixelLMDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         hp = self.hparams
         sampler = None
-        if train:
-            total = hp.samples_per_epoch or len(dataset)
+        if train:  # per process: Lightning's DistributedSamplerWrapper splits the draws across the ranks
+            world = self.trainer.world_size if self.trainer is not None else 1
+            total = (hp.samples_per_epoch or len(dataset)) * world
             sampler = WeightedRandomSampler(self.weights, num_samples=total, replacement=True)
         return DataLoader(dataset, batch_size=hp.batch_size if train else hp.eval_batch_size, sampler=sampler,
                           shuffle=False, num_workers=hp.num_workers, collate_fn=collate_with_failures(collate),
