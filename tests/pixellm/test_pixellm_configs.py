@@ -16,6 +16,7 @@ from PIL import Image
 from vislang.pixellm.module import write_overlay_png
 from vislang.shared.cli import build_cli
 
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {c.stem: c for c in (Path(__file__).resolve().parents[2] / "packages" / "pixellm" / "configs").glob("*.yaml")}
 
 
@@ -118,9 +119,10 @@ def test_samples_per_epoch_is_per_process_under_two_process_ddp(tmp_path: Path) 
     callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                              "init_args": {"dirpath": str(ckpt), "save_last": True, "save_top_k": 0}}])  # fmt: skip
     args = [*_demo_args(root, tmp_path), "--data.init_args.batch_size=2", "--data.init_args.samples_per_epoch=16",
-            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.max_epochs=1",
             "--trainer.accumulate_grad_batches=2", "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=true",
-            f"--trainer.callbacks={callbacks}", "--model.init_args.evaluate_before_training=false"]  # fmt: skip
+            f"--trainer.callbacks={callbacks}", "--model.init_args.evaluate_before_training=false",
+            f"--model.init_args.tokenizer={REPO / 'shared/src/vislang/shared/assets/synthetic_wordpiece'}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "vislang.shared", "fit", *args], check=True, cwd=tmp_path, env=env,
                    timeout=900)  # fmt: skip

@@ -15,12 +15,20 @@ from vislang.pixellm.data import (
     MuseDataset,
     PixelLMDataModule,
     ReferDataset,
+    SemSegDataset,
     collate,
     preprocess_image,
 )
 from vislang.shared.data.robust import RobustDataset
 from vislang.shared.data.synthetic import SEG_PLACEHOLDER, SyntheticWorld
-from vislang.shared.data.synthetic.segmentation_writers import write_muse, write_refer
+from vislang.shared.data.synthetic.segmentation_writers import (
+    write_ade20k,
+    write_cocostuff,
+    write_muse,
+    write_paco_lvis,
+    write_pascal_part,
+    write_refer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +168,49 @@ def test_llava_instruct_and_the_training_mixture(tmp_path, world) -> None:
     muse_items = len(dm.train_set) - 1
     # per-source rates split evenly over each source's items: the sources' total weights are 4 : 2
     assert sum(dm.weights[:muse_items]) == pytest.approx(4.0) and dm.weights[-1] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("source", ["ade20k", "cocostuff", "pascal_part", "paco_lvis"])
+def test_semantic_segmentation_sources_in_their_layouts(tmp_path, source) -> None:
+    """The released mix's sem_seg sources, written by the synthetic writers in the real layouts and read back:
+    up to 3 classes (or part instances) per question, one mask each, matching the written labels."""
+    world = SyntheticWorld(seed=3, image_size=40)
+    writer = {"ade20k": write_ade20k, "cocostuff": write_cocostuff, "pascal_part": write_pascal_part,
+              "paco_lvis": write_paco_lvis}[source]  # fmt: skip
+    writer(world, tmp_path, "train", indices=range(4))
+    dataset = SemSegDataset(tmp_path, source, image_size=40, patch_size=8, seed=0)
+    assert len(dataset) == 4
+    sample = dataset[0]
+    k = sample["masks"].shape[0]
+    assert 1 <= k <= 3 and sample["answer"].count(SEG_PLACEHOLDER) == k
+    assert sample["question"].startswith("Can you segment the ") and sample["masks"].shape[1:] == (40, 40)
+    assert all(bool(m.any()) for m in sample["masks"])
+    scene = world.scene(0)
+    union = np.zeros((40, 40), dtype=bool)
+    for inst in scene.instances:
+        union |= inst.mask
+    assert not bool((sample["masks"].any(0).numpy() & ~union).any())  # every mask lies on the scene's shapes
+    if source in ("ade20k", "cocostuff"):  # whole classes: a mask is all pixels of its shape
+        for m in sample["masks"].numpy():
+            shapes = {inst.shape for inst in scene.instances if (inst.mask & m).any()}
+            assert len(shapes) == 1
+            expected = np.zeros_like(m)
+            for inst in scene.instances:
+                if inst.shape in shapes:
+                    expected |= inst.mask
+            assert np.array_equal(m, expected)
+    else:  # parts are named "object part"; PACO-LVIS also has whole objects
+        assert "half" in sample["question"] or source == "paco_lvis"
+
+
+def test_sem_seg_joins_the_training_mix_with_the_released_rates(tmp_path) -> None:
+    world = SyntheticWorld(seed=3, image_size=40)
+    write_ade20k(world, tmp_path, "train", indices=range(3))
+    write_muse(world, tmp_path / "muse", "train", indices=range(6))
+    dm = PixelLMDataModule(muse_root=str(tmp_path / "muse"), muse_image_layout="flat", sem_seg_root=str(tmp_path),
+                           sem_seg_sources=["ade20k"], muse_val=[], image_size=40, patch_size=8, num_workers=0)  # fmt: skip
+    assert dm.sample_rates == {"sem_seg": 2.0, "refer": 9.0, "vqa": 2.0, "muse": 4.0}
+    dm.setup("fit")
+    sem_weight = sum(dm.weights[-3:])  # the ade20k items come after MUSE's
+    muse_weight = sum(dm.weights[:-3])
+    assert sem_weight == pytest.approx(2.0) and muse_weight == pytest.approx(4.0)

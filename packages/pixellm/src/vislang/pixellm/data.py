@@ -41,6 +41,7 @@ __all__ = [
     "MuseDataset",
     "PixelLMDataModule",
     "ReferDataset",
+    "SemSegDataset",
     "collate",
     "decode_segmentation",
     "load_image",
@@ -85,7 +86,10 @@ def preprocess_image(
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """COCO polygons (list of lists), uncompressed RLE (`counts` list) or compressed RLE -> (H, W) bool."""
+    """COCO polygons (list of lists), uncompressed RLE (`counts` list), compressed RLE or a ready (H, W) array
+    (label-map classes) -> (H, W) bool."""
+    if isinstance(segmentation, np.ndarray):
+        return segmentation.astype(bool)
     if isinstance(segmentation, list):
         if not segmentation:
             return np.zeros((height, width), dtype=bool)
@@ -272,11 +276,9 @@ class ReferDataset(_SegmentationDataset):
         for image_id, pairs in per_image.items():
             for start in range(0, len(pairs), expressions_per_question):
                 chunk = pairs[start : start + expressions_per_question]
-                sents = [sent for sent, _ in chunk]
-                answer = REFER_ANSWER if len(chunk) == 1 else _join([f"{t} is {SEG_PLACEHOLDER}" for t in sents]) + "."
+                question, answer = _multi_target_qa([sent for sent, _ in chunk])
                 self.items.append({"file_name": images[image_id]["file_name"], "image_id": image_id,
-                                   "question": REFER_QUESTION.format(sent=_join(sents)), "answer": answer,
-                                   "segs": [seg for _, seg in chunk]})  # fmt: skip
+                                   "question": question, "answer": answer, "segs": [seg for _, seg in chunk]})  # fmt: skip
         if not self.items:
             raise ValueError(f"{refs_path}: no refs in split {split!r}")
 
@@ -284,6 +286,116 @@ class ReferDataset(_SegmentationDataset):
         item = self.items[index]
         return self._sample(index, self.image_dir / item["file_name"], item["question"], item["answer"], item["segs"],
                             image_id=item["image_id"])  # fmt: skip
+
+
+def _multi_target_qa(names: Sequence[str]) -> tuple[str, str]:
+    """The released short multi-target templates (first of each list): question and answer for 1-3 names."""
+    question = REFER_QUESTION.format(sent=_join(list(names)))
+    answer = REFER_ANSWER if len(names) == 1 else _join([f"{n} is {SEG_PLACEHOLDER}" for n in names]) + "."
+    return question, answer
+
+
+SEM_SEG_SOURCES = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
+
+
+class SemSegDataset(_SegmentationDataset):
+    """The semantic- and part-segmentation sources of the released training mix (`sem_seg_dataset.py`).
+
+    One item per image; each draw picks up to `classes_per_question` of the classes present (label maps) or
+    instances (part datasets) at random, as the released loader does, and asks for them in one question
+    ("Can you segment the A, B and C in this image?"), one mask per class / instance.
+
+    Layouts under `root` (the released `dataset_dir`):
+      ade20k:      ade20k/images/training/*.jpg, ade20k/annotations/training/*.png (0 unlabelled, k + 1 = class
+                   k), class names in ade20k/ade20k_classes.json (the official repository's
+                   `utils/ade20k_classes.json`)
+      cocostuff:   cocostuff/train2017/*.png (class index, 255 unlabelled; classes whose name holds "-" are
+                   ignored as released), images coco/train2017/*.jpg, names cocostuff/cocostuff_classes.txt
+                   (the official `utils/cocostuff_classes.txt`: a header line, then "k: name")
+      paco_lvis:   vlpart/paco/annotations/paco_lvis_v1_train.json (COCO; "object:part" or "object"
+                   categories, "_(...)" suffixes dropped), images coco/<file_name>
+      pascal_part: vlpart/pascal_part/train.json (COCO; "object:part"), images
+                   vlpart/pascal_part/VOCdevkit/VOC2010/JPEGImages/<file_name>
+    A part is named "object part" (the released code draws that or "the part of the object").
+    """
+
+    def __init__(
+        self, root: str | Path, source: str, image_size: int, patch_size: int, normalisation: str = "sam",
+        classes_per_question: int = 3, seed: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__(image_size, patch_size, normalisation)
+        if source not in SEM_SEG_SOURCES:
+            raise ValueError(f"sem_seg source {source!r}: choose from {list(SEM_SEG_SOURCES)}")
+        self.root, self.source, self.name = Path(root), source, source
+        self.classes_per_question = classes_per_question
+        self.rng = np.random.default_rng(seed)
+        getattr(self, f"_init_{source}")()
+        if not self.items:
+            raise ValueError(f"{self.root}: no {source} images found (see SemSegDataset for the layout)")
+
+    @staticmethod
+    def _need(path: Path, what: str) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+        return path
+
+    def _init_ade20k(self) -> None:
+        base = self.root / "ade20k"
+        self.classes = json.loads(self._need(base / "ade20k_classes.json", "ADE20K class names").read_text())
+        images = sorted(self._need(base / "images" / "training", "ADE20K images").glob("*.jpg"))
+        labels = base / "annotations" / "training"
+        self.items = [{"image": p, "label": labels / (p.stem + ".png")} for p in images]
+
+    def _init_cocostuff(self) -> None:
+        names = self._need(self.root / "cocostuff" / "cocostuff_classes.txt", "COCO-Stuff class names")
+        self.classes = [line.strip().split(": ")[-1] for line in names.read_text().splitlines()[1:]]
+        labels = sorted(self._need(self.root / "cocostuff" / "train2017", "COCO-Stuff labels").glob("*.png"))
+        self.items = [{"image": self.root / "coco" / "train2017" / (p.stem + ".jpg"), "label": p} for p in labels]
+
+    def _init_parts(self, json_path: Path, image_dir: Path) -> None:
+        data = json.loads(self._need(json_path, f"{self.source} annotations").read_text())
+        names = {}
+        for cat in data["categories"]:
+            pieces = [piece.split("_(")[0] for piece in cat["name"].strip().split(":")]
+            names[cat["id"]] = " ".join(pieces)  # "object part" or "object"
+        anns: dict[int, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            anns.setdefault(ann["image_id"], []).append(ann)
+        self.items = [{"image": image_dir / image["file_name"], "size": (image["height"], image["width"]),
+                       "anns": [(names[a["category_id"]], a["segmentation"]) for a in anns[image["id"]]]}
+                      for image in data["images"] if anns.get(image["id"])]  # fmt: skip
+
+    def _init_paco_lvis(self) -> None:
+        self._init_parts(self.root / "vlpart" / "paco" / "annotations" / "paco_lvis_v1_train.json", self.root / "coco")
+
+    def _init_pascal_part(self) -> None:
+        base = self.root / "vlpart" / "pascal_part"
+        self._init_parts(base / "train.json", base / "VOCdevkit" / "VOC2010" / "JPEGImages")
+
+    def _pick(self, count: int) -> list[int]:
+        return sorted(self.rng.choice(count, size=min(count, self.classes_per_question), replace=False).tolist())
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        if "anns" in item:
+            chosen = [item["anns"][k] for k in self._pick(len(item["anns"]))]
+            question, answer = _multi_target_qa([name for name, _ in chosen])
+            return self._sample(index, item["image"], question, answer, [seg for _, seg in chosen])
+        try:
+            with Image.open(item["label"]) as label_image:
+                label = np.array(label_image).astype(np.int64)
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+            raise SampleLoadError(item["label"], str(error) or type(error).__name__) from None
+        if self.source == "ade20k":  # 0 = unlabelled; k + 1 = class k
+            label = np.where(label == 0, 255, label - 1)
+        present = [int(c) for c in np.unique(label) if c != 255 and c < len(self.classes)]
+        if self.source == "cocostuff":  # the released loader ignores the "-" classes (e.g. "wall-brick")
+            present = [c for c in present if "-" not in self.classes[c]]
+        if not present:
+            raise SampleLoadError(item["label"], "no labelled class")
+        chosen = [present[k] for k in self._pick(len(present))]
+        question, answer = _multi_target_qa([self.classes[c] for c in chosen])
+        return self._sample(index, item["image"], question, answer, [label == c for c in chosen])
 
 
 class LlavaInstructDataset(_SegmentationDataset):
@@ -353,9 +465,12 @@ class PixelLMDataModule(LightningDataModule):
         refer_val / refer_test: `dataset|split_by|split` sets to evaluate (one expression per question).
         refer_expressions_per_question: training questions pack up to this many referring expressions of one
             image (released 3).
+        sem_seg_root: the released `dataset_dir` holding the semantic-segmentation sources (None: none).
+        sem_seg_sources: which of `ade20k`, `cocostuff`, `pascal_part`, `paco_lvis` (default all four; the
+            released default also lists mapillary, not read here); each is drawn equally often.
         vqa_json / vqa_image_dir: LLaVA-Instruct-150K JSON and its COCO train2017 images (None: no VQA).
-        sample_rates: training mixture weights per source (`muse`, `refer`, `vqa`); the paper mixes
-            sem_seg 2 : refer_seg 9 : vqa 2 : MUSE 4 (semantic-segmentation sets are not implemented here).
+        sample_rates: training mixture weights per source (`sem_seg`, `refer`, `vqa`, `muse`); the released
+            recipe mixes sem_seg 2 : refer_seg 9 : vqa 2 : MUSE 4.
         samples_per_epoch: training items each process (GPU) draws per epoch, the released meaning (its
             `samples_per_epoch` is the global count, bs x accumulation x steps x world size, split by the
             distributed sampler): the sampler draws this many times the world size, and Lightning's sampler
@@ -381,6 +496,8 @@ class PixelLMDataModule(LightningDataModule):
         refer_val: list[str] | None = None,
         refer_test: list[str] | None = None,
         refer_expressions_per_question: int = 3,
+        sem_seg_root: str | None = None,
+        sem_seg_sources: list[str] | None = None,
         vqa_json: str | None = None,
         vqa_image_dir: str | None = None,
         sample_rates: dict[str, float] | None = None,
@@ -400,7 +517,8 @@ class PixelLMDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.muse_val = ["muse_val.json"] if muse_val is None else muse_val
         self.muse_test = ["muse_test_less.json", "muse_test_many.json"] if muse_test is None else muse_test
-        self.sample_rates = {"muse": 4.0, "refer": 9.0, "vqa": 2.0, **(sample_rates or {})}
+        self.sample_rates = {"sem_seg": 2.0, "refer": 9.0, "vqa": 2.0, "muse": 4.0, **(sample_rates or {})}
+        self.sem_seg_sources = list(SEM_SEG_SOURCES) if sem_seg_sources is None else sem_seg_sources
         self.train_set: Dataset | None = None
         self.weights: list[float] = []
         self.val_sets: list[Dataset] = []
@@ -450,13 +568,17 @@ class PixelLMDataModule(LightningDataModule):
                 sources.append(refer)
                 count = sum(1 for _ in refer.items)
                 weights += [self.sample_rates["refer"] / len(hp.refer_train) / count] * count
+            for source in self.sem_seg_sources if hp.sem_seg_root else []:  # each source equally likely (released)
+                sem = SemSegDataset(hp.sem_seg_root, source, seed=hp.synthetic_seed, **self._kw())
+                sources.append(sem)
+                weights += [self.sample_rates["sem_seg"] / len(self.sem_seg_sources) / len(sem)] * len(sem)
             if hp.vqa_json:
                 vqa = LlavaInstructDataset(hp.vqa_json, hp.vqa_image_dir or ".", **self._kw())
                 sources.append(vqa)
                 weights += [self.sample_rates["vqa"] / max(len(vqa), 1)] * len(vqa)
             if not sources:
                 raise ValueError(
-                    "no training data: set muse_root (with muse_train), refer_root with refer_train, or vqa_json"
+                    "no training data: set muse_root (with muse_train), refer_root with refer_train, sem_seg_root or vqa_json"
                 )
             self.train_set = RobustDataset(ConcatDataset(sources))
             self.weights = weights

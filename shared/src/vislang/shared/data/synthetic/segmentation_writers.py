@@ -7,7 +7,19 @@ writer              layout under ``out_dir``
                     ``file_name`` is ``{split}/{image_id:012d}.png``, relative to ``images/``
 ``write_refer``     ``images/mscoco/images/train2014/COCO_train2014_{image_id:012d}.png``;
                     ``{dataset}/instances.json`` (COCO instances, polygons); ``{dataset}/refs({split_by}).p``
+``write_ade20k``    ``ade20k/images/training/{id}.jpg``, ``ade20k/annotations/training/{id}.png`` (uint8: 0 =
+                    unlabelled, k + 1 = class k), ``ade20k/ade20k_classes.json`` (the class-name list)
+``write_cocostuff`` ``coco/train2017/{id}.jpg``, ``cocostuff/train2017/{id}.png`` (class index, 255 =
+                    unlabelled), ``cocostuff/cocostuff_classes.txt`` (a header line, then ``k: name``)
+``write_paco_lvis`` ``coco/train2017/{id}.jpg``, ``vlpart/paco/annotations/paco_lvis_v1_train.json`` (COCO
+                    instances; categories ``object`` and ``object:part``; ``file_name`` ``train2017/{id}.jpg``)
+``write_pascal_part`` ``vlpart/pascal_part/VOCdevkit/VOC2010/JPEGImages/{id}.jpg``,
+                    ``vlpart/pascal_part/train.json`` (COCO instances; categories ``object:part``)
 ==================  ==========================================================================================
+
+The four semantic-segmentation layouts are those PixelLM's (and LISA's) ``sem_seg_dataset.py`` reads under
+its ``dataset_dir``. Their classes here are the world's shapes; the parts of PACO-LVIS and PASCAL-Part are
+each instance's upper and lower half.
 
 MUSE (PixelLM's benchmark) is a list of per-image dicts: ``file_name``, ``height``, ``width``, ``ann_list``
 (every instance), ``questions``, ``answers`` (per question, its target instances in answer order) and
@@ -31,8 +43,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
-from vislang.shared.data.synthetic.world import SyntheticWorld
+from vislang.shared.data.synthetic.world import SHAPES, SyntheticWorld
 from vislang.shared.data.synthetic.writers import (
     SPLIT_OFFSETS,
     _resolve_indices,
@@ -42,7 +55,15 @@ from vislang.shared.data.synthetic.writers import (
     write_scene_images,
 )
 
-__all__ = ["mask_to_polygons", "write_muse", "write_refer"]
+__all__ = [
+    "mask_to_polygons",
+    "write_ade20k",
+    "write_cocostuff",
+    "write_muse",
+    "write_paco_lvis",
+    "write_pascal_part",
+    "write_refer",
+]
 
 MaskFormat = Literal["polygon", "rle", "mixed"]
 
@@ -188,3 +209,107 @@ def write_scene_images_as(world: SyntheticWorld, image_dir: Path, index: int, na
     """Save one scene under an explicit file name (refer's ``COCO_train2014_...`` names)."""
     (_scene, entry), *_ = write_scene_images(world, image_dir, [index])
     (image_dir / entry["file_name"]).replace(image_dir / name)
+
+
+def _semantic_label(scene: Any, offset: int, background: int) -> np.ndarray:
+    """Per pixel the class index (+ ``offset``) of the front-most instance, ``background`` elsewhere."""
+    label = np.full(scene.image.shape[:2], background, dtype=np.uint8)
+    for inst in sorted(scene.instances, key=lambda i: i.depth):  # bottom to top: visible masks, nearer last
+        label[inst.mask] = SHAPES.index(inst.shape) + offset
+    return label
+
+
+def _scenes(world: SyntheticWorld, split: str, indices: Iterable[int] | None) -> list[Any]:
+    return [world.scene(index) for index in _resolve_indices(world, split, indices)]
+
+
+def _save_jpg(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="JPEG", quality=95)
+
+
+def _save_png(label: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label).save(path, format="PNG")
+
+
+def write_ade20k(
+    world: SyntheticWorld, out_dir: str | os.PathLike[str], split: str = "train", indices: Iterable[int] | None = None
+) -> Path:
+    """ADE20K's training layout (label 0 = unlabelled, k + 1 = class k); returns ``out_dir/ade20k``."""
+    root = Path(out_dir) / "ade20k"
+    for scene in _scenes(world, split, indices):
+        name = f"ADE_train_{scene.image_id:08d}"
+        _save_jpg(scene.image, root / "images" / "training" / f"{name}.jpg")
+        _save_png(_semantic_label(scene, 1, 0), root / "annotations" / "training" / f"{name}.png")
+    dump_json(list(SHAPES), root / "ade20k_classes.json")
+    return root
+
+
+def write_cocostuff(
+    world: SyntheticWorld, out_dir: str | os.PathLike[str], split: str = "train", indices: Iterable[int] | None = None
+) -> Path:
+    """COCO-Stuff's label PNGs (class index, 255 unlabelled) beside COCO's images; returns ``out_dir/cocostuff``."""
+    root = Path(out_dir)
+    for scene in _scenes(world, split, indices):
+        _save_jpg(scene.image, root / "coco" / "train2017" / f"{scene.image_id:012d}.jpg")
+        _save_png(_semantic_label(scene, 0, 255), root / "cocostuff" / "train2017" / f"{scene.image_id:012d}.png")
+    lines = ["0: unlabeled"] + [f"{k}: {name}" for k, name in enumerate(SHAPES)]
+    (root / "cocostuff" / "cocostuff_classes.txt").write_text("\n".join(lines) + "\n")
+    return root / "cocostuff"
+
+
+def _part_dataset(scenes: list[Any], with_objects: bool, file_prefix: str) -> dict[str, Any]:
+    """COCO instances whose categories are ``object:part`` (upper / lower half of each instance) and, with
+    ``with_objects``, the plain objects too (PACO-LVIS has both)."""
+    parts = ("upper half", "lower half")
+    categories = [{"id": k + 1, "name": f"{shape}:{part}"} for k, (shape, part) in
+                  enumerate((s, p) for s in SHAPES for p in parts)]  # fmt: skip
+    if with_objects:
+        categories += [{"id": len(categories) + k + 1, "name": shape} for k, shape in enumerate(SHAPES)]
+    by_name = {c["name"]: c["id"] for c in categories}
+    images, annotations = [], []
+    for scene in scenes:
+        images.append({"id": scene.image_id, "file_name": f"{file_prefix}{scene.image_id:012d}.jpg",
+                       "height": scene.height, "width": scene.width})  # fmt: skip
+        for k, inst in enumerate(scene.instances):
+            rows = np.nonzero(inst.mask.any(1))[0]
+            middle = (rows[0] + rows[-1] + 1) // 2
+            halves = [inst.mask.copy(), inst.mask.copy()]
+            halves[0][middle:], halves[1][:middle] = False, False
+            named = [(f"{inst.shape}:{parts[0]}", halves[0]), (f"{inst.shape}:{parts[1]}", halves[1])]
+            if with_objects:
+                named.append((inst.shape, inst.mask))
+            for j, (name, mask) in enumerate(named):
+                if not mask.any():
+                    continue
+                ys, xs = np.nonzero(mask)
+                annotations.append({"id": scene.image_id * 1000 + k * 10 + j, "image_id": scene.image_id,
+                                    "category_id": by_name[name], "segmentation": mask_to_polygons(mask),
+                                    "area": float(mask.sum()), "iscrowd": 0,
+                                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                             float(ys.max() - ys.min() + 1)]})  # fmt: skip
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_paco_lvis(
+    world: SyntheticWorld, out_dir: str | os.PathLike[str], split: str = "train", indices: Iterable[int] | None = None
+) -> Path:
+    """PACO-LVIS: COCO images + ``vlpart/paco/annotations/paco_lvis_v1_train.json``; returns the JSON path."""
+    root = Path(out_dir)
+    scenes = _scenes(world, split, indices)
+    for scene in scenes:
+        _save_jpg(scene.image, root / "coco" / "train2017" / f"{scene.image_id:012d}.jpg")
+    dataset = _part_dataset(scenes, with_objects=True, file_prefix="train2017/")
+    return dump_json(dataset, root / "vlpart" / "paco" / "annotations" / "paco_lvis_v1_train.json")
+
+
+def write_pascal_part(
+    world: SyntheticWorld, out_dir: str | os.PathLike[str], split: str = "train", indices: Iterable[int] | None = None
+) -> Path:
+    """PASCAL-Part: VOC2010 JPEGImages + ``vlpart/pascal_part/train.json``; returns the JSON path."""
+    root = Path(out_dir) / "vlpart" / "pascal_part"
+    scenes = _scenes(world, split, indices)
+    for scene in scenes:
+        _save_jpg(scene.image, root / "VOCdevkit" / "VOC2010" / "JPEGImages" / f"{scene.image_id:012d}.jpg")
+    return dump_json(_part_dataset(scenes, with_objects=False, file_prefix=""), root / "train.json")
