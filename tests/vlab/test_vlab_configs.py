@@ -109,3 +109,30 @@ def test_msrvtt_config_under_two_process_ddp(msrvtt_root: Path, tmp_path: Path, 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "num_visual:     2.00" in result.stdout and "chance/R@1:    50.00" in result.stdout
+
+
+@pytest.mark.slow
+def test_one_empty_video_in_the_qa_split_is_skipped_and_reported_once(tmp_path: Path, monkeypatch) -> None:
+    """The demo config on 130 synthetic videos (104 for training) with one of them emptied: 1 file of 104
+    (under the 1 % limit) costs its captions and QA pairs, never stops the run, and is counted once."""
+    root = tmp_path / "msrvtt"
+    writers.write_msrvtt(SyntheticWorld(seed=3, image_size=32, num_frames=8), root, num_videos=130)
+    first_train = (root / "MSRVTT_train.9k.csv").read_text().splitlines()[1]
+    qa_videos = {
+        f"video{entry['video_id']}" for entry in json.loads((root / "msrvtt_qa" / "train_qa.json").read_text())
+    }
+    assert first_train in qa_videos
+    (root / "videos" / f"{first_train}.mp4").write_bytes(b"")
+    demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
+    tokenizer = demo.parents[3] / "shared/src/vislang/shared/assets/synthetic_wordpiece"
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
+                     "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                     "--trainer.enable_checkpointing=false", f"--model.init_args.decoder_tokenizer={tokenizer}",
+                     "--trainer.callbacks=[vislang.shared.data.robust.LoadFailureMonitor]"])  # fmt: skip
+    assert cli.trainer.current_epoch == 2  # trained to the end
+    # the retrieval pairs and the QA pairs of the empty video: one file, counted once over both tasks and epochs
+    assert cli.trainer.callback_metrics["data/load_failures"].item() == 1
+    for task in ("retrieval", "qa"):
+        dataset = cli.trainer.datamodule._dataset(task, "train")
+        assert dataset.failed_files() == {str(root / "videos" / f"{first_train}.mp4")}

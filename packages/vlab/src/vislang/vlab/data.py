@@ -277,6 +277,10 @@ class VideoTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_file(self, index: int) -> str:
+        """The video an index reads (a video with several QA pairs or captions is one file)."""
+        return str(self.items[index].video)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         sample: dict[str, Any] = {
@@ -302,6 +306,9 @@ class _CaptionPairs(Dataset):
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def sample_file(self, index: int) -> str:
+        return self.inner.sample_file(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.inner[index]

@@ -5,10 +5,13 @@ How the pieces fit:
 
 * A dataset raises `SampleLoadError(path, reason)` (or a subclass such as
   `vislang.shared.data.video.VideoDecodeError`) from ``__getitem__`` when a file cannot be read.
-* `RobustDataset` wraps it: it catches the error, logs it once per file, substitutes the next index
+* `RobustDataset` wraps it: it catches the error, logs it once, marks the sample's *file* as failed
+  (a wrapped dataset that defines ``sample_file(index)`` says which file an index reads: a video with
+  six QA pairs is one file, not six), substitutes the next index whose file is not known to fail
   (deterministic, so a seeded run stays reproducible), and records in the returned sample how many
-  failures it hit while producing it (key `FAILURES_KEY`). Past ``max_failure_fraction`` of the
-  loads it raises `TooManyLoadFailures` naming the first failing files.
+  files newly failed while producing it (key `FAILURES_KEY`). A file that failed is never tried
+  again, in this epoch or the next, so it is counted and reported once. When the failed files exceed
+  ``max_failure_fraction`` of the split's files it raises `TooManyLoadFailures` naming them.
 * `collate_with_failures(collate)` moves those per-sample counts out of the samples (so the
   dataset's own collate never sees the extra key) and into the batch as one integer.
 * `LoadFailureMonitor`, a Lightning callback, sums the batches' counts and logs the running total
@@ -19,9 +22,9 @@ so a counter on the dataset object in the main process never sees their failures
 one channel every worker already sends back to the main process, under every start method, with
 persistent or fresh workers, and under DDP on every rank. The threshold, on the other hand, must be
 checked inside the worker that hits the failures (it has to stop the run even when the model never
-reads the count); it uses a small shared-memory tensor, one row per loader process, so that every
-worker compares the dataset-wide totals with the limit, without locks (each process writes only
-its own row).
+reads the count); the failed files are a shared-memory bool tensor, one entry per file, so that every
+worker sees every other worker's failed files (and never retries them) and compares the split-wide
+count with the limit, without locks (entries only ever go from False to True).
 """
 
 from __future__ import annotations
@@ -81,23 +84,26 @@ class TooManyLoadFailures(RuntimeError):
 
 
 class RobustDataset(Dataset):
-    """Wraps a map-style dataset: samples that raise `SampleLoadError` are logged, counted and
-    replaced by the next index that loads.
+    """Wraps a map-style dataset: samples whose file raises `SampleLoadError` are logged, counted per
+    file and replaced by the next index whose file loads.
 
-    Each returned sample that is a mapping gets ``sample[FAILURES_KEY]``: the number of failures hit
-    while producing it (0 almost always). Other sample types are returned unchanged (they are still
-    skipped, logged and counted towards the limit, but carry no count for the metric).
+    Each returned sample that is a mapping gets ``sample[FAILURES_KEY]``: the number of files that
+    newly failed while producing it (0 almost always; summed over a run, every bad file counts once).
+    Other sample types are returned unchanged (their failures are still skipped, logged and counted
+    towards the limit).
 
-    The limit: loading stops with `TooManyLoadFailures` once the failures exceed
-    ``max_failure_fraction * max(loads, len(dataset))`` where both counts are totals over the main
-    process and all DataLoader workers of this dataset object: during the first epoch that is "more
-    than 1 % of the dataset's files" (by default), afterwards the running failure rate. The message
-    names the first failing files seen by the process that trips it and the total count.
+    Files: if the wrapped dataset has ``sample_file(index) -> str`` (the file an index reads, without
+    reading it), failures are counted per file, a substitute never comes from a file known to fail,
+    and the limit is judged on the number of distinct files. Otherwise every index is its own file.
+
+    The limit: loading stops with `TooManyLoadFailures` as soon as more than
+    ``max_failure_fraction`` of the split's files have failed (1 % by default: one bad video of 160
+    goes on, two stop), whichever process finds them; the message names the first failing files.
 
     Args:
         dataset: the map-style dataset to protect; its ``__getitem__`` raises `SampleLoadError`
             for unreadable files and its other exceptions (bugs) propagate unchanged.
-        max_failure_fraction: the tolerated fraction of failed loads; 0 stops at the first failure.
+        max_failure_fraction: the tolerated fraction of failed files; 0 stops at the first failure.
         show: how many failing files the stopping error names.
     """
 
@@ -107,9 +113,19 @@ class RobustDataset(Dataset):
         self.dataset = dataset
         self.max_failure_fraction = max_failure_fraction
         self.show = show
-        # (loads, failures) per process; shared memory survives fork and spawn alike, and the
-        # totals persist across epochs even when workers are re-created.
-        self._counts = torch.zeros(_MAX_PROCESS_ROWS, 2, dtype=torch.int64).share_memory_()
+        size = len(dataset)  # type: ignore[arg-type]
+        sample_file = getattr(dataset, "sample_file", None)
+        if sample_file is None:
+            self._file_of = torch.arange(size)
+            self._file_names: list[str] | None = None
+        else:
+            ids: dict[str, int] = {}
+            self._file_of = torch.tensor([ids.setdefault(str(sample_file(i)), len(ids)) for i in range(size)])
+            self._file_names = list(ids)
+        self.num_files = int(self._file_of.max()) + 1 if size else 0
+        # shared memory survives fork and spawn alike, and persists across epochs when workers are re-created
+        self._failed_files = torch.zeros(max(self.num_files, 1), dtype=torch.bool).share_memory_()
+        self._loads = torch.zeros(_MAX_PROCESS_ROWS, dtype=torch.int64).share_memory_()  # per process
         self.failed: dict[str, str] = {}  # path -> reason, in order of first failure, this process
 
     def __len__(self) -> int:
@@ -117,19 +133,24 @@ class RobustDataset(Dataset):
 
     def __getattr__(self, name: str) -> Any:
         # read-through to the wrapped dataset (e.g. `items`); guarded for unpickling
-        if name.startswith("__") or name == "dataset":
+        if name.startswith("__") or name in ("dataset", "_file_of", "_file_names", "_failed_files", "_loads"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     @property
     def total_loads(self) -> int:
         """Loads attempted by every process of this dataset so far."""
-        return int(self._counts[:, 0].sum())
+        return int(self._loads.sum())
 
     @property
     def total_failures(self) -> int:
-        """Failed loads (all processes) so far; a file that fails in every epoch counts every time."""
-        return int(self._counts[:, 1].sum())
+        """Files that failed to load (all processes) so far; each counts once however often it is listed."""
+        return int(self._failed_files.sum())
+
+    def failed_files(self) -> set[str]:
+        """The files that failed so far, in every process (indices as `#N` without `sample_file`)."""
+        marked = self._failed_files[: self.num_files].nonzero().flatten().tolist()
+        return {self._file_names[i] if self._file_names is not None else f"#{i}" for i in marked}
 
     def __getitem__(self, index: int) -> Any:
         size = len(self)
@@ -137,12 +158,16 @@ class RobustDataset(Dataset):
         failures = 0
         for attempt in range(size):
             current = (index + attempt) % size  # the next index: deterministic substitution
-            self._counts[row, 0] += 1
+            file = int(self._file_of[current])
+            if self._failed_files[file]:
+                continue  # a file known to fail is never tried again, nor used as a substitute
+            self._loads[row] += 1
             try:
                 sample = self.dataset[current]
             except SampleLoadError as error:
-                failures += 1
-                self._counts[row, 1] += 1
+                if not self._failed_files[file]:
+                    self._failed_files[file] = True
+                    failures += 1
                 self._record(error)
                 continue
             if isinstance(sample, MutableMapping):
@@ -158,18 +183,16 @@ class RobustDataset(Dataset):
         if error.path not in self.failed:
             self.failed[error.path] = error.reason
             log.warning("skipping unreadable sample %s: %s", error.path, error.reason)
-        loads, failures = self.total_loads, self.total_failures
-        allowed = self.max_failure_fraction * max(loads, len(self))
-        if failures > allowed:
-            raise TooManyLoadFailures(self._message(f"more than {self.max_failure_fraction:.2%} of the loads"))
+        if self.total_failures > self.max_failure_fraction * self.num_files:
+            raise TooManyLoadFailures(self._message(f"more than {self.max_failure_fraction:.2%} of the split's files"))
 
     def _message(self, what: str) -> str:
         names = "; ".join(f"{path} ({reason})" for path, reason in list(self.failed.items())[: self.show])
         more = len(self.failed) - self.show
         tail = f"; and {more} more" if more > 0 else ""
         return (
-            f"{self.total_failures} of {self.total_loads} sample loads failed ({what}, dataset of {len(self)}); "
-            f"first failing files: {names}{tail}"
+            f"{self.total_failures} of {self.num_files} files failed to load ({what}); first failing files: "
+            f"{names}{tail}; fix or remove them, or raise max_failure_fraction"
         )
 
 
@@ -229,10 +252,10 @@ def _monitor_class() -> type:
     from lightning.pytorch import Callback, LightningModule, Trainer
 
     class LoadFailureMonitor(Callback):
-        """Logs the running total of skipped training samples as ``data/load_failures`` (and the
-        failures of each validation run as ``data/val_load_failures``, suffixed by Lightning with
-        ``/dataloader_idx_N`` when there are several validation loaders), from the counts that
-        `RobustDataset` puts into every batch.
+        """Logs the running total of training files that failed to load as ``data/load_failures`` (and
+        the validation loader's failed files as ``data/val_load_failures``, suffixed by Lightning with
+        ``/dataloader_idx_N`` when there are several validation loaders): each bad file once, read from
+        the `RobustDataset`s' shared marks (for other datasets, from the counts in the batches).
 
         Args:
             sync_dist: sum the totals over DDP ranks when logging (one all-reduce per step); by default
@@ -242,26 +265,48 @@ def _monitor_class() -> type:
         def __init__(self, sync_dist: bool = False) -> None:
             self.sync_dist = sync_dist
             self.total = 0
+            self._resumed = 0  # the total of the run this one resumes (its datasets' marks are gone)
 
         def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                batch_idx: int) -> None:  # fmt: skip
-            self.total += count_failures(batch)
+            datasets = _robust_datasets(trainer.train_dataloader)
+            if datasets:  # exact: the distinct failed files every worker has marked, once across the tasks
+                self.total = self._resumed + len(set().union(*(d.failed_files() for d in datasets)))
+            else:
+                self.total += count_failures(batch)
             pl_module.log("data/load_failures", float(self.total), on_step=True, on_epoch=False, batch_size=1,
                           sync_dist=self.sync_dist, reduce_fx="sum")  # fmt: skip
 
         def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                     batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-            pl_module.log("data/val_load_failures", float(count_failures(batch)), on_step=False, on_epoch=True,
-                          batch_size=1, sync_dist=self.sync_dist, reduce_fx="sum")  # fmt: skip
+            datasets = _robust_datasets(trainer.val_dataloaders)
+            if len(datasets) > dataloader_idx:  # exact: the loader's distinct failed files so far
+                value, reduce = float(datasets[dataloader_idx].total_failures), "max"
+            else:
+                value, reduce = float(count_failures(batch)), "sum"
+            pl_module.log("data/val_load_failures", value, on_step=False, on_epoch=True, batch_size=1,
+                          sync_dist=self.sync_dist, reduce_fx=reduce)  # fmt: skip
 
         def state_dict(self) -> dict[str, int]:
             return {"total": self.total}
 
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-            self.total = int(state_dict.get("total", 0))
+            self.total = self._resumed = int(state_dict.get("total", 0))
 
     LoadFailureMonitor.__qualname__ = "LoadFailureMonitor"  # importable (and picklable) by its module path
     return LoadFailureMonitor
+
+
+def _robust_datasets(loaders: Any) -> list[RobustDataset]:
+    """The `RobustDataset`s behind a trainer's loaders: a DataLoader, or a list, dict or CombinedLoader of them."""
+    if isinstance(getattr(loaders, "dataset", None), RobustDataset):
+        return [loaders.dataset]
+    nested = getattr(loaders, "flattened", None)
+    if nested is None:
+        nested = (
+            loaders.values() if isinstance(loaders, Mapping) else loaders if isinstance(loaders, list | tuple) else []
+        )
+    return [dataset for item in nested for dataset in _robust_datasets(item)]
 
 
 @functools.cache
