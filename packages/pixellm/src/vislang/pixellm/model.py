@@ -3,7 +3,7 @@
 Read top to bottom it follows the paper's Figure 2:
 
 1. **Vision input** (§3.1): a CLIP ViT at 448 px, position embeddings interpolated from the pretrained grid
-   with the CLS embedding kept at index 0 (`interpolate_clip_position_embeddings`). Images are resized on
+   as the released model was trained (`interpolate_clip_position_embeddings`). Images are resized on
    their longest side and padded bottom-right; padded patches are masked in the ViT's attention and the
    LLM's (`PixelLM.encode_image`, `PixelLM.embed_inputs`).
 2. **LLM** (LLaMA family via transformers, LoRA via peft): sees the image as a bilinearly downsampled
@@ -246,8 +246,9 @@ def interpolate_clip_position_embeddings(
 
     `official` (what the released model was trained with, `clip_encoder.py`): the *last* row is taken as the
     CLS embedding and rows 0..g²-1 (HF's CLS position plus g²-1 patches) as the g x g grid; the interpolated
-    grid comes first and that last row is appended, so CLS is embedded with the grid's top-left entry and each
-    patch with its left neighbour's. `fixed`: HF CLIP's layout, CLS at index 0 and rows 1.. the patch grid.
+    grid comes first and that last row is appended, so (positions being read in order) CLS gets the grid's
+    top-left entry, patch p the grid entry p + 1 in raster order, and the last patch the old last patch's
+    embedding. `fixed`: HF CLIP's layout, CLS at index 0 and rows 1.. the patch grid.
     """
     if layout not in ("official", "fixed"):
         raise ValueError(f"CLIP position layout must be 'official' or 'fixed', got {layout!r}")
