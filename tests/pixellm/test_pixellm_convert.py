@@ -135,3 +135,23 @@ def test_llava_base_and_clip_weights(tmp_path) -> None:
 
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         load_clip_weights(target, tmp_path)
+
+
+def test_clip_weights_by_hub_name_from_the_local_cache(tmp_path, monkeypatch, golden_layout_model) -> None:
+    """`clip_weights: openai/clip-vit-large-patch14-336` resolves through the Hugging Face cache (offline here)."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        (snapshot / name).write_bytes((GOLDEN / "clip" / name).read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model, _ = golden_layout_model()
+    report = load_pixellm_weights(model, GOLDEN / "release", vision_weights="openai/clip-vit-large-patch14-336")
+    assert not report.unexpected and not report.mismatched
+    clip = load_state_dict(GOLDEN / "clip" / "model.safetensors")
+    key = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(model.state_dict()["vision.encoder.layers.0.mlp.fc1.weight"], clip[key])

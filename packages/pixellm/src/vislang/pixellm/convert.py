@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -87,9 +88,27 @@ PIXELLM_RULES: list[tuple[str, str | None]] = [
 _ALLOWED_MISSING = [r".*\.lora_[AB]\..*", r"fusion\..*", r"decoder\.scale_weights"]
 
 
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _from_hub(name: str) -> Path:
+    """The local snapshot of a Hugging Face hub model (e.g. `openai/clip-vit-large-patch14-336`): taken from the
+    cache, downloaded first when the machine is online (safetensors preferred)."""
+    from huggingface_hub import snapshot_download
+
+    for weights in ("*.safetensors", "pytorch_model*.bin"):
+        path = Path(snapshot_download(name, allow_patterns=["*.json", weights]))
+        if any(path.glob(weights)):
+            return path
+    raise FileNotFoundError(f"{name}: the hub snapshot holds no *.safetensors or pytorch_model*.bin")
+
+
 def read_hf_directory(directory: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """All tensors of a Hugging Face model directory (single file or shards; `hf_model/` is looked into)."""
+    """All tensors of a Hugging Face model directory (single file or shards; `hf_model/` is looked into), or of
+    a hub model name such as `openai/clip-vit-large-patch14-336` (from the local cache, or downloaded)."""
     path = Path(directory).expanduser()
+    if not path.exists() and _HUB_NAME.match(str(directory)):
+        path = _from_hub(str(directory))
     if not path.is_dir():
         raise FileNotFoundError(f"weights directory not found: {path}")
     for candidate in (path, path / "hf_model"):
