@@ -59,14 +59,10 @@ def test_paths_recorded_relative_to_the_run_are_found_from_elsewhere(tmp_path: P
 
 
 def test_server_binds_to_this_computer_by_default(tmp_path: Path) -> None:
-    from gradio.utils import _parse_file_size
-
     args = parser().parse_args([])
     assert args.host == "127.0.0.1" and args.pixellm_ckpt is None
     options = launch_options(args, tmp_path)
     assert options["server_name"] == "127.0.0.1" and options["share"] is False and options["ssr_mode"] is False
-    assert _parse_file_size(options["max_file_size"]) == 50 * 1024 * 1024  # what Gradio enforces on uploads
-    assert (
-        _parse_file_size(launch_options(parser().parse_args(["--max-upload-mb", "0.5"]), tmp_path)["max_file_size"])
-        == 2**19
-    )
+    # Gradio takes an int as bytes (a "50.0mb" string is refused by its parser)
+    assert options["max_file_size"] == 50 * 1024 * 1024 and options["allowed_paths"] == [str(tmp_path)]
+    assert launch_options(parser().parse_args(["--max-upload-mb", "0.5"]), tmp_path)["max_file_size"] == 2**19

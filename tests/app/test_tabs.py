@@ -49,17 +49,31 @@ def test_pixellm_tab_overlay_colours_match_the_legend(pixellm_ckpt: Path, scene_
     enlarged = np.asarray(Image.open(result.overlay)).astype(float)
     factor = DISPLAY_MIN_SIDE // 64  # a 64-px image is shown 6x larger, by whole pixels
     assert enlarged.shape == (64 * factor, 64 * factor, 3)
-    overlay = enlarged[::factor, ::factor]
-    assert np.array_equal(np.repeat(np.repeat(overlay, factor, 0), factor, 1), enlarged)
+    blocks = enlarged.reshape(64, factor, 64, factor, 3)
+    original = image.array.astype(float)
     for k, target in enumerate(result.targets):
-        expected = 0.5 * image.array.astype(float) + 0.5 * np.asarray(PALETTE[k], dtype=float)
-        assert np.abs(overlay[masks[k]] - expected[masks[k]]).max() <= 1.0
         assert target.colour == PALETTE[k]
+        colour = np.asarray(PALETTE[k], dtype=float)
+        # inside the mask: the picture blended with the legend colour, alpha 0.5 (centre of each enlarged pixel)
+        inside = masks[k].copy()
+        inside[[0, -1], :] = inside[:, [0, -1]] = False
+        inside[1:] &= masks[k][:-1]
+        inside[:-1] &= masks[k][1:]
+        inside[:, 1:] &= masks[k][:, :-1]
+        inside[:, :-1] &= masks[k][:, 1:]
+        centres = blocks[:, factor // 2, :, factor // 2]
+        assert np.abs(centres[inside] - (0.5 * original[inside] + 0.5 * colour)).max() <= 1.0
+        # the mask's edge: drawn in the pure legend colour, on the enlarged picture
+        edge = masks[k] & ~inside
+        pure = (blocks.transpose(0, 2, 1, 3, 4)[edge] == colour).all(axis=-1)  # (edge pixels, factor, factor)
+        assert (pure.reshape(len(pure), -1).sum(axis=1) >= factor).all()  # a line of it in every edge pixel
+    outside = ~masks.any(0)
+    assert np.array_equal(blocks.transpose(0, 2, 1, 3, 4)[outside], np.broadcast_to(
+        original[outside][:, None, None], (int(outside.sum()), factor, factor, 3)))  # fmt: skip
     assert [t.words for t in result.targets] == ["the red circle", "the blue star"]
     html = result.legend_html()
     for target in result.targets:
         assert f"background:{target.hex}" in html and target.words in html
-    assert np.array_equal(overlay[~masks.any(0)], image.array[~masks.any(0)].astype(float))
 
 
 def test_pixellm_tab_runs_the_model(pixellm_ckpt: Path, scene_image: Path, tmp_path: Path) -> None:

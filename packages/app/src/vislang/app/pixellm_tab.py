@@ -20,7 +20,15 @@ from vislang.app.checkpoints import checkpoint_hparams, resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
 from vislang.pixellm.module import PALETTE, PixelLMModule, write_overlay_png
 
-__all__ = ["DISPLAY_MIN_SIDE", "PixelLMResult", "Target", "answer_phrases", "load_pixellm", "run_pixellm"]
+__all__ = [
+    "DISPLAY_MIN_SIDE",
+    "PixelLMResult",
+    "Target",
+    "answer_phrases",
+    "load_pixellm",
+    "outline_masks",
+    "run_pixellm",
+]
 
 SEG = "[SEG]"
 DISPLAY_MIN_SIDE = 384
@@ -96,6 +104,36 @@ def answer_phrases(answer: str, count: int) -> list[str]:
     return phrases
 
 
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """4-neighbour erosion, `steps` times; pixels on the image border count as edge."""
+    inner = mask.copy()
+    for _ in range(steps):
+        eroded = inner.copy()
+        eroded[0, :] = eroded[-1, :] = eroded[:, 0] = eroded[:, -1] = False
+        eroded[1:] &= inner[:-1]
+        eroded[:-1] &= inner[1:]
+        eroded[:, 1:] &= inner[:, :-1]
+        eroded[:, :-1] &= inner[:, 1:]
+        inner = eroded
+    return inner
+
+
+def outline_masks(overlay: Path, masks: np.ndarray) -> int:
+    """Enlarge a small overlay by whole pixels (nearest) to about `DISPLAY_MIN_SIDE`, then draw each mask's
+    edge in its pure legend colour: the blend alone (mask colour over a coloured shape) can look like
+    another colour, the edge ties the region to its legend swatch. Returns the enlargement factor."""
+    picture = Image.open(overlay).convert("RGB")
+    factor = max(1, DISPLAY_MIN_SIDE // max(picture.size))
+    canvas = np.asarray(picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST))
+    canvas = canvas.copy()
+    width = max(1, factor // 3)  # display pixels; 2 for a 64-px image shown 6x larger
+    for k, mask in enumerate(masks):
+        big = np.repeat(np.repeat(mask, factor, 0), factor, 1)
+        canvas[big & ~_erode(big, width)] = PALETTE[k % len(PALETTE)]
+    Image.fromarray(canvas).save(overlay)
+    return factor
+
+
 def load_pixellm(path: str | Path) -> PixelLMModule:
     """A PixelLM checkpoint for inference on the CPU (no base weights re-read: the checkpoint holds them)."""
     hparams = checkpoint_hparams(path)
@@ -113,10 +151,7 @@ def run_pixellm(model: PixelLMModule, image: CheckedImage, question: str, out_di
     masks = np.asarray(result.masks, dtype=bool).reshape(-1, *image.array.shape[:2])
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay = write_overlay_png(image.array, masks, out_dir / f"pixellm_overlay_{uuid.uuid4().hex[:12]}.png")
-    factor = DISPLAY_MIN_SIDE // max(image.array.shape[:2])
-    if factor > 1:  # a small image is enlarged by whole pixels (nearest), so the masks stay crisp on screen
-        small = Image.open(overlay)
-        small.resize((small.width * factor, small.height * factor), Image.Resampling.NEAREST).save(overlay)
+    outline_masks(overlay, masks)
     words = answer_phrases(result.answer, len(masks))
     targets = [Target(k + 1, PALETTE[k % len(PALETTE)], words[k], float(result.scores[k]), float(masks[k].mean()))
                for k in range(len(masks))]  # fmt: skip

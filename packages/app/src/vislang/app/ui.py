@@ -195,7 +195,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 v_sentence = gr.Textbox(label="Sentence", placeholder="a red circle moves left",
                                         elem_id="vlab-sentence")  # fmt: skip
             v_rank = gr.Button("Rank the videos", variant="primary", elem_id="vlab-run")
-            v_gallery = gr.Gallery(label="Best match first (middle frame, cosine)", columns=6, height="auto",
+            v_gallery = gr.Gallery(label="Best match first (middle frame, cosine)", columns=6, height=260,
                                    elem_id="vlab-gallery")  # fmt: skip
             v_table = gr.Markdown(elem_id="vlab-table")
             with gr.Row():
