@@ -86,10 +86,15 @@ def test_pixellm_tab_runs_the_model(pixellm_ckpt: Path, scene_image: Path, tmp_p
         run_pixellm(model, load_image(scene_image), "  ", tmp_path)
 
 
-def test_pixellm_checkpoint_that_is_not_one_is_refused(tmp_path: Path) -> None:
+def test_a_file_that_is_not_the_tabs_checkpoint_is_refused(tmp_path: Path, cmae_ckpt: Path,
+                                                           pixellm_ckpt: Path) -> None:  # fmt: skip
     (tmp_path / "x.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"x\.ckpt: not a readable Lightning checkpoint"):
         load_pixellm(tmp_path / "x.ckpt")
+    with pytest.raises(ValueError, match="not a PixelLM checkpoint"):
+        load_pixellm(cmae_ckpt)
+    with pytest.raises(ValueError, match="not a VLAB checkpoint"):
+        load_vlab(pixellm_ckpt)
 
 
 # ---- VLAB -------------------------------------------------------------------------------------------

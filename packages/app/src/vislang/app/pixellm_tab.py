@@ -137,6 +137,8 @@ def outline_masks(overlay: Path, masks: np.ndarray) -> int:
 def load_pixellm(path: str | Path) -> PixelLMModule:
     """A PixelLM checkpoint for inference on the CPU (no base weights re-read: the checkpoint holds them)."""
     hparams = checkpoint_hparams(path)
+    if "tokenizer" not in hparams or "max_new_tokens" not in hparams:
+        raise ValueError(f"{path}: not a PixelLM checkpoint (PixelLMModule); pass one to --pixellm-ckpt")
     tokenizer = resolve_relative(hparams.get("tokenizer"), path)
     model = PixelLMModule.load_from_checkpoint(path, map_location="cpu", tokenizer=tokenizer, llava_weights=None,
                                                clip_weights=None, pixellm_weights=None, init_weights=None,

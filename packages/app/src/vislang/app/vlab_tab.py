@@ -53,6 +53,8 @@ class Ranking:
 def load_vlab(path: str | Path) -> VLABModel:
     """A VLAB checkpoint for inference on the CPU (the checkpoint holds CLIP's weights: none re-read)."""
     hparams = checkpoint_hparams(path)
+    if "decoder_tokenizer" not in hparams or "max_answer_tokens" not in hparams:
+        raise ValueError(f"{path}: not a VLAB checkpoint (VLABModule); pass one to --vlab-ckpt")
     data = checkpoint_hparams(path, "datamodule_hyper_parameters")
     tokenizer = resolve_relative(hparams.get("decoder_tokenizer"), path)
     module = VLABModule.load_from_checkpoint(path, map_location="cpu", decoder_tokenizer=tokenizer, clip_weights=None,
