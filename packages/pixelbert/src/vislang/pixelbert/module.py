@@ -23,6 +23,7 @@ class PixelBERTModule(SingleStreamModule):
         sample_per: ``image`` or ``batch`` (ClipBERT's shared indices).
         position_2d: Learned row/column embeddings on pixels (ClipBERT-style code, not the paper).
         neck: ``soho`` (pool, 1x1 conv + BN) or ``clipbert`` (ClipBERT's 3x3 conv, pool, ReLU).
+        neck_relu: ReLU after the ``soho`` neck's BN (default on for Pixel-BERT; see ``build_pixelbert``).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class PixelBERTModule(SingleStreamModule):
         sample_per: Literal["image", "batch"] = "image",
         position_2d: bool = False,
         neck: Literal["soho", "clipbert"] = "soho",
+        neck_relu: bool = True,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, cnn_weights=cnn_weights,
