@@ -48,7 +48,7 @@ def write_config(
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(cwd)}  # modules a test writes into cwd
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -186,3 +186,65 @@ def test_ddp_on_two_cpu_processes_from_the_console_script(tmp_path: Path) -> Non
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+
+
+FAILING_MODEL = """
+from lightning.pytorch.demos.boring_classes import DemoModel
+
+class PresetModel(DemoModel):
+    def __init__(self, preset: str = "tiny", out_dim: int = 2, learning_rate: float = 0.02) -> None:
+        if preset not in ("tiny", "base"):
+            raise ValueError(f"unknown preset {preset!r}; choose one of ['base', 'tiny']")
+        super().__init__(out_dim, learning_rate)
+"""
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """What the run printed about the error (Lightning's INFO lines such as 'Seed set to' aside)."""
+    return [
+        line for line in stderr.splitlines() if line.strip() and not line.startswith(("Seed set", "INFO", "WARNING"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("preset", "tests_preset_model.PresetModel: unknown preset 'tinyy'; choose one of ['base', 'tiny']"),
+        ("corrupt_ckpt", "ckpt_path: cannot read"),
+        ("unsafe_ckpt", "ckpt_path: refusing to load"),
+        ("truncated_ckpt", "ckpt_path: cannot read"),
+    ],
+)
+def test_errors_from_config_values_are_one_line(case: str, expected: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "tests_preset_model.py").write_text(FAILING_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "config.yaml", model="tests_preset_model.PresetModel", max_epochs=1)
+    args = ["fit", "-c", str(config), f"--trainer.default_root_dir={tmp_path}"]
+    checkpoint = tmp_path / "run.ckpt"
+    if case == "preset":
+        args.append("--model.init_args.preset=tinyy")
+    elif case == "corrupt_ckpt":
+        checkpoint.write_bytes(b"not a checkpoint at all")
+    elif case == "unsafe_ckpt":  # a torch.save file whose unpickling would run os.system
+        torch.save({"state_dict": {}, "payload": _Runs()}, checkpoint)
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, checkpoint)
+        checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
+    if case != "preset":
+        args += ["--ckpt_path", str(checkpoint)]
+    with pytest.raises(SystemExit) as stop:
+        build_cli(args)
+    lines = _error_lines(capsys.readouterr().err)
+    assert stop.value.code == 2
+    assert len(lines) <= 2 and expected in lines[0], lines
+    assert "Traceback" not in lines[0] and "weights_only=False" not in lines[0]
+    assert not (tmp_path / "pwned").exists()
+    if case == "preset":  # --debug keeps the exception and its traceback
+        with pytest.raises(ValueError, match="unknown preset 'tinyy'"):
+            build_cli([*args, "--debug"])
+
+
+class _Runs:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))

@@ -35,6 +35,7 @@ __all__ = [
     "StateDictMismatchError",
     "UnsafeCheckpointError",
     "load_into",
+    "load_checkpoint",
     "load_state_dict",
     "load_weights",
     "rename_keys",
@@ -97,6 +98,20 @@ INERT_GLOBALS: tuple[type, ...] = (
 )
 """Globals allowed on top of ``weights_only``'s list: rebuilding them runs no user code, and Lightning
 checkpoints store ``Path``-typed hyper-parameters (data roots, output dirs) as such objects."""
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> object:
+    """The whole object a ``torch.save`` file holds (e.g. a Lightning checkpoint dict), loaded safely.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        UnsafeCheckpointError: If the pickle needs globals outside ``weights_only``'s allow-list.
+        CheckpointError: If the file is corrupt or not a ``torch.save`` file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return _load_pickle(path)
 
 
 def _load_pickle(path: Path) -> object:

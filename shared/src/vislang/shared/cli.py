@@ -13,7 +13,10 @@ Three traps of a plain LightningCLI are closed here (see shared/reference/lightn
   hyper-parameters stored in the checkpoint, silently. Here the config always wins; every value
   that differs from the checkpoint's is named in a warning, so a resume with changed settings is
   deliberate and visible.
-* A parse error (a misspelled key, a wrong type) prints one line naming the key, not a page of usage.
+* A parse error (a misspelled key, a wrong type) prints one line naming the key, not a page of usage;
+  so does an error raised while building the classes from the config (a wrong preset, a corrupt
+  `init_weights`), an unreadable `--ckpt_path` (never with torch's advice to load it unsafely), and a
+  missing or unreadable input met during the run. `--debug` anywhere on the line keeps the traceback.
 * Before anything is built, `vislang.shared.preflight` checks what the config needs (data, weights,
   tokenizers, the accelerator) and lists everything missing at once, each with its fix
   (`VISLANG_SKIP_PREFLIGHT=1` skips it).
@@ -28,14 +31,16 @@ import os
 import re
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from vislang.shared.checkpoint import CheckpointError, load_checkpoint
+from vislang.shared.data.robust import TooManyLoadFailures
 from vislang.shared.preflight import format_missing, run_preflight
+from vislang.shared.text import HubModelUnavailableError
 
 __all__ = ["VislangCLI", "VislangArgumentParser", "build_cli", "main", "one_line_error"]
 
@@ -103,6 +108,42 @@ class VislangCLI(LightningCLI):
             (parser_kwargs.setdefault(name, {}) if name else parser_kwargs).setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def _stop(self, message: str) -> NoReturn:
+        """One line on stderr, exit status 2 (`--debug` shows the traceback instead)."""
+        subcommand = self.config.get("subcommand") if getattr(self, "config", None) else None
+        prog = " ".join(filter(None, [self.parser.prog.replace(" [options]", ""), subcommand]))
+        sys.stderr.write(f"{prog}: error: {message} (add --debug for the traceback)\n")
+        sys.exit(2)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; an error from a config value is one line naming the class and the cause.
+
+        jsonargparse reports an exception raised in a class's `__init__` as a failed union of types with
+        the whole config dumped (some 50 lines); the cause is the one line that matters.
+        """
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            if DEBUG:
+                raise
+            message = str(err)
+            class_path = re.search(r"class_path='([\w.]+)'", message)
+            where = f"{class_path.group(1)}: " if class_path else ""
+            self._stop(
+                where + one_line_error(message)
+                if "Union subtypes" in message
+                else f"{type(err).__name__}: {_last_line(message)}"
+            )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a missing or unreadable input met on the way (not a bug) stops with one line."""
+        try:
+            super()._run_subcommand(subcommand)
+        except _INPUT_ERRORS as err:
+            if DEBUG:
+                raise
+            self._stop(f"{type(err).__name__}: {_last_line(str(err))}")
+
     def before_instantiate_classes(self) -> None:
         """Stop before any model is built when the config's inputs are missing, naming all of them."""
         subcommand = self.config.get("subcommand")
@@ -125,15 +166,16 @@ class VislangCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
         try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        except Exception as err:  # the Trainer will raise its own, clearer error when it loads the file
-            warnings.warn(
-                f"{ckpt_path}: could not read hyper-parameters to compare with the config ({err})", stacklevel=1
-            )
-            return
+            checkpoint = load_checkpoint(ckpt_path)
+        except (FileNotFoundError, CheckpointError) as err:
+            # one line, and never torch's advice to retry with weights_only=False
+            reason = str(err).split("; if you trust the file")[0]
+            self._stop(f"ckpt_path: {reason}; give a checkpoint this run wrote (e.g. `--ckpt_path last`)")
+        if not isinstance(checkpoint, dict):
+            self._stop(f"ckpt_path: {ckpt_path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint")
         saved = dict(checkpoint.get("hyper_parameters", {}))
         saved.pop("_instantiator", None)
         saved_class = saved.pop("_class_path", None)
@@ -151,6 +193,23 @@ class VislangCLI(LightningCLI):
             warnings.warn(
                 f"{ckpt_path}: model argument differs from the checkpoint, using the config's: {line}", stacklevel=1
             )
+
+
+DEBUG = False
+"""Set by `--debug` on the command line: errors keep their full traceback."""
+
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    CheckpointError,
+    HubModelUnavailableError,
+    TooManyLoadFailures,
+)
+
+
+def _last_line(message: str) -> str:
+    """The line of an error message that says what went wrong (a worker's re-raised error ends with it)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else message)[:500]
 
 
 def main(args: ArgsType = None) -> None:
@@ -173,6 +232,11 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VislangCLI:
     # CUDA: on CPU "high" may pick reduced-precision kernels that bring no speed (CMAE's demo measured slower).
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    global DEBUG
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else args
+    DEBUG = isinstance(argv, list) and "--debug" in argv
+    if DEBUG:
+        args = [arg for arg in argv if arg != "--debug"]
     return VislangCLI(
         LightningModule,
         LightningDataModule,
