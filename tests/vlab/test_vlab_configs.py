@@ -45,6 +45,19 @@ def test_msrvtt_config_trains_and_tests_on_a_fixture_tree(msrvtt_root: Path, tmp
     assert results["chance/R@1"] == pytest.approx(50.0)  # two test videos in the fixture
     assert set(results) >= {"t2v/R@1", "t2v/MdR", "v2t/R@1", "v2t/MnR"}
 
+    # `lightning predict` writes each caption's ranking of the videos and each video's of the captions;
+    # a second run replaces the file
+    for _ in range(2):
+        build_cli(["predict", *common, "--trainer.callbacks=[]", f"--model.init_args.results_dir={results_dir}"])
+    lines = [json.loads(line) for line in (results_dir / "vlab_predictions_retrieval.jsonl").read_text().splitlines()]
+    t2v = [line for line in lines if line["query"] == "text_to_video"]
+    v2t = [line for line in lines if line["query"] == "video_to_text"]
+    assert len(t2v) == len(v2t) == 2  # two test videos, one sentence each (1k-A)
+    for line in t2v:
+        scores = [entry["score"] for entry in line["ranking"]]
+        assert scores == sorted(scores, reverse=True) and line["video"] in {e["video"] for e in line["ranking"]}
+        assert Path(line["video"]).is_file()
+
     # the Python inference calls on a video file
     module = cli.model
     video = msrvtt_root / "videos" / "video2000000.mp4"
@@ -136,3 +149,18 @@ def test_one_empty_video_in_the_qa_split_is_skipped_and_reported_once(tmp_path: 
     for task in ("retrieval", "qa"):
         dataset = cli.trainer.datamodule._dataset(task, "train")
         assert dataset.failed_files() == {str(root / "videos" / f"{first_train}.mp4")}
+
+
+def test_qa_predict_writes_answers_as_json_lines_and_replaces_them(
+    msrvtt_root: Path, tmp_path: Path, tiny_cli_args
+) -> None:
+    config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt_qa")]
+    args = ["predict", "-c", str(config), *tiny_cli_args, f"--data.init_args.root={msrvtt_root}",
+            f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.results_dir={tmp_path}"]  # fmt: skip
+    questions = json.loads((msrvtt_root / "msrvtt_qa" / "test_qa.json").read_text())
+    for _ in range(2):
+        build_cli(args)
+        lines = [json.loads(line) for line in (tmp_path / "vlab_predictions_qa.jsonl").read_text().splitlines()]
+        assert len(lines) == len(questions)
+    assert [(line["question"], line["answer"]) for line in lines] == [(q["question"], q["answer"]) for q in questions]
+    assert all(isinstance(line["prediction"], str) and line["video"].endswith(".mp4") for line in lines)

@@ -500,5 +500,9 @@ class VLABDataModule(LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self._dataset(task, "test"), train=False) for task in self.eval_tasks]
 
+    def dataset_items(self, task: str, split: str) -> list[VideoTextItem]:
+        """The items (video path, captions, question, answer) of a task's split, by dataset index."""
+        return self._dataset(task, split).items
+
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()

@@ -443,17 +443,57 @@ class VLABModule(LightningModule):
         return torch.cat(scores) if scores else torch.zeros(0)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per item: the clip embedding (retrieval) or the generated text (qa, caption)."""
+        """Per item: the clip and caption embeddings (retrieval) or the generated text (qa, caption).
+
+        The items are also kept, so that `on_predict_epoch_end` writes them as JSON lines.
+        """
         task = self._eval_task(dataloader_idx)
         video_embedding, tokens = self.model.encode_video(batch["video"])
         if task == "retrieval":
-            return [
-                {"index": int(i), "video_embedding": e.float().cpu()}
-                for i, e in zip(batch["index"], video_embedding, strict=True)
-            ]
-        prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
-        texts = self._generate(tokens, prompts, task)
-        return [{"index": int(i), "prediction": t} for i, t in zip(batch["index"], texts, strict=True)]
+            rows = [
+                {"index": int(i), "video_embedding": e.float().cpu(), "captions": caps,
+                 "caption_embeddings": self.model.encode_text(self._clip_ids(caps)).float().cpu()}
+                for i, e, caps in zip(batch["index"], video_embedding, batch["captions"], strict=True)
+            ]  # fmt: skip
+        else:
+            prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
+            texts = self._generate(tokens, prompts, task)
+            rows = [{"index": int(i), "prediction": t} for i, t in zip(batch["index"], texts, strict=True)]
+            for row, position in zip(rows, range(len(rows)), strict=True):
+                if task == "qa":
+                    row.update(question=batch["question"][position], answer=batch["answer"][position])
+                else:
+                    row["captions"] = batch["captions"][position]
+        self._predictions.setdefault(task, []).extend(rows)
+        return rows
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions: dict[str, list[dict[str, Any]]] = {}
+
+    def on_predict_epoch_end(self) -> None:
+        """Write `vlab_predictions_<task>.jsonl` (in `results_dir`, or the logger's directory), replacing any
+        earlier file: answers and captions per video; for retrieval, each caption's ranking of the videos
+        (top 10, with cosine scores) and each video's ranking of the captions. Every item once under DDP."""
+        gathered: list[Any] = [self._predictions]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._predictions)
+        if not self.trainer.is_global_zero:
+            return
+        directory = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        for task in self.trainer.datamodule.eval_tasks:
+            rows = {row["index"]: row for part in gathered for row in part.get(task, [])}
+            items = self.trainer.datamodule.dataset_items(task, "test")
+            ordered = [rows[index] for index in sorted(rows)]
+            lines = _retrieval_rankings(ordered, items) if task == "retrieval" else [
+                {"video": str(items[row["index"]].video), **{k: v for k, v in row.items() if k != "index"}} for row in ordered
+            ]  # fmt: skip
+            path = directory / f"vlab_predictions_{task}.jsonl"
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
+            partial.replace(path)  # a re-run replaces the file, never appends to it
+            print(f"{len(lines)} {task} predictions written to {path}")
 
     # ---- inference from Python ----------------------------------------------------------------
 
@@ -529,6 +569,25 @@ class VLABModule(LightningModule):
 
 
 _MAX_CAPTIONS_PER_VIDEO = 10_000  # caption ids are video index x this + caption number
+
+
+def _retrieval_rankings(rows: list[dict[str, Any]], items: Any, top: int = 10) -> list[dict[str, Any]]:
+    """JSON lines of retrieval predictions: each caption ranks the videos, each video ranks the captions."""
+    videos = [str(items[row["index"]].video) for row in rows]
+    video_embeddings = torch.stack([row["video_embedding"] for row in rows])
+    captions = [(caption, videos[v]) for v, row in enumerate(rows) for caption in row["captions"]]
+    caption_embeddings = torch.cat([row["caption_embeddings"] for row in rows])
+    similarity = caption_embeddings @ video_embeddings.t()  # (captions, videos), cosine
+    lines = []
+    for (caption, own), scores in zip(captions, similarity, strict=True):
+        best = scores.topk(min(top, len(videos)))
+        lines.append({"query": "text_to_video", "caption": caption, "video": own,
+                      "ranking": [{"video": videos[j], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)]})  # fmt: skip
+    for v, scores in enumerate(similarity.t()):
+        best = scores.topk(min(top, len(captions)))
+        lines.append({"query": "video_to_text", "video": videos[v],
+                      "ranking": [{"caption": captions[j][0], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)]})  # fmt: skip
+    return lines
 
 
 def rerank_top_k(sim: Tensor, k: int, score_pairs: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
