@@ -15,6 +15,7 @@ screenshots (packages/app/docs/ holds the committed ones).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,7 +113,7 @@ def app(pixellm_ckpt: Path, served_vlab_ckpt: Path, inputs: dict[str, object], t
     log = open(log_path, "w")  # noqa: SIM115 (the app's stdout; the test reads the file by its path)
     process = subprocess.Popen([sys.executable, "-m", "vislang.app", "--pixellm-ckpt", str(pixellm_ckpt),
                                 "--vlab-ckpt", str(served_vlab_ckpt), "--vlab-videos", str(inputs["videos"]),
-                                "--port", str(port), "--threads", "1", "--demo-root", str(cwd)],
+                                "--port", str(port), "--threads", "1", "--demo-root", str(cwd), "--max-upload-mb", "1"],
                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -230,8 +231,8 @@ def test_pixellm_tab_in_chromium(app, browser, inputs) -> None:
     factor = overlay.shape[0] // original.shape[0]  # small images are shown enlarged by whole pixels
     original = np.repeat(np.repeat(original, factor, 0), factor, 1)
     assert factor >= 1 and overlay.shape == original.shape
-    # the overlay blends legend colours only (alpha 0.5, masks painted in legend order, so a later mask may
-    # cover an earlier one); at least one legend mask lies directly on the picture in its colour
+    # the overlay holds legend colours only: masks blended (alpha 0.5) and edged in their pure colour, painted
+    # in legend order, so a later mask may cover an earlier one; the last non-empty mask is never covered
     colours = [np.asarray(PALETTE[k], dtype=float) for k in range(len(rows))]
     changed = np.abs(overlay - original).max(axis=-1) > 1.0
     assert changed.any(), "the overlay shows no mask"
@@ -240,8 +241,10 @@ def test_pixellm_tab_in_chromium(app, browser, inputs) -> None:
     for colour in colours:
         explained |= ((2 * overlay - colour >= -2) & (2 * overlay - colour <= 257)).all(axis=-1)
     assert explained[changed].all(), "the overlay has colours that are not in the legend"
-    direct = [int((np.abs(overlay - (0.5 * original + 0.5 * c)).max(axis=-1) <= 1.0)[changed].sum()) for c in colours]
-    assert max(direct) > 0, f"no legend colour found blended over the picture: {direct}"
+    areas = [float(re.search(r"([\d.]+)% of the image", row.text).group(1)) for row in rows]
+    last = max((k for k, area in enumerate(areas) if area > 0), default=None)
+    assert last is not None, f"every mask is empty: {[row.text for row in rows]}"
+    assert (overlay == colours[last]).all(axis=-1).any(), f"mask {last + 1}'s edge is not drawn in its legend colour"
     for k, row in enumerate(rows):
         assert row.text.startswith(f"mask {k + 1}:"), row.text
     answer = browser.find_element("css selector", "#pixellm-answer").text
@@ -277,6 +280,31 @@ def test_vlab_tab_in_chromium(app, browser, inputs) -> None:
     _type(browser, "vlab-question", " ")
     _css(browser, "#vlab-describe")[0].click()
     assert "empty question" in _status(browser, "vlab-status", after="Done")
+
+
+def test_uploads_over_the_limit_are_refused(app, browser, tmp_path: Path) -> None:
+    """The app runs with --max-upload-mb 1: the page refuses a 2 MB file, and so does the server itself."""
+    import urllib.error
+
+    from selenium.webdriver.common.by import By
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(0).integers(0, 256, 2 * 1024 * 1024, dtype=np.uint8).tobytes())
+    browser.get(app["url"])
+    _wait(browser, lambda d: _css(d, "#pixellm-image input[type=file]"), "the page")
+    _css(browser, "#pixellm-image input[type=file]")[0].send_keys(str(big))
+    toast = _wait(browser, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
+                                      if "exceed" in e.text], "the size error")[0]  # fmt: skip
+    assert "maximum allowed size of 1.0 Mb" in toast and "big.png" in toast
+    assert not _css(browser, '#pixellm-image td.filename[aria-label="big.png"]')
+    boundary = "vislang-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    request = urllib.request.Request(f"{app['url']}gradio_api/upload", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
 
 
 def test_app_wrote_nothing_outside_its_temp_folder(app, browser) -> None:
