@@ -88,11 +88,17 @@ def image_file_name(image_id: int, image_format: str = "png") -> str:
 
 
 def dump_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Write compact JSON, creating parent directories; returns the path."""
+    """Write compact JSON, creating parent directories; returns the path.
+
+    Written to a temporary name and renamed: writers that skip their work when their annotation file
+    exists (it is written last) never find a half-written one after an interruption.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", encoding="utf-8") as f:
         json.dump(obj, f, separators=(",", ":"))
+    os.replace(partial, path)
     return path
 
 
