@@ -69,8 +69,8 @@ def cmae_ckpt(tmp_path_factory) -> Path:
 def vqa_ensemble(tmp_path_factory) -> dict[str, Path]:
     """An untrained detector, a region member and a grid member whose feature specs name that detector
     (as `extract` records them), and a weights file as `lightning validate` writes it."""
+    from vislang.vqa_ensemble import extract
     from vislang.vqa_ensemble.detector import build_detector
-    from vislang.vqa_ensemble.extract import _sha256
     from vislang.vqa_ensemble.module import VQAModule
 
     root = tmp_path_factory.mktemp("vqa")
@@ -83,17 +83,15 @@ def vqa_ensemble(tmp_path_factory) -> dict[str, Path]:
     detector_path.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"detector.{k}": v for k, v in detector.state_dict().items()},
                 "hyper_parameters": args}, detector_path)  # fmt: skip
-    sha = _sha256(detector_path)
     members = []
-    for kind, dim, answers, extra in (
-        ("region", 32, ["yes", "no", "red", "2"], {"min_boxes": 2, "max_boxes": 6, "score_threshold": 0.2}),
-        ("grid", 512, ["yes", "no", "blue", "3", "circle"], {"grid_size": 3}),
-    ):
+    for kind, answers, options in (("region", ["yes", "no", "red", "2"], ["--min-boxes", "2", "--max-boxes", "6"]),
+                                   ("grid", ["yes", "no", "blue", "3", "circle"], ["--grid-size", "3"])):  # fmt: skip
+        # the spec a feature store of this detector records (what a member trained on it keeps)
+        _, spec = extract.build_extractor(extract.parser().parse_args(
+            ["--images", "-", "--out", "-", "--kind", kind, "--detector", str(detector_path), "--dtype", "float16", *options]))  # fmt: skip
         member = VQAModule(preset="tiny", feature_set=kind, text_model="tiny", tokenizer=str(SYNTHETIC_TOKENIZER_DIR))
-        spec = {"kind": kind, "backbone": "resnet18", "detector_weights": sha, "min_size": [56, 64],
-                "max_size": 128, "dtype": "float16", "feature_dim": dim, "box_source": "detector", **extra}  # fmt: skip
-        member.build(answers, dim, spec)
-        info = {"answers": answers, "visual_dim": dim, "feature_spec": spec}
+        member.build(answers, spec["feature_dim"], spec)
+        info = {"answers": answers, "visual_dim": spec["feature_dim"], "feature_spec": spec}
         members.append(save_lightning_checkpoint(member, root / kind / "last.ckpt", vqa_member=info))
     weights = root / "ensemble" / "weights.json"
     weights.parent.mkdir()

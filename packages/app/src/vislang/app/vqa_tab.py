@@ -3,11 +3,12 @@
 The package predicts from feature stores (`extract` then `lightning predict`); it has no call for one new
 image. This adapter runs the same steps on one image, in memory, with the package's parts:
 
-1. the detector checkpoint the members' features came from (`extract.load_detector`; its SHA-256 must
-   match the `detector_weights` each member recorded, as a feature store refuses another extractor);
-2. per member, the extractor its `feature_spec` records (`RegionFeatureExtractor`: detector boxes,
-   `min_boxes`..`max_boxes` above `score_threshold`; or `GridFeatureExtractor`: `grid_size`² C5 cells),
-   at the largest training scale, features rounded to the stored dtype;
+1. per member, the extraction command's own extractor (`extract.build_extractor`, given the settings the
+   member's `feature_spec` records and the detector checkpoint the members' features came from): region
+   features of the detector's boxes or grid features of its C5 map, at the largest training scale; every
+   identity field of the rebuilt spec (the detector's SHA-256 included) must equal the member's, as a
+   feature store refuses another extractor;
+2. features rounded to the stored dtype;
 3. the question tokenized like `VQADataModule.collate` does (the members' tokenizer), each member's
    sigmoid answer scores mapped onto the union vocabulary, averaged with the fitted weights (`combine`),
    as `VQAEnsemble.member_probabilities` and `predict_step` do.
@@ -26,10 +27,10 @@ import torch
 from vislang.app.checkpoints import resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
 from vislang.shared.text import load_tokenizer
-from vislang.vqa_ensemble.detector import GridFeatureExtractor, RegionFeatureExtractor
 from vislang.vqa_ensemble.ensemble import combine
-from vislang.vqa_ensemble.extract import _sha256, load_detector  # the digest a store records as detector_weights
-from vislang.vqa_ensemble.module import VQAModule
+from vislang.vqa_ensemble.extract import build_extractor
+from vislang.vqa_ensemble.extract import parser as extract_parser
+from vislang.vqa_ensemble.module import FEATURE_IDENTITY, VQAModule
 
 __all__ = ["VQAAnswer", "VQAPredictor"]
 
@@ -82,23 +83,8 @@ class VQAPredictor:
         self.weights = weights
         self.member_paths = [Path(resolve_relative(m, weights_json)) for m in members]
         self.members = [_load_member(p) for p in self.member_paths]
-        self.detector, build_args = load_detector(detector_ckpt)
-        # at test time torchvision resizes to the largest training scale, as the extraction command does
-        self.detector.transform.min_size = (max(build_args.get("min_size", [800])),)
-        sha = _sha256(detector_ckpt)
-        self.extractors: list[torch.nn.Module] = []
-        for path, member in zip(self.member_paths, self.members, strict=True):
-            spec = member.feature_spec
-            if spec.get("detector_weights") != sha:
-                raise ValueError(f"{path}: the member was trained on features of detector {spec.get('detector_weights')}"
-                                 f" but {detector_ckpt} is {sha}; pass the detector its features came from "
-                                 "(--vqa-detector)")  # fmt: skip
-            if spec.get("kind") == "grid":
-                extractor: torch.nn.Module = GridFeatureExtractor(self.detector, int(spec["grid_size"]))
-            else:
-                extractor = RegionFeatureExtractor(self.detector, int(spec["min_boxes"]), int(spec["max_boxes"]),
-                                                   float(spec["score_threshold"]))  # fmt: skip
-            self.extractors.append(extractor.eval())
+        self.extractors = [self._extractor(path, member, Path(detector_ckpt)) for path, member in
+                           zip(self.member_paths, self.members, strict=True)]  # fmt: skip
         vocab: dict[str, int] = {}
         for member in self.members:
             for answer in member.answers:
@@ -106,6 +92,25 @@ class VQAPredictor:
         self.answers = list(vocab)
         self._maps = [torch.tensor([vocab[a] for a in m.answers]) for m in self.members]
         self.tokenizer = load_tokenizer(self.members[0].hparams.tokenizer)
+
+    @staticmethod
+    def _extractor(path: Path, member: VQAModule, detector: Path) -> torch.nn.Module:
+        """The extraction command's own extractor for the settings the member's features were made with,
+        refused when the detector (its SHA-256) or any other identity field differs from the member's."""
+        spec = member.feature_spec
+        argv = ["--images", "-", "--out", "-", "--kind", str(spec.get("kind", "region")), "--detector", str(detector)]
+        for key in ("min_boxes", "max_boxes", "score_threshold", "nms_threshold", "grid_size", "dtype"):
+            if spec.get(key) is not None:
+                argv += [f"--{key.replace('_', '-')}", str(spec[key])]
+        extractor, rebuilt = build_extractor(extract_parser().parse_args(argv))
+        for key in FEATURE_IDENTITY:
+            if key in spec and spec[key] != rebuilt.get(key):
+                hint = (
+                    " (pass the detector its features came from: --vqa-detector)" if key == "detector_weights" else ""
+                )
+                raise ValueError(f"{path}: the member was trained on features with {key}={spec[key]!r} but "
+                                 f"{detector} gives {key}={rebuilt.get(key)!r}{hint}")  # fmt: skip
+        return extractor.eval()
 
     def features(self, image: CheckedImage) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per member: (features (n, d), boxes (n, 4) normalised), as its feature store would hold them."""
