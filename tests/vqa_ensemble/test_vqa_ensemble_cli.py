@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +43,19 @@ def _fit_member(world, tmp_path: Path, kind: str, seed: int, *extra: str):  # no
                       "--trainer.enable_progress_bar=false", *extra])  # fmt: skip
 
 
-def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path) -> None:
+def _stops(capsys, error: type[Exception], match: str, args: list[str]) -> None:
+    """The run stops with ``match`` in its message: raised, or (the CLI's one-line form) on stderr + exit 2."""
+    try:
+        build_cli(args)
+    except SystemExit as stop:
+        assert stop.code == 2 and re.search(match, capsys.readouterr().err)
+    except error as raised:
+        assert re.search(match, str(raised))
+    else:
+        pytest.fail(f"expected the run to stop with {match!r}")
+
+
+def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path, capsys) -> None:
     checkpoints = []
     for kind, seed in (("region", 0), ("grid", 1)):
         cli = _fit_member(vqa_world, tmp_path, kind, seed)
@@ -66,8 +79,7 @@ def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path) 
     ens = ["-c", str(CONFIGS / "demo_ensemble.yaml"), *_data_args(vqa_world), f"--model.init_args.members=[{', '.join(checkpoints)}]",
            f"--model.init_args.weights_path={tmp_path / 'weights.json'}", f"--model.init_args.results_dir={tmp_path / 'ens'}",
            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="run `lightning validate`"):
-        build_cli(["test", *ens])
+    _stops(capsys, FileNotFoundError, "run `lightning validate`", ["test", *ens])
     f = vqa_world["features"]
     swapped = f"--data.init_args.features={{region: [{', '.join(f['grid'])}], grid: [{', '.join(f['region'])}]}}"
     with pytest.raises(

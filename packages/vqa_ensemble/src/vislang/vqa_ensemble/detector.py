@@ -440,11 +440,8 @@ def coco_box_map(detector: FasterRCNN, instances_json: str | Path, image_dir: st
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return {
-        "mAP": round(100 * evaluation.stats[0], 2),
-        "mAP50": round(100 * evaluation.stats[1], 2),
-        "images": len(ids),
-    }
+    stats = [round(100 * float(v), 2) for v in evaluation.stats[:2]]
+    return {"mAP": stats[0], "mAP50": stats[1], "images": len(ids)}
 
 
 def detector_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
