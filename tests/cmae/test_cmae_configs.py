@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,15 @@ def test_missing_dataset_fails_at_once_naming_path_and_layout(name: str, tmp_pat
     assert stop.value.code == 2
     error = capsys.readouterr().err
     assert f"data.root: {tmp_path / 'nowhere'} does not exist" in error and "packages/cmae/README.md" in error
-    # a folder without the layout's files: the data module names the file and the layout
+    # a folder without the layout's files: the data module names the file and the layout, in one line
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty/\S+ not found: the \w+ layout is root/"):
+    with pytest.raises(SystemExit) as stop:
         build_cli([*args, f"--data.init_args.root={tmp_path / 'empty'}"])
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and re.search(
+        r"FileNotFoundError: \S+empty/\S+ not found: the \w+ layout is root/", lines[0]
+    )
 
 
 def test_pretrain_then_finetune_from_its_checkpoint(imagenet: Path, tmp_path: Path) -> None:
