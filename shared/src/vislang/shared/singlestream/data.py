@@ -151,6 +151,10 @@ class CaptionPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def sample_file(self, index: int) -> str:
+        """The image an item reads: ``RobustDataset`` counts a bad image once, not once per caption."""
+        return str(self.images[self.pairs[index][0]].image_path)
+
     def negative_caption(self, image_id: int) -> str:
         """A caption of a random entry whose image id differs from ``image_id``."""
         while True:
@@ -177,6 +181,10 @@ class VQADataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def sample_file(self, index: int) -> str:
+        """The image an item reads (several questions share one image: a bad image is counted once)."""
+        return str(self.examples[index].image_path)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
@@ -267,6 +275,10 @@ class EntailmentDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def sample_file(self, index: int) -> str:
+        """The image an item reads (several questions share one image: a bad image is counted once)."""
+        return str(self.examples[index].image_path)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
