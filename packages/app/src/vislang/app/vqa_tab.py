@@ -16,7 +16,6 @@ image. This adapter runs the same steps on one image, in memory, with the packag
 
 from __future__ import annotations
 
-import contextvars
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,13 @@ from typing import Any
 
 import torch
 
-from vislang.app.checkpoints import resolve_relative
+from vislang.app.checkpoints import checkpoint_hparams, resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
 from vislang.shared.text import load_tokenizer
 from vislang.vqa_ensemble.ensemble import combine
 from vislang.vqa_ensemble.extract import build_extractor
 from vislang.vqa_ensemble.extract import parser as extract_parser
-from vislang.vqa_ensemble.module import FEATURE_IDENTITY, VQAModule
+from vislang.vqa_ensemble.module import FEATURE_IDENTITY, VQAModule, load_member
 
 __all__ = ["VQAAnswer", "VQAPredictor"]
 
@@ -40,21 +39,10 @@ TOP_K = 5
 
 
 def _load_member(path: Path) -> VQAModule:
-    """`vislang.vqa_ensemble.module.load_member`, with the tokenizer path recorded by the training run made
-    usable from this working directory (the demo records it relative to the repository root)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: member checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("hyper_parameters", "state_dict", "vqa_member"):
-        if key not in checkpoint:
-            raise ValueError(f"{path}: missing {key!r}: not a VQAModule checkpoint")
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    for key in ("tokenizer", "text_model"):
-        hparams[key] = resolve_relative(hparams.get(key), path)
-    member = contextvars.Context().run(VQAModule, **hparams)
-    member.on_load_checkpoint(checkpoint)
-    member.load_state_dict(checkpoint["state_dict"])
-    return member.eval()
+    """`vislang.vqa_ensemble.module.load_member`, with the tokenizer paths recorded by the training run made
+    usable from this working directory (the demo records them relative to the repository root)."""
+    hparams = checkpoint_hparams(path)
+    return load_member(path, {key: resolve_relative(hparams.get(key), path) for key in ("tokenizer", "text_model")})
 
 
 @dataclass

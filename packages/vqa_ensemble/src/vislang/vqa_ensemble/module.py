@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +377,12 @@ def check_no_leak(members: list[VQAModule], paths: list[str], question_ids: list
             )
 
 
-def load_member(path: str | Path) -> VQAModule:
-    """A trained member from its Lightning checkpoint (read with ``weights_only=True``: no code runs)."""
+def load_member(path: str | Path, overrides: Mapping[str, Any] | None = None) -> VQAModule:
+    """A trained member from its Lightning checkpoint (read with ``weights_only=True``: no code runs).
+
+    ``overrides`` replace recorded hyper-parameters, e.g. a tokenizer path recorded relative to where the
+    training run started (the web app resolves those from its own working directory).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: member checkpoint not found")
@@ -386,6 +391,7 @@ def load_member(path: str | Path) -> VQAModule:
         if key not in checkpoint:
             raise KeyError(f"{path}: missing {key!r}: not a VQAModule checkpoint")
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    hparams.update(overrides or {})
     # A fresh context: under LightningCLI the ensemble's own init args are in a context variable that
     # save_hyperparameters() would otherwise record for the member too.
     member = contextvars.Context().run(VQAModule, **hparams)
