@@ -100,8 +100,10 @@ INERT_GLOBALS: tuple[type, ...] = (
 checkpoints store ``Path``-typed hyper-parameters (data roots, output dirs) as such objects."""
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> object:
+def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> object:
     """The whole object a ``torch.save`` file holds (e.g. a Lightning checkpoint dict), loaded safely.
+
+    ``mmap=True`` maps the tensors instead of reading them (to look at a large checkpoint's metadata).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -111,15 +113,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> object:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return _load_pickle(path)
+    return _load_pickle(path, mmap=mmap)
 
 
-def _load_pickle(path: Path) -> object:
+def _load_pickle(path: Path, mmap: bool = False) -> object:
     try:
         with torch.serialization.safe_globals(list(INERT_GLOBALS)), warnings.catch_warnings():
             # A plain pickle.dump file triggers a protocol warning before the refusal explains it.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap or None)
     except pickle.UnpicklingError as err:
         message = str(err)
         wanted = re.search(r"GLOBAL ([\w.]+)", message)

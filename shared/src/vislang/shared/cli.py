@@ -169,7 +169,7 @@ class VislangCLI(LightningCLI):
         if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
         try:
-            checkpoint = load_checkpoint(ckpt_path)
+            checkpoint = load_checkpoint(ckpt_path, mmap=True)  # only its hyper-parameters are read here
         except (FileNotFoundError, CheckpointError) as err:
             # one line, and never torch's advice to retry with weights_only=False
             reason = str(err).split("; if you trust the file")[0]
@@ -233,7 +233,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VislangCLI:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     global DEBUG
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else args
+    argv = sys.argv[1:] if args is None else args  # a list, or a dict config (no flags to look at then)
     DEBUG = isinstance(argv, list) and "--debug" in argv
     if DEBUG:
         args = [arg for arg in argv if arg != "--debug"]

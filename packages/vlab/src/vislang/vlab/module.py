@@ -459,7 +459,7 @@ class VLABModule(LightningModule):
             prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
             texts = self._generate(tokens, prompts, task)
             rows = [{"index": int(i), "prediction": t} for i, t in zip(batch["index"], texts, strict=True)]
-            for row, position in zip(rows, range(len(rows)), strict=True):
+            for position, row in enumerate(rows):
                 if task == "qa":
                     row.update(question=batch["question"][position], answer=batch["answer"][position])
                 else:
