@@ -1,9 +1,10 @@
 """What the page accepts: every check answers bad input with one line the page shows (`InputError`).
 
 The models never see a file the checks have not opened: an image is decoded by Pillow under a pixel
-limit (a decompression bomb is refused before it is decoded), converted to 8-bit RGB (grayscale,
-palette, RGBA on white) and shrunk when its long side exceeds `MAX_SIDE`; a video must decode at least
-one frame; a question must have words. Each check says what it did to the input in `notes`.
+limit (a decompression bomb is refused before it is decoded), converted to 8-bit RGB by the shared
+`vislang.shared.data.images.as_rgb` (grayscale, palette, RGBA on white) and shrunk when its long
+side exceeds `MAX_SIDE`; a video must decode at least one frame; a question must have words. Each check
+says what it did to the input in `notes`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vislang.shared.data.images import as_rgb
 from vislang.shared.data.video import VideoDecodeError, VideoReader
 
 __all__ = [
@@ -79,18 +81,7 @@ def load_image(path: str | os.PathLike[str] | None) -> CheckedImage:
                 raise InputError(f"{name}: {width}x{height} px is too small to show anything; upload an image "
                                  f"of at least {MIN_SIDE}x{MIN_SIDE} px")  # fmt: skip
             image.seek(0)  # the first frame of an animated GIF / multi-page TIFF
-            mode = image.mode
-            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-                notes.append(f"{mode} image: transparent parts put on white")
-            elif mode != "RGB":
-                rgb = image.convert("RGB")
-                notes.append(f"{mode} image converted to RGB" + (" (grayscale repeated in 3 channels)"
-                                                                if mode in ("L", "I", "I;16", "F", "1") else ""))  # fmt: skip
-            else:
-                rgb = image.copy()
+            rgb = as_rgb(image, notes)  # the shared normaliser: other modes to RGB, transparency on white
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
