@@ -15,6 +15,7 @@ Layouts (`root` = the directory given in the config):
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import pickle
@@ -119,6 +120,14 @@ class _SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_file(self, index: int) -> str:
+        """The image an item reads, without reading it: `RobustDataset` counts a bad image once (not once per
+        question about it) and never substitutes another question about the same image."""
+        return str(self._image_path(index))
+
+    def _image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
     def _sample(
         self, index: int, path: Path, question: str, answer: str, segs: Sequence[Any], image_id: int | None = None
     ) -> dict[str, Any]:
@@ -205,10 +214,12 @@ class MuseDataset(_SegmentationDataset):
         folder = "train2017" if "train2017" in url else "val2017"
         return self.image_root / folder / url.rsplit("/", 1)[-1]
 
+    def _image_path(self, index: int) -> Path:
+        return self.image_path(self.records[self.items[index]["record"]])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        record = self.records[item["record"]]
-        return self._sample(index, self.image_path(record), item["question"], item["answer"], item["segs"],
+        return self._sample(index, self._image_path(index), item["question"], item["answer"], item["segs"],
                             image_id=item["record"])  # fmt: skip
 
 
@@ -282,9 +293,12 @@ class ReferDataset(_SegmentationDataset):
         if not self.items:
             raise ValueError(f"{refs_path}: no refs in split {split!r}")
 
+    def _image_path(self, index: int) -> Path:
+        return self.image_dir / self.items[index]["file_name"]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        return self._sample(index, self.image_dir / item["file_name"], item["question"], item["answer"], item["segs"],
+        return self._sample(index, self._image_path(index), item["question"], item["answer"], item["segs"],
                             image_id=item["image_id"])  # fmt: skip
 
 
@@ -372,6 +386,9 @@ class SemSegDataset(_SegmentationDataset):
         base = self.root / "vlpart" / "pascal_part"
         self._init_parts(base / "train.json", base / "VOCdevkit" / "VOC2010" / "JPEGImages")
 
+    def _image_path(self, index: int) -> Path:
+        return Path(self.items[index]["image"])  # its label map belongs to it: one file per item either way
+
     def _pick(self, count: int) -> list[int]:
         return sorted(self.rng.choice(count, size=min(count, self.classes_per_question), replace=False).tolist())
 
@@ -429,9 +446,12 @@ class LlavaInstructDataset(_SegmentationDataset):
             answer = turns[1]["value"].replace(SEG_PLACEHOLDER, "")
             self.items.append({"image": record["image"], "question": question, "answer": answer})
 
+    def _image_path(self, index: int) -> Path:
+        return self.image_dir / self.items[index]["image"]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        return self._sample(index, self.image_dir / item["image"], item["question"], item["answer"], [])
+        return self._sample(index, self._image_path(index), item["question"], item["answer"], [])
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -580,7 +600,7 @@ class PixelLMDataModule(LightningDataModule):
                 raise ValueError(
                     "no training data: set muse_root (with muse_train), refer_root with refer_train, sem_seg_root or vqa_json"
                 )
-            self.train_set = RobustDataset(ConcatDataset(sources))
+            self.train_set = RobustDataset(_Sources(sources))
             self.weights = weights
         if stage in ("fit", "validate") and not self.val_sets:
             sets: list[Dataset] = [self._muse(n) for n in self.muse_val] if hp.muse_root else []
@@ -630,12 +650,24 @@ class PixelLMDataModule(LightningDataModule):
         return self.test_dataloader()
 
 
+class _Sources(ConcatDataset):
+    """The training mixture: the sources one after another, each index naming its image (`sample_file`)."""
+
+    def sample_file(self, index: int) -> str:
+        source = bisect.bisect_right(self.cumulative_sizes, index)
+        start = self.cumulative_sizes[source - 1] if source else 0
+        return self.datasets[source].sample_file(index - start)
+
+
 class _Limited(Dataset):
     def __init__(self, dataset: _SegmentationDataset, limit: int) -> None:
         self.dataset, self.limit, self.name, self.matching = dataset, limit, dataset.name, dataset.matching
 
     def __len__(self) -> int:
         return min(self.limit, len(self.dataset))
+
+    def sample_file(self, index: int) -> str:
+        return self.dataset.sample_file(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.dataset[index]

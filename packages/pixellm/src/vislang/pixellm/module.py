@@ -10,7 +10,9 @@ renders each `{seg}` as the N·L codebook tokens and builds the llava_v1-style s
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,7 @@ from vislang.pixellm.model import (
     build_pixellm,
     codebook_token_strings,
 )
+from vislang.shared.data.images import as_rgb_array
 from vislang.shared.data.synthetic import SEG_PLACEHOLDER
 from vislang.shared.losses import IGNORE_INDEX
 from vislang.shared.metrics import SegmentationIoU
@@ -384,14 +387,15 @@ class PixelLMModule(LightningModule):
 
     @torch.no_grad()
     def segment(self, image: str | Path | np.ndarray | Image.Image, question: str) -> SegmentationResult:
-        """Answer `question` about one image: the text, one mask per target (K, H, W) and confidences."""
-        from vislang.pixellm.data import MUSE_QUESTION, load_image, preprocess_image
+        """Answer `question` about one image: the text, one mask per target (K, H, W) and confidences.
+
+        `image`: a path, a PIL image or an H x W, H x W x 1/3/4 array (uint8, or float in [0, 1]); transparent
+        parts are put on white; anything else is refused in one line (`vislang.shared.data.images.as_rgb`).
+        """
+        from vislang.pixellm.data import MUSE_QUESTION, preprocess_image
 
         self.eval()
-        if isinstance(image, (str, Path)):
-            array = load_image(image)
-        else:
-            array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        array = as_rgb_array(image)
         config = self.model.config
         pixels, patch_mask, resized = preprocess_image(array, config.image_size, int(config.vision["patch_size"]),
                                                        self.hparams.normalisation)  # fmt: skip
@@ -433,11 +437,11 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
            (240, 50, 230), (210, 245, 60)]  # fmt: skip
 
 
-def write_overlay_png(image: np.ndarray | str | Path, masks: np.ndarray, path: str | Path, alpha: float = 0.5) -> Path:
-    """Blend each mask (K, H, W) over the image in its own colour and save a PNG."""
-    from vislang.pixellm.data import load_image
-
-    base = load_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
+def write_overlay_png(
+    image: np.ndarray | str | Path | Image.Image, masks: np.ndarray, path: str | Path, alpha: float = 0.5
+) -> Path:
+    """Blend each mask (K, H, W) over the image (any input `segment` takes) in its own colour and save a PNG."""
+    base = as_rgb_array(image)
     out = base.astype(np.float32).copy()
     for k, mask in enumerate(np.asarray(masks, dtype=bool)):
         if mask.shape != base.shape[:2]:
@@ -452,20 +456,57 @@ def write_overlay_png(image: np.ndarray | str | Path, masks: np.ndarray, path: s
 class OverlayWriter(BasePredictionWriter):
     """`lightning predict` callback: per question an overlay PNG of its masks and one JSON line of results.
 
+    Each run replaces the previous run's files: rows and pictures go to a temporary folder beside the output
+    and are renamed into place when prediction ends (an interrupted run leaves the previous results intact).
+    A question is written once even when the robust loader repeated it as a stand-in for an unreadable image.
+    Under DDP every rank draws its own pictures and rank 0 writes the rows of all ranks.
+
     Args:
-        output_dir: where `overlays/<dataset-index>.png` and `predictions.jsonl` go.
+        output_dir: where `overlays/<loader>-<index>.png` and `predictions.jsonl` go.
     """
 
     def __init__(self, output_dir: str) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        self._rows: dict[tuple[int, int], dict[str, Any]] = {}
+
+    @property
+    def _partial(self) -> Path:
+        return self.output_dir / ".predict.partial"
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._rows = {}
+        if trainer.is_global_zero:
+            shutil.rmtree(self._partial, ignore_errors=True)  # an interrupted run's leftovers
+            (self._partial / "overlays").mkdir(parents=True)
+        trainer.strategy.barrier("pixellm_overlay_writer_start")
 
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any, batch: Any,
                            batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "predictions.jsonl", "a", encoding="utf-8") as handle:
-            for item in prediction:
-                name = f"{dataloader_idx}-{item['index']}.png"
-                write_overlay_png(item["image"], item["masks"].numpy(), self.output_dir / "overlays" / name)
-                record = {k: v for k, v in item.items() if k != "masks"}
-                handle.write(json.dumps({**record, "overlay": f"overlays/{name}"}) + "\n")
+        for item in prediction:
+            key = (dataloader_idx, int(item["index"]))
+            if key in self._rows:
+                continue
+            name = f"{dataloader_idx}-{item['index']}.png"
+            write_overlay_png(item["image"], item["masks"].numpy(), self._partial / "overlays" / name)
+            record = {k: v for k, v in item.items() if k != "masks"}
+            self._rows[key] = {**record, "overlay": f"overlays/{name}"}
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        rows = dict(self._rows)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, self._rows)
+            for part in gathered:
+                rows.update(part)
+        trainer.strategy.barrier("pixellm_overlay_writer_end")
+        if trainer.is_global_zero:
+            with open(self._partial / "predictions.jsonl", "w", encoding="utf-8") as handle:
+                for key in sorted(rows):
+                    handle.write(json.dumps(rows[key]) + "\n")
+            overlays = self.output_dir / "overlays"
+            shutil.rmtree(overlays, ignore_errors=True)
+            os.replace(self._partial / "overlays", overlays)
+            os.replace(self._partial / "predictions.jsonl", self.output_dir / "predictions.jsonl")
+            shutil.rmtree(self._partial, ignore_errors=True)
+        self._rows = {}
