@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.images import as_rgb_array
+from vislang.shared.data.robust import RobustDataset, collate_with_failures
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
 from vislang.shared.metrics.vqa import build_answer_vocab, normalize_vocab_answer, vqa_soft_targets
 from vislang.shared.text import load_tokenizer
@@ -134,6 +135,13 @@ class VQAFeatureDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def sample_file(self, index: int) -> str:
+        """The image whose features an item reads: ``RobustDataset`` counts an image that failed at extraction
+        (or whose feature shard is damaged) once, not once per question, and never substitutes another
+        question about it."""
+        item = self.items[index]
+        return f"{item.source} image {item.image_id}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -356,13 +364,10 @@ def read_coco_instances(instances_json: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_rgb(path: Path) -> Tensor:
-    """An RGB image as a float tensor in [0, 1], (3, H, W); unreadable files raise ``SampleLoadError``."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as error:
-        raise SampleLoadError(path, str(error)) from None
+def load_rgb(image: str | Path | Image.Image | np.ndarray) -> Tensor:
+    """An RGB image as a float tensor in [0, 1], (3, H, W), from a path, a PIL image or an array (any input
+    `vislang.shared.data.images.as_rgb` takes); unreadable files raise ``SampleLoadError``."""
+    array = as_rgb_array(image).astype(np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -373,9 +378,12 @@ class _DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def sample_file(self, index: int) -> str:
+        return str(self.image_dir / self.records[index]["file_name"])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
-        image = load_rgb(self.image_dir / r["file_name"])
+        image = load_rgb(Path(self.sample_file(index)))
         boxes = torch.from_numpy(r["boxes"]).clone()
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)

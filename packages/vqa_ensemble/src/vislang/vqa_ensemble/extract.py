@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from vislang.shared.checkpoint import load_weights
+from vislang.shared.data.robust import SampleLoadError, TooManyLoadFailures
 from vislang.vqa_ensemble.data import image_files, load_rgb, read_coco_instances
 from vislang.vqa_ensemble.detector import (
     BACKBONES,
@@ -41,6 +43,8 @@ from vislang.vqa_ensemble.detector import (
 from vislang.vqa_ensemble.features import ImageFeatures, write_store
 
 __all__ = ["build_extractor", "extract_images", "main"]
+
+log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -118,24 +122,43 @@ def extract_images(
     batch_size: int = 8,
     boxes: dict[int, np.ndarray] | None = None,
     progress: bool = True,
+    max_failure_fraction: float = 0.01,
 ) -> Path:
-    """Run ``extractor`` over ``images`` into the store at ``out`` (created, resumed or refused)."""
+    """Run ``extractor`` over ``images`` into the store at ``out`` (created, resumed or refused).
+
+    An image file that cannot be read is logged, stored without features and recorded in the store (its
+    questions are then skipped and counted by the training loader); more than ``max_failure_fraction`` of
+    the images failing stops the extraction with a message naming them.
+    """
     paths = dict(images)
 
     def extract(image_ids: Sequence[int]) -> Iterator[ImageFeatures]:
         for start in range(0, len(image_ids), batch_size):
             chunk = image_ids[start : start + batch_size]
-            pixels = [load_rgb(paths[i]) for i in chunk]
+            pixels, failures = {}, {}
+            for i in chunk:
+                try:
+                    pixels[i] = load_rgb(paths[i])
+                except SampleLoadError as error:
+                    log.warning("skipping unreadable image %s: %s", error.path, error.reason)
+                    failures[i] = ImageFeatures.unreadable(error.path, error.reason)
+            readable = [i for i in chunk if i in pixels]
             given = None
             if boxes is not None:
-                missing = [i for i in chunk if i not in boxes or len(boxes[i]) == 0]
+                missing = [i for i in readable if i not in boxes or len(boxes[i]) == 0]
                 if missing:
                     raise KeyError(f"--boxes ground_truth: no boxes for image {missing[0]} in --instances")
-                given = [torch.from_numpy(boxes[i]) for i in chunk]
-            for feats, b in extractor(pixels, given):
+                given = [torch.from_numpy(boxes[i]) for i in readable]
+            results = iter(extractor([pixels[i] for i in readable], given) if readable else ())
+            for i in chunk:  # in the shard's order, unreadable images in their places
+                if i in failures:
+                    yield failures[i]
+                    continue
+                feats, b = next(results)
                 yield ImageFeatures(feats.float().numpy(), b.float().numpy())
 
-    return write_store(out, spec, [i for i, _ in images], extract, shard_size=shard_size, progress=progress)
+    return write_store(out, spec, [i for i, _ in images], extract, shard_size=shard_size, progress=progress,
+                       max_failure_fraction=max_failure_fraction)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--max-failure-fraction", type=float, default=0.01,
+                   help="unreadable images are skipped and recorded; stop when more than this fraction fails")  # fmt: skip
     return p
 
 
@@ -176,11 +201,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.boxes == "ground_truth":
         boxes = {r["id"]: r["boxes"] for r in read_coco_instances(args.instances)}
     torch.set_grad_enabled(False)
-    return extract_images(extractor, spec, images, args.out, args.shard_size, args.batch_size, boxes)
+    return extract_images(extractor, spec, images, args.out, args.shard_size, args.batch_size, boxes,
+                          max_failure_fraction=args.max_failure_fraction)  # fmt: skip
 
 
 if __name__ == "__main__":
     try:
         print(main())
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (FileNotFoundError, KeyError, ValueError, TooManyLoadFailures) as error:
         sys.exit(f"error: {error}")

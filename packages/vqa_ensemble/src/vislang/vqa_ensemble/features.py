@@ -8,13 +8,18 @@ training run, so the store is built for three things:
 * **resuming**: a shard is written under a temporary name and renamed when complete, then its number is
   recorded in ``store.json`` (written to a temporary file and renamed as well). A re-run skips every
   recorded shard and redoes only the unfinished one(s);
+* **skipping unreadable images**: an image that cannot be decoded is stored with no boxes and recorded in
+  ``store.json`` (``failed``: image id -> file and reason); reading it raises
+  `vislang.shared.data.robust.SampleLoadError`, so a training loader skips and counts it once, like a bad
+  image file. More than ``max_failure_fraction`` of the images failing stops the extraction;
 * **refusing mismatches**: ``store.json`` records the extractor's settings (backbone, weights checksum,
   box rule, image sizes, dtype, ...) and the planned image ids; asking for a store with different settings
   stops with one line naming the first differing field, instead of silently mixing two feature kinds.
 
 Layout::
 
-    <store>/store.json                      format, extractor spec, image ids, shard size, completed shards
+    <store>/store.json                      format, extractor spec, image ids, shard size, completed shards,
+                                            failed images
     <store>/shard_00000/features.npy        (n, max_boxes, dim) in the spec's dtype, zero-padded
     <store>/shard_00000/boxes.npy           (n, max_boxes, 4) float32, x1 y1 x2 y2 normalised to [0, 1]
     <store>/shard_00000/num_boxes.npy       (n,) int32
@@ -33,6 +38,8 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from vislang.shared.data.robust import SampleLoadError, TooManyLoadFailures
 
 __all__ = [
     "FORMAT",
@@ -55,10 +62,19 @@ class FeatureStoreMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class ImageFeatures:
-    """One image's features: ``features`` (n, dim), ``boxes`` (n, 4) normalised x1 y1 x2 y2."""
+    """One image's features: ``features`` (n, dim), ``boxes`` (n, 4) normalised x1 y1 x2 y2.
+
+    An image that could not be read is ``ImageFeatures.unreadable(path, reason)``: no boxes, and the
+    store records the file and the reason instead of features.
+    """
 
     features: np.ndarray
     boxes: np.ndarray
+    failure: tuple[str, str] | None = None  # (file, reason) of an image that could not be read
+
+    @classmethod
+    def unreadable(cls, path: str | os.PathLike[str], reason: str) -> ImageFeatures:
+        return cls(np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), (str(path), reason))
 
     @property
     def num_boxes(self) -> int:
@@ -121,6 +137,7 @@ def write_store(
     extract: Callable[[Sequence[int]], Iterable[ImageFeatures]],
     shard_size: int = 1000,
     progress: bool = True,
+    max_failure_fraction: float = 0.01,
 ) -> Path:
     """Create or resume the store at ``root``: call ``extract`` on every image of every unfinished shard.
 
@@ -132,6 +149,8 @@ def write_store(
         extract: Called with a shard's image ids; yields their ``ImageFeatures`` in the same order.
         shard_size: Images per shard.
         progress: Show a tqdm bar over images.
+        max_failure_fraction: Unreadable images (``ImageFeatures.unreadable``) are recorded and skipped;
+            more than this fraction of ``image_ids`` stops the extraction with `TooManyLoadFailures`.
 
     Returns:
         ``root``.
@@ -155,6 +174,7 @@ def write_store(
         _atomic_json(meta, meta_path)
     ids = meta["image_ids"]
     shards = [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
+    failed: dict[str, dict[str, str]] = dict(meta.get("failed", {}))
     done = set(meta["completed"])
     todo = [k for k in range(len(shards)) if k not in done]
     dim, max_boxes, dtype = spec["feature_dim"], spec["max_boxes"], np.dtype(spec["dtype"])
@@ -173,17 +193,23 @@ def write_store(
         }
         num_boxes = np.zeros(len(shard_ids), dtype=np.int32)
         count = 0
+        shard_failed: dict[str, dict[str, str]] = {}
         for row, item in enumerate(extract(shard_ids)):
             if row >= len(shard_ids):
                 raise ValueError(f"extract returned more than the {len(shard_ids)} images of shard {k}")
+            count += 1
+            bar.update(1)
+            if item.failure is not None:  # stored with no boxes; reading it raises SampleLoadError
+                shard_failed[str(shard_ids[row])] = {"file": item.failure[0], "reason": item.failure[1]}
+                if len(failed) + len(shard_failed) > max_failure_fraction * len(ids):
+                    _too_many(failed | shard_failed, len(ids), max_failure_fraction)
+                continue
             n = min(item.num_boxes, max_boxes)
             if item.features.shape[1:] != (dim,):
                 raise ValueError(f"image {shard_ids[row]}: features {item.features.shape}, expected (n, {dim})")
             arrays["features"][row, :n] = item.features[:n]
             arrays["boxes"][row, :n] = item.boxes[:n]
             num_boxes[row] = n
-            count += 1
-            bar.update(1)
         if count != len(shard_ids):
             raise ValueError(f"extract returned {count} images for shard {k}, expected {len(shard_ids)}")
         for array in arrays.values():
@@ -193,9 +219,20 @@ def write_store(
         np.save(tmp / "image_ids.npy", np.asarray(shard_ids, dtype=np.int64))
         os.replace(tmp, final)  # the shard appears complete or not at all
         meta["completed"] = sorted({*meta["completed"], k})
+        failed.update(shard_failed)
+        if failed:
+            meta["failed"] = failed
         _atomic_json(meta, meta_path)
     bar.close()
     return root
+
+
+def _too_many(failed: Mapping[str, Mapping[str, str]], total: int, fraction: float) -> None:
+    first = "; ".join(f"{f['file']} ({f['reason']})" for f in list(failed.values())[:5])
+    raise TooManyLoadFailures(
+        f"{len(failed)} of {total} images could not be read (more than {fraction:.2%}); first: {first}; "
+        "fix or remove them, or raise max_failure_fraction"
+    )
 
 
 class FeatureStore:
@@ -227,6 +264,8 @@ class FeatureStore:
         self.shard_size: int = meta["shard_size"]
         self.image_ids: list[int] = meta["image_ids"]
         self._row = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        self.failed: dict[int, dict[str, str]] = {int(i): f for i, f in meta.get("failed", {}).items()}
+        """Images whose file could not be read at extraction: image id -> {"file", "reason"}."""
         self._shards: dict[int, dict[str, np.ndarray]] = {}
 
     @property
@@ -246,7 +285,10 @@ class FeatureStore:
     def _shard(self, k: int) -> dict[str, np.ndarray]:
         if k not in self._shards:  # opened lazily, per process (DataLoader workers each open their own)
             d = self.root / _shard_name(k)
-            self._shards[k] = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+            try:
+                self._shards[k] = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+            except (OSError, ValueError) as error:  # a deleted or damaged shard: its images are skipped
+                raise SampleLoadError(d, f"unreadable feature shard ({error})") from None
         return self._shards[k]
 
     def __getitem__(self, image_id: int) -> ImageFeatures:
@@ -254,6 +296,9 @@ class FeatureStore:
             row = self._row[int(image_id)]
         except KeyError:
             raise KeyError(f"{self.root}: no features for image id {image_id}") from None
+        if int(image_id) in self.failed:
+            failure = self.failed[int(image_id)]
+            raise SampleLoadError(failure["file"], f"unreadable at feature extraction: {failure['reason']}")
         shard = self._shard(row // self.shard_size)
         r = row % self.shard_size
         n = int(shard["num_boxes"][r])
