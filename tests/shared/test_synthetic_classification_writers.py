@@ -13,6 +13,7 @@ from vislang.shared.data.synthetic import CLASS_NAMES, VIDEO_CLASS_NAMES, Synthe
 from vislang.shared.data.synthetic.classification_writers import (
     SSV2_TEMPLATES,
     image_class_dirs,
+    object_centric_image,
     video_class_dirs,
     write_cmae_json,
     write_imagenet_folder,
@@ -86,3 +87,23 @@ def test_refuses_foreign_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
         write_ssv2(WORLD, tmp_path, num_videos=3)
+
+
+def test_object_centric_images_show_one_shape_on_a_flat_background(tmp_path: Path) -> None:
+    world = SyntheticWorld(seed=5, image_size=32)
+    root = write_imagenet_folder(world, tmp_path, num_train=40, num_val=5, style="object_centric")
+    files = sorted((root / "train").glob("*/*.png"))
+    assert len(files) == 40 and len(list((root / "val").glob("*/*.png"))) == 5
+    assert len({p.parent.name for p in files}) == len(CLASS_NAMES)  # every class occurs in 40 draws
+    for path in files:
+        item = object_centric_image(world, int(path.stem.rsplit("_", 1)[1]))
+        assert path.parent.name == item.label_name
+        pixels = np.asarray(Image.open(path))
+        assert np.array_equal(pixels, item.image)
+        # the background is one flat colour and the shape one other colour: only the outline tells classes apart
+        assert len(np.unique(pixels[~item.mask], axis=0)) == 1 and len(np.unique(pixels[item.mask], axis=0)) == 1
+        assert 0.08 < item.mask.mean() < 0.6  # a large object (a scene's shapes cover ~6 % of the image)
+    again = object_centric_image(world, 3)
+    assert np.array_equal(again.image, object_centric_image(world, 3).image)  # a pure function of (seed, index)
+    with pytest.raises(ValueError, match="style must be one of"):
+        write_imagenet_folder(world, tmp_path / "other", num_train=2, num_val=1, style="photos")

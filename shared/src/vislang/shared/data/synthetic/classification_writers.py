@@ -1,7 +1,11 @@
 """Write the synthetic world in classification datasets' on-disk formats (images and videos).
 
 Image classes are ``CLASS_NAMES`` (the shape of a scene's largest instance); video classes are
-``VIDEO_CLASS_NAMES`` (the direction the main shape moves). Layouts, all under ``out_dir``:
+``VIDEO_CLASS_NAMES`` (the direction the main shape moves). Images are the world's scenes (``style="scenes"``:
+one to a few shapes on a textured background), or ``style="object_centric"``: one large, randomly rotated
+shape on a flat background (``object_centric_image``), where the outline is the only thing that tells the
+classes apart -- what self-supervised pre-training must learn for a classifier to profit from it.
+Layouts, all under ``out_dir``:
 
 * ``write_imagenet_folder`` -- torchvision ``ImageFolder`` / MAE::
 
@@ -25,14 +29,18 @@ Splits are the world's disjoint index ranges (``writers.split_indices``). Video 
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vislang.shared.data.synthetic.world import CLASS_NAMES, VIDEO_CLASS_NAMES, SyntheticWorld
+from vislang.shared.data.synthetic import render
+from vislang.shared.data.synthetic.world import CLASS_NAMES, VIDEO_CLASS_NAMES, SyntheticWorld, rng_for
 from vislang.shared.data.synthetic.writers import (
     IMAGE_FORMATS,
     _claim_directory,
@@ -45,8 +53,11 @@ from vislang.shared.data.synthetic.writers import (
 from vislang.shared.data.video import write_video
 
 __all__ = [
+    "IMAGE_STYLES",
     "SSV2_TEMPLATES",
+    "ObjectImage",
     "image_class_dirs",
+    "object_centric_image",
     "video_class_dirs",
     "write_cmae_json",
     "write_imagenet_folder",
@@ -58,6 +69,56 @@ SSV2_TEMPLATES: tuple[str, ...] = tuple(
     f"Moving [something] {name.removeprefix('moving ')}" for name in VIDEO_CLASS_NAMES
 )
 """SSv2-style templates of the world's video classes, in ``VIDEO_CLASS_NAMES`` order."""
+
+
+ImageStyle = Literal["scenes", "object_centric"]
+IMAGE_STYLES: tuple[str, ...] = ("scenes", "object_centric")
+
+_OBJECT_RADIUS = (0.26, 0.40)
+"""Half-extent of an object-centric shape as a fraction of the side: it covers about a quarter of the image
+(a scene's shapes cover ~6 %)."""
+_OBJECT_BACKGROUND_GREY = (70.0, 190.0)
+_OBJECT_BACKGROUND_TINT = 6.0
+
+
+@dataclass(eq=False)
+class ObjectImage:
+    """An object-centric image: ``image`` H x W x 3 uint8, the shape's ``mask``, its ``label`` (index into
+    ``CLASS_NAMES``), colour name and rotation."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray
+    label: int
+    color: str
+    angle: float
+
+    @property
+    def label_name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+
+def object_centric_image(world: SyntheticWorld, index: int) -> ObjectImage:
+    """Image ``index`` of ``world`` in the object-centric style: one shape of the world's vocabulary, 26-40 %
+    of the side in half-extent, at a random position inside the image and a random rotation, in a jittered
+    world colour on a flat, faintly tinted grey background. A pure function of ``(world.seed, index)``.
+    """
+    rng = rng_for(world.seed, int(index), "scene")
+    size = world.image_size
+    label = int(rng.integers(len(CLASS_NAMES)))
+    color = list(render.COLORS)[rng.integers(len(render.COLORS))]
+    jitter = rng.integers(-render.COLOR_JITTER, render.COLOR_JITTER + 1, size=3)
+    rgb = np.clip(np.asarray(render.COLORS[color]) + jitter, 0, 255)
+    grey = rng.uniform(*_OBJECT_BACKGROUND_GREY) + rng.normal(0, _OBJECT_BACKGROUND_TINT, size=3)
+    background = np.clip(np.rint(grey), 0, 255)
+    r = rng.uniform(*_OBJECT_RADIUS) * size
+    cx, cy = rng.uniform(r, size - r, size=2)
+    angle = float(rng.uniform(0, 2 * math.pi))
+    image, mask = render.object_centric_image(
+        CLASS_NAMES[label], tuple(int(v) for v in rgb), tuple(int(v) for v in background), size,
+        float(cx), float(cy), float(r), angle,
+    )  # fmt: skip
+    return ObjectImage(int(index), image, mask, label, color, angle)
 
 
 def image_class_dirs() -> list[str]:
@@ -82,6 +143,7 @@ def write_imagenet_folder(
     num_train: int | None = None,
     num_val: int | None = None,
     image_format: str = "png",
+    style: ImageStyle = "scenes",
 ) -> Path:
     """Scenes as an ImageNet-style class-folder tree (``train/`` and ``val/``); returns ``out_dir``.
 
@@ -90,15 +152,20 @@ def write_imagenet_folder(
         out_dir: root of the tree.
         num_train / num_val: images per split (default ``world.num_images`` and a tenth of it).
         image_format: ``png`` (exact pixels) or ``jpg`` (like ImageNet's JPEGs).
+        style: ``scenes`` (the world's scenes) or ``object_centric`` (``object_centric_image``).
     """
-    return _write_folder(world, Path(out_dir), _split_sizes(world, num_train, num_val), image_format)[0]
+    splits = _split_sizes(world, num_train, num_val)
+    return _write_folder(world, Path(out_dir), splits, image_format, style)[0]
 
 
 def _write_folder(
-    world: SyntheticWorld, out: Path, splits: dict[str, range], image_format: str
+    world: SyntheticWorld, out: Path, splits: dict[str, range], image_format: str, style: ImageStyle = "scenes"
 ) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
+    if style not in IMAGE_STYLES:
+        raise ValueError(f"style must be one of {IMAGE_STYLES}, got {style!r}")
+    draw = world.scene if style == "scenes" else lambda index: object_centric_image(world, index)
     classes = image_class_dirs()
     records: dict[str, list[dict[str, Any]]] = {}
     for split, indices in splits.items():
@@ -106,7 +173,7 @@ def _write_folder(
             (out / split / name).mkdir(parents=True, exist_ok=True)
         records[split] = []
         for index in tqdm(indices, desc=f"synthetic ImageNet {split} -> {out}", unit="image", disable=None):
-            scene = world.scene(index)
+            scene = draw(index)
             filename = f"{scene.label_name}_{index:08d}.{image_format}"
             Image.fromarray(scene.image).save(
                 out / split / scene.label_name / filename, format=IMAGE_FORMATS[image_format]
@@ -127,12 +194,14 @@ def write_cmae_json(
     num_train: int | None = None,
     num_val: int | None = None,
     image_format: str = "png",
+    style: ImageStyle = "scenes",
 ) -> Path:
     """The folder tree plus CMAE's ``ImageNet_{train,val}.json`` lists (path = ``out_dir/prefix/filename``).
 
     Returns the path of ``ImageNet_train.json``.
     """
-    out, records = _write_folder(world, Path(out_dir), _split_sizes(world, num_train, num_val), image_format)
+    splits = _split_sizes(world, num_train, num_val)
+    out, records = _write_folder(world, Path(out_dir), splits, image_format, style)
     for split, entries in records.items():
         dump_json(entries, out / f"ImageNet_{split}.json")
     return out / "ImageNet_train.json"
