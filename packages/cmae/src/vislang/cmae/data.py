@@ -276,6 +276,10 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_file(self, index: int) -> str:
+        """The image or video an item reads (``RobustDataset`` counts and skips per file)."""
+        return str(self.items[index].path)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         if isinstance(self.transform, TemporalShiftViews):
@@ -302,6 +306,10 @@ class ClassificationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def sample_file(self, index: int) -> str:
+        """The image or video an item reads (``RobustDataset`` counts and skips per file)."""
+        return str(self.items[index].path)
 
     def _clip_indices(self, length: int) -> list[Any]:
         if self.sampling == "tsn":
