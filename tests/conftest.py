@@ -26,3 +26,17 @@ def _leaves_no_run_files_in_the_working_directory(request):
     created = sorted(name for name in _LITTER if os.path.exists(name) and name not in before)
     if created:
         pytest.fail(f"{request.node.nodeid} left {created} in {os.getcwd()}; pass --trainer.default_root_dir=tmp_path")
+
+
+@pytest.fixture
+def check_exact_resume():
+    """``check(config, args, tmp_path, kill)``: run a config uninterrupted, then killed with SIGKILL at
+    ``kill`` (``{"step": n}`` or ``{"epoch": n}``) and resumed with ``--ckpt_path last``, and assert the
+    final weights and optimiser states are bit-identical (tests/shared/exact_resume.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("exact_resume", Path(__file__).parent / "shared" / "exact_resume.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_exact_resume

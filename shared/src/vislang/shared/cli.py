@@ -38,6 +38,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from vislang.shared.checkpoint import CheckpointError, load_checkpoint
+from vislang.shared.data.resume import add_exact_resume, newest_checkpoint
 from vislang.shared.data.robust import TooManyLoadFailures
 from vislang.shared.preflight import format_missing, run_preflight
 from vislang.shared.text import HubModelUnavailableError
@@ -123,6 +124,7 @@ class VislangCLI(LightningCLI):
         """
         try:
             super().instantiate_classes()
+            add_exact_resume(self.trainer)
         except Exception as err:
             if DEBUG:
                 raise
@@ -136,7 +138,15 @@ class VislangCLI(LightningCLI):
             )
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; a missing or unreadable input met on the way (not a bug) stops with one line."""
+        """Run it; a missing or unreadable input met on the way (not a bug) stops with one line.
+
+        ``--ckpt_path last`` resumes from the newest checkpoint the run's `ModelCheckpoint`s wrote (by
+        global step): a kill between Lightning's two writes (the step's file, then ``last.ckpt``) leaves
+        ``last.ckpt`` one save behind.
+        """
+        kwargs = self.config_init.get(subcommand, {})
+        if kwargs.get("ckpt_path") == "last" and (newest := newest_checkpoint(self.trainer)):
+            kwargs["ckpt_path"] = newest
         try:
             super()._run_subcommand(subcommand)
         except _INPUT_ERRORS as err:

@@ -125,10 +125,15 @@ def check_tokenizer(
     """
     if value is None:
         return []
+    from vislang.shared.text import _is_path_like, package_path
+
+    try:
+        value = str(package_path(value))
+    except FileNotFoundError as err:
+        return [Missing(key, str(err), fix)]
     path = Path(value).expanduser()
     if path.is_dir():
         return []
-    from vislang.shared.text import _is_path_like
 
     if _is_path_like(value) or _tokenizer_cached(value):
         return check_path(key, value, fix)

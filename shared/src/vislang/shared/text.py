@@ -19,11 +19,13 @@ if TYPE_CHECKING:  # transformers takes seconds to import; load it only when a f
 
 __all__ = [
     "BERT_SPECIAL_TOKENS",
+    "PACKAGE_SCHEME",
     "SYNTHETIC_TOKENIZER_DIR",
     "HubModelUnavailableError",
     "build_synthetic_tokenizer",
     "load_text_model",
     "load_tokenizer",
+    "package_path",
     "tiny_bert_config",
     "train_wordpiece_tokenizer",
 ]
@@ -41,8 +43,33 @@ def _is_path_like(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
 
 
+PACKAGE_SCHEME = "pkg://"
+"""Prefix of a path inside an installed package: ``pkg://vislang.shared/assets/synthetic_wordpiece`` is
+the folder ``assets/synthetic_wordpiece`` of the ``vislang.shared`` package, wherever it is installed
+and whatever the working directory (the shipped demo configs name their tokenizer this way)."""
+
+
+def package_path(value: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """``value`` with a `PACKAGE_SCHEME` prefix replaced by the folder it names; anything else unchanged.
+
+    Raises:
+        FileNotFoundError: If the package is not installed.
+    """
+    if not isinstance(value, str) or not value.startswith(PACKAGE_SCHEME):
+        return value
+    package, _, inner = value[len(PACKAGE_SCHEME) :].partition("/")
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"{value}: package {package!r} is not installed") from None
+    return str(Path(str(root)) / inner)
+
+
 def _resolve(name_or_path: str | os.PathLike[str], what: str) -> tuple[str, bool]:
     """Return ``(source, is_local)``: an existing directory is used as is, anything else is a hub name."""
+    name_or_path = package_path(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path), True

@@ -38,9 +38,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
 from vislang.shared.data.video import VideoReader, dense_indices, temporal_shift_indices, tsn_indices
-from vislang.shared.metrics.ddp import evaluation_sampler
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -392,17 +392,10 @@ class _Base(LightningDataModule):
         return items
 
     def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        return DataLoader(
-            dataset,
-            batch_size=batch_size or self.hparams.batch_size,
-            shuffle=train if not distributed else None,
-            sampler=None if train or not distributed else evaluation_sampler(dataset),
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_with_failures(),
-            drop_last=train,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        batch_size, workers = batch_size or self.hparams.batch_size, self.hparams.num_workers
+        if train:
+            return train_loader(dataset, batch_size, self.trainer, num_workers=workers)
+        return eval_loader(dataset, batch_size, num_workers=workers, persistent_workers=True)
 
 
 class CMAEPretrainDataModule(_Base):

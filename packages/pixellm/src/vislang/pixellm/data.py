@@ -30,9 +30,10 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.loaders import eval_loader, train_loader
+from vislang.shared.data.robust import RobustDataset, SampleLoadError
 from vislang.shared.data.synthetic import SEG_PLACEHOLDER, SyntheticWorld
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ class SemSegDataset(_SegmentationDataset):
             raise ValueError(f"sem_seg source {source!r}: choose from {list(SEM_SEG_SOURCES)}")
         self.root, self.source, self.name = Path(root), source, source
         self.classes_per_question = classes_per_question
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         getattr(self, f"_init_{source}")()
         if not self.items:
             raise ValueError(f"{self.root}: no {source} images found (see SemSegDataset for the layout)")
@@ -390,7 +391,10 @@ class SemSegDataset(_SegmentationDataset):
         return Path(self.items[index]["image"])  # its label map belongs to it: one file per item either way
 
     def _pick(self, count: int) -> list[int]:
-        return sorted(self.rng.choice(count, size=min(count, self.classes_per_question), replace=False).tolist())
+        # drawn from NumPy's global generator, which `RobustDataset` seeds per (seed, epoch, index) in training:
+        # a resumed run draws the same classes whichever worker loads the item
+        rng = np.random.default_rng([self.seed, int(np.random.randint(2**31))])
+        return sorted(rng.choice(count, size=min(count, self.classes_per_question), replace=False).tolist())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -628,14 +632,10 @@ class PixelLMDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         hp = self.hparams
-        sampler = None
-        if train:  # per process: Lightning's DistributedSamplerWrapper splits the draws across the ranks
-            world = self.trainer.world_size if self.trainer is not None else 1
-            total = (hp.samples_per_epoch or len(dataset)) * world
-            sampler = WeightedRandomSampler(self.weights, num_samples=total, replacement=True)
-        return DataLoader(dataset, batch_size=hp.batch_size if train else hp.eval_batch_size, sampler=sampler,
-                          shuffle=False, num_workers=hp.num_workers, collate_fn=collate_with_failures(collate),
-                          persistent_workers=hp.num_workers > 0 and train)  # fmt: skip
+        if train:  # `samples_per_epoch` draws per process, weighted by the sources' sample rates
+            return train_loader(dataset, hp.batch_size, self.trainer, collate=collate, num_workers=hp.num_workers,
+                                drop_last=False, weights=self.weights, num_samples=hp.samples_per_epoch or len(dataset))  # fmt: skip
+        return eval_loader(dataset, hp.eval_batch_size, collate=collate, num_workers=hp.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -24,9 +24,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vislang.shared.data.robust import RobustDataset, collate_with_failures
+from vislang.shared.data.loaders import eval_loader, train_loader
+from vislang.shared.data.robust import RobustDataset
 from vislang.shared.data.video import VideoReader, tsn_indices
-from vislang.shared.metrics.ddp import evaluation_sampler
 from vislang.shared.preflight import Missing, PreflightContext
 
 Task = Literal["retrieval", "caption", "qa"]
@@ -476,19 +476,12 @@ class VLABDataModule(LightningDataModule):
                 self._dataset(task, split)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
-            shuffle=train if not self._distributed() else None,
-            sampler=None if train or not self._distributed() else evaluation_sampler(dataset),
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_with_failures(collate),
-            drop_last=train,
-            persistent_workers=self.hparams.num_workers > 0,
+        hp = self.hparams
+        if train:
+            return train_loader(dataset, hp.batch_size, self.trainer, collate=collate, num_workers=hp.num_workers)
+        return eval_loader(
+            dataset, hp.eval_batch_size, collate=collate, num_workers=hp.num_workers, persistent_workers=True
         )
-
-    def _distributed(self) -> bool:
-        return self.trainer is not None and self.trainer.world_size > 1
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {task: self._loader(self._dataset(task, "train"), train=True) for task in self.tasks}

@@ -30,7 +30,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vislang.shared.data.images import as_rgb_array
-from vislang.shared.data.robust import RobustDataset, collate_with_failures
+from vislang.shared.data.loaders import eval_loader, train_loader
+from vislang.shared.data.robust import RobustDataset
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
 from vislang.shared.metrics.vqa import build_answer_vocab, normalize_vocab_answer, vqa_soft_targets
 from vislang.shared.text import load_tokenizer
@@ -316,14 +317,11 @@ class VQADataModule(LightningDataModule):
         if split not in self.splits:
             raise RuntimeError(f"split {split!r} not set up (call setup first)")
         h = self.hparams
-        return DataLoader(
-            self.splits[split],
-            batch_size=h.batch_size if shuffle else h.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=h.num_workers,
-            collate_fn=self.collate,
-            persistent_workers=h.num_workers > 0,
-        )
+        if shuffle:
+            return train_loader(self.splits[split], h.batch_size, self.trainer, collate=self.collate,
+                                num_workers=h.num_workers, drop_last=False)  # fmt: skip
+        return eval_loader(self.splits[split], h.eval_batch_size, collate=self.collate, num_workers=h.num_workers,
+                           persistent_workers=True)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -428,21 +426,12 @@ class COCODetectionDataModule(LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_with_failures(_detection_collate),
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        h = self.hparams
+        return train_loader(self.train, h.batch_size, self.trainer, collate=_detection_collate,
+                            num_workers=h.num_workers, drop_last=False)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val is None:
             return []
-        return DataLoader(
-            self.val,
-            batch_size=self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_with_failures(_detection_collate),
-        )
+        return eval_loader(self.val, self.hparams.batch_size, collate=_detection_collate,
+                           num_workers=self.hparams.num_workers)  # fmt: skip

@@ -29,6 +29,7 @@ count with the limit, without locks (entries only ever go from False to True).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
+
+from vislang.shared.data.resume import SampleKey, seeded
 
 __all__ = [
     "FAILURES_KEY",
@@ -52,6 +55,10 @@ log = logging.getLogger(__name__)
 
 FAILURES_KEY = "load_failures"
 """Key of the failure count in samples (added by `RobustDataset`) and batches (by the collate)."""
+
+SEED_KEY = "_sample_key"
+"""Key of a sample's `SampleKey` (added by `RobustDataset` for `ResumableSampler`'s items): the collate
+runs seeded from its batch's keys, then drops them."""
 
 # Rows of the shared counter: row 0 is the main process, row 1 + k is DataLoader worker k.
 _MAX_PROCESS_ROWS = 64
@@ -152,7 +159,16 @@ class RobustDataset(Dataset):
         marked = self._failed_files[: self.num_files].nonzero().flatten().tolist()
         return {self._file_names[i] if self._file_names is not None else f"#{i}" for i in marked}
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | SampleKey) -> Any:
+        if isinstance(index, SampleKey):  # from ResumableSampler: load with generators seeded by the key
+            with seeded([index]):
+                sample = self._load(index.index)
+            if isinstance(sample, MutableMapping):
+                sample[SEED_KEY] = index
+            return sample
+        return self._load(index)
+
+    def _load(self, index: int) -> Any:
         size = len(self)
         row = self._row()
         failures = 0
@@ -211,13 +227,17 @@ def collate_with_failures(collate: Callable[[list[Any]], Any] = default_collate)
         failures = 0
         found = False
         stripped = []
+        keys = []
         for sample in samples:
-            if isinstance(sample, Mapping) and FAILURES_KEY in sample:
-                found = True
-                failures += int(sample[FAILURES_KEY])
-                sample = {key: value for key, value in sample.items() if key != FAILURES_KEY}
+            if isinstance(sample, Mapping) and (FAILURES_KEY in sample or SEED_KEY in sample):
+                found = found or FAILURES_KEY in sample
+                failures += int(sample.get(FAILURES_KEY, 0))
+                if SEED_KEY in sample:
+                    keys.append(sample[SEED_KEY])
+                sample = {key: value for key, value in sample.items() if key not in (FAILURES_KEY, SEED_KEY)}
             stripped.append(sample)
-        batch = collate(stripped)
+        with seeded(keys) if keys else contextlib.nullcontext():  # random masks drawn in a collate replay too
+            batch = collate(stripped)
         if found:
             if not isinstance(batch, MutableMapping):
                 raise TypeError(

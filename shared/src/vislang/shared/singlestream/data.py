@@ -30,7 +30,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.loaders import eval_loader, train_loader
+from vislang.shared.data.robust import SampleLoadError
 from vislang.shared.data.vl import (
     SNLI_VE_LABELS,
     CaptionedImage,
@@ -525,15 +526,13 @@ class SingleStreamDataModule(LightningDataModule):
     # -- loaders -----------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         h = self.hparams
-        return DataLoader(
-            RobustDataset(dataset, h.max_failure_fraction),
-            batch_size=h.batch_size if train else h.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=h.num_workers,
-            persistent_workers=False,
-            collate_fn=collate_with_failures(collate),
-        )
+        if train:
+            return train_loader(dataset, h.batch_size, self.trainer, collate=collate, num_workers=h.num_workers,
+                                max_failure_fraction=h.max_failure_fraction, persistent_workers=False)  # fmt: skip
+        return eval_loader(
+            dataset, h.eval_batch_size, collate=collate, num_workers=h.num_workers,
+            max_failure_fraction=h.max_failure_fraction,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
