@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
-from vislang.cmae.convert import detect_layout, export_timm, load_encoder, main, to_timm
-from vislang.cmae.model import build_classifier, build_encoder, get_config
+from vislang.cmae.convert import detect_layout, export_timm, load_classifier, load_cmae, load_encoder, main, to_timm
+from vislang.cmae.model import CMAE, CMAEClassifier, CMAEConfig, build_classifier, build_encoder, get_config
+from vislang.cmae.module import CMAEClassificationModule
 from vislang.shared.checkpoint import load_state_dict, save_state_dict
 
 # timm name -> official CMAE mm name (the converter's table, run backwards)
@@ -149,3 +155,126 @@ def test_command_line_converts_to_safetensors(tmp_path, capsys) -> None:
     loaded = load_state_dict(tmp_path / "out.safetensors")
     assert set(loaded) == set(encoder.state_dict())
     save_state_dict(loaded, tmp_path / "again.safetensors")
+
+
+# ---- every checkpoint a user brings (official layouts from the golden fixtures, files as their code writes them)
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden_cmae() -> tuple[dict[str, torch.Tensor], CMAEConfig]:
+    meta = json.loads((GOLDEN / "cmae_vit.json").read_text())
+    keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
+            "decoder_heads", "feature_decoder_depth", "proj_hidden_dim", "proj_dim")  # fmt: skip
+    return load_file(GOLDEN / "cmae_vit.safetensors"), CMAEConfig(**{k: meta[k] for k in keys})
+
+
+def test_official_runner_checkpoint_fills_every_module_to_continue_pretraining(tmp_path) -> None:
+    """An mmengine runner file (meta with NumPy values, message hub, optimizer, schedulers) -> whole CMAE."""
+    weights, config = _golden_cmae()
+    path = tmp_path / "epoch_1600.pth"
+    torch.save({"meta": {"epoch": 1600, "iter": 500000, "seed": np.int64(60), "time": np.str_("20240101_000000"),
+                         "mmengine_version": "0.10.7", "cfg": "model = dict(type='CMAE')"},
+                "state_dict": weights,
+                "message_hub": {"runtime_info": {"epoch": 1600, "iter": 500000}, "resumed_keys": {"epoch": True}},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": []}]},
+                "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40}]}, path)  # fmt: skip
+    model = CMAE(config)
+    report = load_cmae(model, path)
+    assert report.missing == ["target_encoder.norm.weight", "target_encoder.norm.bias"]
+    assert not report.unexpected and not report.mismatched
+    loaded = model.state_dict()
+    pairs = {  # official name -> ours, one per module
+        "backbone.layers.1.ffn.layers.1.bias": "encoder.blocks.1.mlp.fc2.bias",
+        "target_backbone.layers.0.ln2.weight": "target_encoder.blocks.0.norm2.weight",
+        "pixel_decoder.ln1.weight": "pixel_decoder.decoder_norm.weight",
+        "feature_decoder.decoder_blocks.0.attn.qkv.weight": "feature_decoder.decoder_blocks.0.attn.qkv.weight",
+        "projector.bn0.running_var": "projector.bn0.running_var",
+        "target_projector.fc1.weight": "target_projector.fc1.weight",
+        "head.predictor.fc0.bias": "predictor.fc0.bias",
+    }
+    for official, ours in pairs.items():
+        assert torch.equal(loaded[ours], weights[official]), official
+    # our own pre-training checkpoint round-trips into every module as well
+    ours_path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in loaded.items()}, "epoch": 3}, ours_path)
+    again = CMAE(config)
+    assert load_cmae(again, ours_path).ok
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), loaded.values(), strict=True))
+
+
+def test_released_pretraining_file_is_the_runners_backbone(tmp_path) -> None:
+    """``tools/extract_backbone_weights.py``'s output (``backbone.`` stripped, ``{'state_dict', 'author'}``) loads
+    the online encoder exactly as the runner checkpoint does; the target encoder starts as its copy."""
+    weights, config = _golden_cmae()
+    path = tmp_path / "cmae_vit-base-p16_32xb128-coslr-1600e_in1k.pth"
+    backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    torch.save({"state_dict": backbone, "author": "CMAE"}, path)
+    full, released = CMAE(config), CMAE(config)
+    load_cmae(full, weights)
+    report = load_cmae(released, path)
+    assert not any(k.startswith(("encoder.", "target_encoder.")) for k in report.missing)
+    for ours, reference in zip(released.encoder.state_dict().values(), full.encoder.state_dict().values(), strict=True):
+        assert torch.equal(ours, reference)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(released.target_encoder.parameters(), released.encoder.parameters(), strict=True)
+    )
+
+
+def test_finetuned_files_load_fc_norm_and_head_into_the_classifier_module(tmp_path) -> None:
+    """An MAE-style fine-tuned file (``{'model', ..., 'args': Namespace}``, timm names with ``fc_norm`` and
+    ``head``) fills the whole classifier of ``CMAEClassificationModule``; a head of another class count is kept."""
+    torch.manual_seed(0)
+    source = build_classifier("tiny", num_classes=5)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    state = load_state_dict(export_timm(source, tmp_path / "ft.safetensors"))
+    path = tmp_path / "checkpoint-99.pth"
+    torch.save({"model": state, "epoch": 99, "args": argparse.Namespace(model="vit_tiny", nb_classes=5)}, path)
+    module = CMAEClassificationModule(preset="tiny", num_classes=5, init_weights=str(path), mixup=0, cutmix=0)
+    assert torch.equal(module.model.head.weight, source.head.weight)
+    assert torch.equal(module.model.fc_norm.bias, source.fc_norm.bias)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(module.model.eval()(x), source.eval()(x), atol=1e-6, rtol=0)
+    other = build_classifier("tiny", num_classes=7)
+    report = load_classifier(other, path)
+    assert sorted(k for k, _, _ in report.mismatched) == ["head.bias", "head.weight"] and not report.missing
+
+
+def test_videomae_finetuned_file_loads_into_the_video_classifier() -> None:
+    """VideoMAE's fine-tuning layout: ``module`` wrapper (DeepSpeed), q/v biases, ``fc_norm`` + ``head``."""
+    config = get_config("video_tiny")
+    torch.manual_seed(0)
+    source = CMAEClassifier(config, num_classes=3)
+    state = {k.removeprefix("encoder."): v.clone() for k, v in source.state_dict().items() if k != "encoder.pos_embed"}
+    for i in range(config.depth):
+        q, _, v = state.pop(f"blocks.{i}.attn.qkv.bias").chunk(3)
+        state[f"blocks.{i}.attn.q_bias"], state[f"blocks.{i}.attn.v_bias"] = q + 1, v - 1
+    target = CMAEClassifier(config, num_classes=3)
+    report = load_classifier(target, {f"module.{k}": v for k, v in state.items()})
+    assert report.missing == ["encoder.pos_embed"] and not report.unexpected  # VideoMAE's table is not stored
+    assert torch.equal(target.head.weight, source.head.weight) and torch.equal(
+        target.fc_norm.weight, state["fc_norm.weight"]
+    )
+    bias = target.encoder.blocks[0].attn.qkv.bias.chunk(3)
+    assert torch.equal(bias[1], torch.zeros_like(bias[1])) and torch.equal(bias[0], state["blocks.0.attn.q_bias"])
+
+
+def test_videoconvmae_layout_loads_the_video_hybrid(tmp_path) -> None:
+    """VideoConvMAE keeps ConvMAE's names (``blocks3``, ``patch_embed1..4``, fusion convs) with 3-D kernels."""
+    config = get_config("video_convvit_base", conv_dims=(8, 8), embed_dim=16, depth=1, num_heads=2, img_size=64,
+                        num_frames=4)  # fmt: skip
+    torch.manual_seed(0)
+    source = build_encoder(config)
+    state = {re.sub(r"^blocks\.", "blocks3.", k): v for k, v in source.state_dict().items()}
+    state.update({"mask_token": torch.zeros(1, 1, 8), "decoder_pred.weight": torch.zeros(4, 8)})
+    torch.save({"model": state, "epoch": 800, "args": argparse.Namespace(num_frames=4)}, tmp_path / "vcm.pth")
+    assert detect_layout(state) == "convmae"
+    target = build_encoder(config)
+    assert load_encoder(target, tmp_path / "vcm.pth").ok
+    assert all(
+        torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True)
+    )

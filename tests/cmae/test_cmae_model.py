@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from vislang.cmae.model import (
+    CMAE,
     PRESETS,
     CMAEClassifier,
     build_cmae,
@@ -65,9 +69,33 @@ def test_random_and_tube_masks() -> None:
     ids_keep, mask = sample_mask(2, (1, 14, 14), 0.75, "random")
     assert ids_keep.shape == (2, 49) and mask.sum(1).tolist() == [147, 147]
     ids_keep, mask = sample_mask(2, (8, 14, 14), 0.9, "random")
-    assert ids_keep.shape == (2, 8 * 19)
+    # VideoMAE's TubeMaskingGenerator: int(0.9 * 196) = 176 masked per slice -> 20 x 8 = 160 visible of 1568
+    assert ids_keep.shape == (2, 160) and mask.sum(1).tolist() == [1408, 1408]
     tubes = mask.reshape(2, 8, 196)
     assert torch.equal(tubes, tubes[:, :1].expand_as(tubes))  # same spatial mask in every time slice
+
+
+def test_cmae_v_presets_follow_videomae_counts_and_decoder() -> None:
+    """CMAE-V's defaults: VideoMAE's visible count, its 384-d x 4 decoder (ViT-B), 1568 tokens of 2x16x16."""
+    config = get_config("video_vit_base")
+    assert config.num_patches == 1568 and config.grid == (8, 14, 14)
+    ids_keep, _ = CMAE(replace(config, depth=1, decoder_depth=1)).sample_mask(1, torch.device("cpu"))
+    assert ids_keep.shape == (1, 160)
+    assert (config.decoder_dim, config.decoder_heads, config.decoder_depth) == (384, 6, 4)
+    assert (config.feature_decoder_depth, config.mask_ratio) == (2, 0.9)
+    assert [(get_config(f"video_{n}").decoder_dim, get_config(f"video_{n}").decoder_heads)
+            for n in ("vit_small", "vit_large")] == [(192, 3), (512, 8)]  # fmt: skip
+    # images keep CMAE's count: int(49 units * 0.35) = 17 blocks of 2x2 -> 68 of 196
+    assert CMAE(replace(get_config("vit_base"), depth=1, decoder_depth=1)).sample_mask(1, "cpu")[0].shape == (1, 68)
+
+
+@pytest.mark.parametrize("config_name", ["k400_pretrain", "ssv2_pretrain"])
+def test_cmae_v_temporal_shift_span_is_two_tubelets(config_name) -> None:
+    """The configs' Delta_max is the image shift's analogue (31 px = ~2 patches of 16 -> 2 tubelets =
+    4 sampled frames), in raw frames: 4 x sampling rate (K400 stride 4 -> 16, SSv2 stride 2 -> 8)."""
+    path = Path(__file__).parents[2] / "packages/cmae/configs" / f"{config_name}.yaml"
+    data = yaml.safe_load(path.read_text())["data"]["init_args"]
+    assert data["max_temporal_shift"] == 2 * 2 * data["sampling_rate"]
 
 
 def test_patchify_roundtrip_images_and_videos() -> None:

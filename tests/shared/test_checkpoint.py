@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import sys
+import types
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,9 +18,11 @@ from torch import nn
 
 from vislang.shared.checkpoint import (
     CheckpointError,
+    CheckpointRecord,
     LoadReport,
     StateDictMismatchError,
     UnsafeCheckpointError,
+    load_checkpoint,
     load_into,
     load_state_dict,
     load_weights,
@@ -105,7 +111,92 @@ def test_conversion_hint_works(tmp_path: Path) -> None:
 
 
 class _Args:
-    """Stands in for an argparse-like object that official checkpoints often pickle."""
+    """A script's own class pickled next to the weights: not on the allow-list, so the file is refused."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metadata real training scripts write (mmengine runners, MAE-style argparse scripts)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _save_as_mmengine(path: Path, payload: dict, monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """``torch.save`` with a class pickled under mmengine's ``HistoryBuffer`` name, as a runner does
+    (``message_hub.state_dict()``); mmengine itself is not needed. Its ``__setstate__`` would write ``marker``."""
+
+    class HistoryBuffer:
+        def __init__(self, values: list[float]) -> None:
+            self._log_history = np.array(values)
+            self._count_history = np.ones(len(values), dtype=np.int64)
+            self.max_length = 1000000
+
+        def __setstate__(self, state: dict) -> None:  # must never run on load
+            Path(marker).write_text("HistoryBuffer code ran")
+            self.__dict__.update(state)
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = module.__name__, "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    payload["message_hub"] = {
+        "log_scalars": {"train/loss": HistoryBuffer([0.9, 0.8]), "train/lr": HistoryBuffer([1e-4])},
+        "runtime_info": {"epoch": 1600, "iter": 500000, "max_epochs": 1600},
+        "resumed_keys": {"epoch": True},
+    }
+    torch.save(payload, path)
+    monkeypatch.delitem(sys.modules, module.__name__)  # loading must not depend on it
+
+
+def test_mmengine_runner_checkpoint_loads_with_its_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner checkpoint as mmengine writes it: ``meta`` with NumPy scalars / strings / arrays, the message
+    hub's HistoryBuffers, optimizer and scheduler states -- read under weights_only, the weights unwrapped."""
+    marker = tmp_path / "ran"
+    weights = {"backbone.cls_token": torch.randn(1, 1, 4), "backbone.ln1.weight": torch.ones(4)}
+    meta = {"epoch": 1600, "iter": 500000, "seed": np.int64(60), "time": np.str_("20240101_000000"),
+            "mmengine_version": "0.10.7", "cfg": "model = dict(type='CMAE')", "experiment_name": "cmae",
+            "hook_msgs": {"best_score": np.float64(83.8), "scores": np.array([82.5, 83.8])},
+            "dataset_meta": {"classes": np.array(["a", "b"])}}  # fmt: skip
+    payload = {"meta": meta, "state_dict": OrderedDict(weights),
+               "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}},
+                             "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": [0]}]},
+               "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40, "_get_lr_called_within_step": False}]}  # fmt: skip
+    path = tmp_path / "epoch_1600.pth"
+    _save_as_mmengine(path, payload, monkeypatch, marker)
+    loaded = load_checkpoint(path)
+    assert loaded["meta"]["seed"] == 60 and isinstance(loaded["meta"]["seed"], np.int64)
+    assert loaded["meta"]["time"] == "20240101_000000" and loaded["meta"]["hook_msgs"]["best_score"] == 83.8
+    np.testing.assert_array_equal(loaded["meta"]["hook_msgs"]["scores"], [82.5, 83.8])
+    buffer = loaded["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(buffer, CheckpointRecord)  # inert stand-in: the class's own code did not run
+    np.testing.assert_array_equal(buffer.state["_log_history"], [0.9, 0.8])
+    assert not marker.exists()
+    torch.testing.assert_close(load_state_dict(path), weights)
+
+
+def test_mae_style_checkpoint_with_argparse_namespace_loads(tmp_path: Path) -> None:
+    """MAE / VideoMAE / ConvMAE ``misc.save_model``: ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``."""
+    args = argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75, norm_pix_loss=True, blr=1.5e-4,
+                              input_size=224, output_dir=Path("out"), device="cuda")  # fmt: skip
+    weights = {"cls_token": torch.randn(1, 1, 4), "blocks.0.norm1.weight": torch.ones(4)}
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": weights, "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0}, "args": args}, path)  # fmt: skip
+    loaded = load_checkpoint(path)
+    assert loaded["args"] == args and loaded["epoch"] == 799
+    torch.testing.assert_close(load_state_dict(path), weights)
+
+
+def test_allow_list_does_not_let_code_through_numpy_object_arrays(tmp_path: Path) -> None:
+    """An object array is allowed only if each element is: one that runs code is still refused."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    evil = np.empty(1, dtype=object)
+    evil[0] = _RunsFunction(marker)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"hook_msgs": evil}, "args": argparse.Namespace()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="_write_marker"):
+        load_state_dict(path)
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 Reading never executes code from a checkpoint: ``.safetensors`` files hold only tensors, and pickle
 files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read with ``torch.load(weights_only=True)``, which
-refuses any global outside PyTorch's allow-list. A pickle that needs more is refused with an
+refuses any global outside PyTorch's allow-list plus ``SAFE_GLOBALS`` -- the inert metadata that real
+training scripts store next to the weights: ``pathlib`` paths (Lightning hyper-parameters), NumPy scalars,
+dtypes and arrays (mmengine's ``meta``), ``argparse.Namespace`` (MAE / VideoMAE / ConvMAE's ``args``) and
+mmengine's ``HistoryBuffer`` (its ``message_hub``), read as a ``CheckpointRecord`` that holds the pickled
+state without running any of that class's code. A pickle that needs more is refused with an
 ``UnsafeCheckpointError`` explaining how to convert it once, in a trusted environment.
 
 Converters (``packages/*/convert.py``) combine the pieces::
@@ -14,13 +18,15 @@ Converters (``packages/*/convert.py``) combine the pieces::
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import pathlib
 import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +36,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 __all__ = [
+    "SAFE_GLOBALS",
     "CheckpointError",
+    "CheckpointRecord",
     "LoadReport",
     "StateDictMismatchError",
     "UnsafeCheckpointError",
@@ -90,14 +98,62 @@ def _conversion_hint(path: Path) -> str:
     )
 
 
+class CheckpointRecord:
+    """Stand-in for an object of a training framework's class found in a checkpoint's metadata.
+
+    Unpickling sets ``state`` to what the file stored (e.g. mmengine's ``HistoryBuffer``: its
+    ``_log_history`` / ``_count_history`` arrays and ``max_length``); no code of the original class runs,
+    and the framework need not be installed.
+    """
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"CheckpointRecord({self.state!r})"
+
+
+def _numpy_globals() -> list[Callable[..., object] | tuple[Callable[..., object], str]]:
+    """NumPy's scalar / dtype / array rebuilders, under NumPy 2's and NumPy 1's module names.
+
+    They only rebuild values from bytes: ``scalar(dtype, bytes)``, ``dtype(str, ...)`` and
+    ``_reconstruct(ndarray, shape, ...)`` + ``__setstate__``; object arrays still need every element to be
+    allowed.
+    """
+    import numpy as np
+
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # NumPy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    out: list[Callable[..., object] | tuple[Callable[..., object], str]] = [np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:  # NumPy >= 1.25: dtype classes (Float64DType, StrDType, ...) in dtype pickles
+        out += [getattr(dtypes, name) for name in dtypes.__all__ if isinstance(getattr(dtypes, name), type)]
+    return out
+
+
 INERT_GLOBALS: tuple[type, ...] = (
     pathlib.PosixPath,
     pathlib.WindowsPath,
     pathlib.PurePosixPath,
     pathlib.PureWindowsPath,
+    argparse.Namespace,
 )
-"""Globals allowed on top of ``weights_only``'s list: rebuilding them runs no user code, and Lightning
-checkpoints store ``Path``-typed hyper-parameters (data roots, output dirs) as such objects."""
+"""Classes allowed on top of ``weights_only``'s list: rebuilding them runs no user code. Lightning
+checkpoints store ``Path``-typed hyper-parameters; MAE-style scripts store their ``argparse`` namespace."""
+
+FRAMEWORK_RECORDS: tuple[str, ...] = ("mmengine.logging.history_buffer.HistoryBuffer",)
+"""Framework classes read as a ``CheckpointRecord`` (mmengine runner checkpoints' ``message_hub``)."""
+
+SAFE_GLOBALS: list[Callable[..., object] | tuple[Callable[..., object], str]] = [
+    *INERT_GLOBALS,
+    *_numpy_globals(),
+    *((CheckpointRecord, name) for name in FRAMEWORK_RECORDS),
+]
+"""Everything ``load_checkpoint`` / ``load_state_dict`` allow beyond ``torch.load(weights_only=True)``'s list."""
 
 
 def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> object:
@@ -118,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> object:
 
 def _load_pickle(path: Path, mmap: bool = False) -> object:
     try:
-        with torch.serialization.safe_globals(list(INERT_GLOBALS)), warnings.catch_warnings():
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
             # A plain pickle.dump file triggers a protocol warning before the refusal explains it.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap or None)

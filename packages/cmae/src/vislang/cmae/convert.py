@@ -12,13 +12,27 @@ layout                    recognised by / renamed how
                           ``ln1/ln2`` -> ``norm1/norm2``, ``ffn.layers.0.0`` -> ``mlp.fc1``,
                           ``ffn.layers.1`` -> ``mlp.fc2``, top-level ``ln1`` -> ``norm``, ``head.head`` -> ``head``
 ``cmae_encoder_s``        the pre-release ``cmae_vit_b16.pth``: timm names under ``encoder_s.``
+``convmae`` / VideoConvMAE ``blocks3.0.attn.qkv.weight``, ``patch_embed1.proj``: ConvMAE's names are ours except
+                          ``blocks3`` -> ``blocks``; its decoder (``decoder_*``, ``mask_token``) is dropped
 ``videomae``              ``encoder.blocks.0.attn.q_bias``: ``encoder.`` stripped, ``qkv.bias`` =
                           cat(q_bias, 0, v_bias), decoder / ``encoder_to_decoder`` / ``mask_token`` dropped
 ``vislang``               our own Lightning checkpoints (``model.encoder.*`` / ``model.target_encoder.*``)
 ========================  =====================================================================
 
+Three entry points, by what the weights go into:
+
+* ``load_encoder`` -- an encoder (``ViTEncoder`` / ``ConvViTEncoder``) from any layout.
+* ``load_classifier`` -- a ``CMAEClassifier``: the encoder plus the fine-tuned ``fc_norm`` and ``head`` when the
+  file has them (CMAE's ``backbone.fc_norm`` / ``head.head``, MAE's / VideoMAE's / ConvMAE's ``fc_norm`` /
+  ``head``), so a released fine-tuned model evaluates as it did officially.
+* ``load_cmae`` -- a whole ``CMAE`` to continue pre-training: an official CMAE runner checkpoint fills every
+  module (encoder, target encoder, both decoders, projector, target projector, predictor), as does one of
+  ours; an MAE ``_full`` / ConvMAE pre-training file fills the encoder (copied to the target) and the pixel
+  decoder; an encoder-only file fills the encoder and the target.
+
 CMAE's ``pos_embed`` follows mmselfsup's sin-cos layout (halves swapped w.r.t. MAE), so it is loaded from
-the checkpoint, never regenerated. Reading goes through ``vislang.shared.checkpoint`` (no pickle code runs).
+the checkpoint, never regenerated. Reading goes through ``vislang.shared.checkpoint`` (``weights_only``
+loading with an allow-list of inert metadata types; no pickle code runs).
 
 Command line::
 
@@ -43,12 +57,15 @@ __all__ = [
     "Layout",
     "detect_layout",
     "export_timm",
+    "load_classifier",
+    "load_cmae",
     "load_encoder",
     "main",
     "to_timm",
 ]
 
-Layout = Literal["timm", "cmae", "cmae_encoder_s", "videomae", "vislang"]
+Layout = Literal["timm", "cmae", "cmae_encoder_s", "convmae", "videomae", "vislang"]
+LAYOUTS = ("timm", "cmae", "cmae_encoder_s", "convmae", "videomae", "vislang")
 
 # official mmengine names -> timm names (CMAE tools/extract_backbone_weights + mmcv module names)
 _MM_RULES: list[tuple[str, str | None]] = [
@@ -65,6 +82,26 @@ _MM_RULES: list[tuple[str, str | None]] = [
     (r"^head\.head\.", "head."),
 ]
 
+# a whole official CMAE runner state dict -> our CMAE's module names (cmae/models/algorithms/cmae.py)
+_RUNNER_RULES: list[tuple[str, str | None]] = [
+    (r"^data_preprocessor\.", None),
+    (r"^head\.predictor\.", "predictor."),
+    (r"^backbone\.", "encoder."),
+    (r"^target_backbone\.", "target_encoder."),
+    (r"^(encoder|target_encoder)\.patch_embed\.projection\.", r"\1.patch_embed.proj."),
+    (r"^(encoder|target_encoder)\.layers\.(\d+)\.", r"\1.blocks.\2."),
+    (r"^(encoder|target_encoder)\.ln1\.", r"\1.norm."),  # final LN of the online encoder
+    (r"^(pixel_decoder|feature_decoder)\.ln1\.", r"\1.decoder_norm."),
+    (r"\.(blocks|decoder_blocks)\.(\d+)\.ln1\.", r".\1.\2.norm1."),
+    (r"\.(blocks|decoder_blocks)\.(\d+)\.ln2\.", r".\1.\2.norm2."),
+    (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."),
+    (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
+]
+_CMAE_MODULES = ("backbone.", "target_backbone.", "pixel_decoder.", "feature_decoder.", "projector.",
+                 "target_projector.", "head.predictor.")  # fmt: skip
+# MAE (`_full`, `visualize`) and ConvMAE pre-training files: the pixel decoder under MAE's names, which are ours
+_MAE_DECODER = re.compile(r"^(decoder_embed|decoder_blocks|decoder_norm|decoder_pred|decoder_pos_embed|mask_token)\b")
+
 
 def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {re.sub(r"^(module\.)+", "", k): v for k, v in state.items()}
@@ -79,13 +116,16 @@ def detect_layout(state: Mapping[str, Tensor]) -> Layout:
         return "cmae_encoder_s"
     if any(re.search(r"(^|\.)layers\.\d+\.ln1\.", k) or "patch_embed.projection" in k for k in keys):
         return "cmae"
+    if any(re.match(r"^(backbone\.)?(blocks3\.|patch_embed1\.)", k) for k in keys):
+        return "convmae"
     if any(k.endswith("attn.q_bias") for k in keys) or any(k.startswith("encoder.blocks.") for k in keys):
         return "videomae"
     if any(re.match(r"^blocks\.\d+\.norm1\.", k) for k in keys):
         return "timm"
     raise ValueError(
         f"unrecognised checkpoint layout (first keys {keys[:5]}); expected timm/MAE ('blocks.0.norm1.weight'), "
-        "official CMAE ('layers.0.ln1.weight'), 'encoder_s.' or VideoMAE ('encoder.blocks.0.attn.q_bias')"
+        "official CMAE ('layers.0.ln1.weight'), 'encoder_s.', ConvMAE ('blocks3.0.norm1.weight') or VideoMAE "
+        "('encoder.blocks.0.attn.q_bias'); pass layout= to force one"
     )
 
 
@@ -115,7 +155,10 @@ def to_timm(state: Mapping[str, Tensor], layout: Layout | None = None, branch: s
     layout = layout or detect_layout(state)
     if layout == "vislang":
         prefix = f"model.{branch}."
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if branch == "encoder":  # a fine-tuning checkpoint of ours: its classifier too
+            out.update({k[len("model.") :]: v for k, v in state.items() if k.startswith(_CLASSIFIER_PREFIXES)})
+        return out
     if layout == "cmae_encoder_s":
         state = {k[len("encoder_s.") :]: v for k, v in state.items() if k.startswith("encoder_s.")}
         layout = "timm"
@@ -123,6 +166,10 @@ def to_timm(state: Mapping[str, Tensor], layout: Layout | None = None, branch: s
         if any(k.startswith("backbone.") for k in state):  # runner checkpoint: keep the online backbone + head
             state = {k: v for k, v in state.items() if k.startswith(("backbone.", "head.head."))}
         return rename_keys(state, _MM_RULES)
+    if layout == "convmae":
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+        state = {re.sub(r"^blocks3\.", "blocks.", k): v for k, v in state.items() if not _MAE_DECODER.match(k)}
+        return state
     if layout == "videomae":
         state = {
             k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("decoder.", "encoder_to"))
@@ -130,7 +177,17 @@ def to_timm(state: Mapping[str, Tensor], layout: Layout | None = None, branch: s
         state = {k: v for k, v in state.items() if k != "mask_token"}
         return _fold_qv_bias(state)
     # timm / MAE: drop an MAE `_full` file's decoder
-    return {k: v for k, v in state.items() if not re.match(r"^(decoder_|mask_token$)", k)}
+    return {k: v for k, v in state.items() if not _MAE_DECODER.match(k)}
+
+
+_CLASSIFIER_PREFIXES = ("model.fc_norm.", "model.head.", "model.head_norm.")
+_HEAD = re.compile(r"^(fc_norm|head|head_norm)\.")
+
+
+def _read(path_or_state: str | os.PathLike[str] | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if isinstance(path_or_state, (str, os.PathLike)):
+        return load_state_dict(path_or_state)
+    return dict(path_or_state)
 
 
 def load_encoder(
@@ -148,8 +205,7 @@ def load_encoder(
     Returns:
         The ``LoadReport`` (``fc_norm``/``head`` of fine-tuned files are reported as unexpected).
     """
-    state = load_state_dict(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
-    state = to_timm(state, layout, branch)
+    state = to_timm(_read(path_or_state), layout, branch)
     if "pos_embed" in state and hasattr(encoder, "pos_embed") and state["pos_embed"].shape != encoder.pos_embed.shape:
         raise ValueError(
             f"pos_embed of the checkpoint has shape {tuple(state['pos_embed'].shape)}, the encoder "
@@ -160,10 +216,82 @@ def load_encoder(
         state,
         strict=strict,
         allowed_missing=[r"pos_embed", r"norm\.(weight|bias)"],
-        # fine-tuned files carry fc_norm/head; a classifier's encoder has no final norm (global pooling)
-        allowed_unexpected=[r"fc_norm\..*", r"head\..*"]
-        + ([r"norm\..*"] if isinstance(encoder.norm, nn.Identity) else []),
+        # fine-tuned files carry fc_norm/head; a classifier's encoder has no final norm (global pooling) and
+        # the hybrid's fine-tuning encoder no fusion convs
+        allowed_unexpected=[r"fc_norm\..*", r"head\..*", r"head_norm\..*"]
+        + ([r"norm\..*"] if isinstance(encoder.norm, nn.Identity) else [])
+        + ([r"stage[12]_output_decode\..*"] if getattr(encoder, "fuse", True) is False else []),
     )
+
+
+def load_classifier(
+    classifier: nn.Module,
+    path_or_state: str | os.PathLike[str] | Mapping[str, Tensor],
+    layout: Layout | None = None,
+    strict: bool = True,
+) -> LoadReport:
+    """Load a pre-trained or fine-tuned checkpoint into a ``CMAEClassifier`` (encoder, ``fc_norm``, ``head``).
+
+    A fine-tuned file (CMAE's ``backbone.fc_norm`` + ``head.head``; MAE / VideoMAE / ConvMAE ``fc_norm`` +
+    ``head``; ours) fills the classifier completely, so it evaluates as the official model does (mean of the
+    patch tokens -> ``fc_norm`` -> ``head``). A pre-trained file fills the encoder; ``fc_norm`` and ``head``
+    keep their initialisation (reported missing), as do a head of another class count (reported
+    shape-mismatched).
+
+    Returns:
+        One ``LoadReport`` for the whole classifier (keys prefixed ``encoder.`` for the encoder).
+    """
+    state = to_timm(_read(path_or_state), layout)
+    head = {k: v for k, v in state.items() if _HEAD.match(k)}
+    encoder_report = load_encoder(classifier.encoder, {k: v for k, v in state.items() if not _HEAD.match(k)},
+                                  layout="timm", strict=strict)  # fmt: skip
+    # the encoder is loaded above; fc_norm / head may be absent (pre-trained file) or of another class count
+    head_report = load_into(classifier, head, strict=strict, allowed_missing=[r".*"])
+    return LoadReport(
+        missing=[f"encoder.{k}" for k in encoder_report.missing] + [k for k in head_report.missing
+                                                                    if not k.startswith("encoder.")],
+        unexpected=[f"encoder.{k}" for k in encoder_report.unexpected] + head_report.unexpected,
+        mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched] + head_report.mismatched,
+    )  # fmt: skip
+
+
+def load_cmae(
+    model: nn.Module,
+    path_or_state: str | os.PathLike[str] | Mapping[str, Tensor],
+    layout: Layout | None = None,
+    strict: bool = True,
+) -> LoadReport:
+    """Load a checkpoint into a whole ``CMAE`` to continue pre-training.
+
+    * An official CMAE runner checkpoint (``backbone.*`` with ``target_backbone.*``, decoders, projectors,
+      ``head.predictor.*``) or one of ours (``model.*``): every module; the official target encoder has no
+      final LayerNorm (ours has one it never applies), which is the only key allowed to be missing.
+    * An MAE ``_full`` / ConvMAE pre-training file: the encoder (also copied into the target encoder, as the
+      official ``init_weights`` does) and the pixel decoder, whose names are MAE's in both.
+    * Any encoder-only file ``load_encoder`` reads: the encoder, copied into the target encoder.
+
+    Returns:
+        The ``LoadReport`` over the whole model (what stayed at its initial values is ``missing``).
+    """
+    raw = _strip_wrappers(_read(path_or_state))
+    layout = layout or detect_layout(raw)
+    if layout == "vislang" and any(k.startswith("model.target_encoder.") for k in raw):
+        state = {k[len("model.") :]: v for k, v in raw.items() if k.startswith("model.")}
+        return load_into(model, state, strict=strict)
+    if layout == "cmae" and any(k.startswith(_CMAE_MODULES[1:]) for k in raw):
+        state = rename_keys({k: v for k, v in raw.items() if k.startswith(_CMAE_MODULES)}, _RUNNER_RULES)
+        return load_into(model, state, strict=strict, allowed_missing=[r"target_encoder\.norm\.(weight|bias)"])
+    encoder_report = load_encoder(model.encoder, raw, layout, strict=strict)
+    model.target_encoder.load_state_dict(model.encoder.state_dict())
+    decoder = {k: v for k, v in raw.items() if _MAE_DECODER.match(k)} if layout in ("timm", "convmae") else {}
+    loaded = {f"encoder.{k}" for k in model.encoder.state_dict()} - {f"encoder.{k}" for k in encoder_report.missing}
+    loaded |= {k.replace("encoder.", "target_encoder.", 1) for k in loaded}
+    if decoder:
+        load_into(model.pixel_decoder, decoder, strict=strict)
+        loaded |= {f"pixel_decoder.{k}" for k in decoder}
+    return LoadReport(missing=[k for k in model.state_dict() if k not in loaded],
+                      unexpected=[f"encoder.{k}" for k in encoder_report.unexpected],
+                      mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched])  # fmt: skip
 
 
 def export_timm(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:
@@ -185,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert a CMAE/MAE/VideoMAE encoder checkpoint to timm safetensors")
     parser.add_argument("src")
     parser.add_argument("dst")
-    parser.add_argument("--layout", choices=["timm", "cmae", "cmae_encoder_s", "videomae", "vislang"])
+    parser.add_argument("--layout", choices=LAYOUTS)
     parser.add_argument("--branch", default="encoder", help="for vislang checkpoints: encoder or target_encoder")
     args = parser.parse_args(argv)
     state = to_timm(load_state_dict(args.src), args.layout, args.branch)

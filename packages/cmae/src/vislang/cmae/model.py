@@ -157,12 +157,19 @@ _IMAGE = {
                                proj_hidden_dim=256, proj_dim=64),
 }  # fmt: skip
 # CMAE-V: VideoMAE's 16 frames, 2x16x16 tubelets, tube masking 0.9 (the ratio used with the contrastive
-# branch is not given in the report: a hyper-parameter)
+# branch is not given in the report: a hyper-parameter) and VideoMAE's pixel decoder (depth 4; width 192 /
+# 384 / 512 with 3 / 6 / 8 heads for S / B / L). The feature decoder keeps CMAE's depth 2 at that width
+# (an assumption: the report gives no video decoder sizes).
+_VIDEO_DECODERS = {"vit_small": (192, 3), "vit_base": (384, 6), "vit_large": (512, 8), "convvit_base": (384, 6)}
 _VIDEO = {
     f"video_{name}": replace(cfg, num_frames=16 if name != "tiny" else 4, mask_ratio=0.9, mask_type="random",
                              mask_block=1)
     for name, cfg in _IMAGE.items() if name != "convvit_tiny"
 }  # fmt: skip
+for _name, (_dim, _heads) in _VIDEO_DECODERS.items():
+    _VIDEO[f"video_{_name}"] = replace(
+        _VIDEO[f"video_{_name}"], decoder_dim=_dim, decoder_heads=_heads, decoder_depth=4
+    )
 _VIDEO["video_tiny"] = replace(_VIDEO["video_tiny"], mask_ratio=0.75)
 PRESETS: dict[str, CMAEConfig] = {**_IMAGE, **_VIDEO}
 
@@ -244,7 +251,8 @@ def sample_mask(
     ``block`` (CMAE's ``CMAEViT.random_masking``): random noise over the (H'/b) x (W'/b) units of
     b x b patches, keep ``int(units * (1 - ratio))`` of them; at 224 px, 49 units, 17 kept -> 68 of 196
     patches visible (65.3 % masked). ``random``: MAE's per-patch shuffle. Videos (T' > 1) use tube masking
-    (VideoMAE): the spatial mask is shared by every time slice.
+    (VideoMAE): the spatial mask is shared by every time slice, and ``int(ratio * H'W')`` positions are
+    masked per slice as VideoMAE counts them (160 of 1568 tokens visible at 0.9, not 152).
 
     Returns:
         ``ids_keep`` ``(B, K)`` sorted indices of the visible tokens in ``range(T'*H'*W')`` and ``mask``
@@ -260,7 +268,9 @@ def sample_mask(
     else:
         raise ValueError(f"mask_type must be 'block' or 'random', got {mask_type!r}")
     units = uh * uw
-    keep = int(units * (1 - ratio))
+    # images keep int(units * (1 - ratio)) (CMAE's block masking, MAE); tubes mask int(ratio * units) per
+    # time slice (VideoMAE's TubeMaskingGenerator): at 0.9, 196 - 176 = 20 visible per slice, 160 per clip
+    keep = units - int(ratio * units) if t > 1 else int(units * (1 - ratio))
     if not 0 < keep <= units:
         raise ValueError(f"mask_ratio {ratio} leaves {keep} of {units} units visible")
     noise = torch.rand(batch, units, generator=generator, device=generator.device if generator else device)
@@ -355,15 +365,28 @@ class ViTEncoder(nn.Module):
         return self.norm(tokens) if final_norm else tokens
 
 
-class _ChannelNorm(nn.Module):
-    """LayerNorm over the channel axis of a ``(B, C, *spatial)`` map (ConvMAE applies nn.LayerNorm this way)."""
+class _ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of a ``(B, C, *spatial)`` map, as ConvMAE applies ``nn.LayerNorm``.
+
+    ConvMAE's convolutional stages use ``nn.LayerNorm``'s default eps 1e-5 (its transformer stage 1e-6).
+    """
 
     def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        super().__init__(dim, eps=1e-5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class _ConvMlp(nn.Module):
+    """1x1-conv MLP (ConvMAE's ``CMlp``): fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, conv: type[nn.Module]) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = conv(dim, hidden, 1), nn.GELU(), conv(hidden, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class ConvBlock(nn.Module):
@@ -371,6 +394,7 @@ class ConvBlock(nn.Module):
 
     *Masked convolution*: the depth-wise conv is the only op that mixes positions, so its input is
     multiplied by the keep-mask; masked regions contribute zeros and cannot leak into visible ones.
+    Parameter names are ConvMAE's (``norm1``, ``conv1``, ``attn``, ``conv2``, ``norm2``, ``mlp.fc1/fc2``).
     """
 
     def __init__(self, dim: int, mlp_ratio: float, dims: int, drop_path: float = 0.0) -> None:
@@ -383,8 +407,7 @@ class ConvBlock(nn.Module):
         self.attn = conv(dim, dim, kernel, padding=pad, groups=dim)
         self.conv2 = conv(dim, dim, 1)
         self.norm2 = _ChannelNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(conv(dim, hidden, 1), nn.GELU(), conv(hidden, dim, 1))
+        self.mlp = _ConvMlp(dim, int(dim * mlp_ratio), conv)
         self.drop_path = nn.Identity() if drop_path == 0 else _DropPath(drop_path)
 
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
@@ -407,16 +430,17 @@ class _DropPath(nn.Module):
 
 
 class _ConvPatchEmbed(nn.Module):
-    """Strided conv + LayerNorm (ConvMAE's stage ``PatchEmbed``)."""
+    """Strided conv -> LayerNorm -> GELU (ConvMAE's stage ``PatchEmbed``, all three stages)."""
 
     def __init__(self, in_dim: int, out_dim: int, stride: tuple[int, ...], dims: int) -> None:
         super().__init__()
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
         self.proj = conv(in_dim, out_dim, kernel_size=stride, stride=stride)
         self.norm = _ChannelNorm(out_dim)
+        self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.proj(x))
+        return self.act(self.norm(self.proj(x)))
 
 
 class ConvViTEncoder(nn.Module):
@@ -427,14 +451,19 @@ class ConvViTEncoder(nn.Module):
     depth-wise convs (masked convolution). Multi-scale fusion: stage-1/2 maps are projected to the stage-3
     width by strided convs and added to the stage-3 output at the visible positions. No cls token.
     Videos use Conv3d with the tubelet as the first stage's temporal stride.
+
+    ``fuse=False`` builds the encoder without the fusion convs, as ConvMAE's fine-tuning ``ConvViT`` is
+    (its ``forward_features`` runs the three stages and the final norm only). Parameter names are
+    ConvMAE's, except ``blocks`` for its ``blocks3`` (the converter renames it).
     """
 
     num_prefix_tokens = 0
 
-    def __init__(self, config: CMAEConfig) -> None:
+    def __init__(self, config: CMAEConfig, fuse: bool = True) -> None:
         super().__init__()
         c = config
         self.config = c
+        self.fuse = fuse
         dims = 3 if c.is_video else 2
         s1, s2, s3 = c.conv_strides
         if s1 * s2 * s3 != c.patch_size:
@@ -453,10 +482,10 @@ class ConvViTEncoder(nn.Module):
         self.patch_embed3 = _ConvPatchEmbed(d2, c.embed_dim, self.strides[2], dims)
         self.patch_embed4 = nn.Linear(c.embed_dim, c.embed_dim)
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        # multi-scale fusion: stage maps -> token grid at the transformer width
-        fuse1 = tuple(a * b for a, b in zip(self.strides[1], self.strides[2], strict=True))
-        self.stage1_output_decode = conv(d1, c.embed_dim, fuse1, stride=fuse1)
-        self.stage2_output_decode = conv(d2, c.embed_dim, self.strides[2], stride=self.strides[2])
+        if fuse:  # multi-scale fusion: stage maps -> token grid at the transformer width
+            fuse1 = tuple(a * b for a, b in zip(self.strides[1], self.strides[2], strict=True))
+            self.stage1_output_decode = conv(d1, c.embed_dim, fuse1, stride=fuse1)
+            self.stage2_output_decode = conv(d2, c.embed_dim, self.strides[2], stride=self.strides[2])
         pos = (
             videomae_sinusoid_pos_embed(c.num_patches, c.embed_dim)
             if c.is_video
@@ -493,24 +522,27 @@ class ConvViTEncoder(nn.Module):
         x = self.patch_embed1(x)
         for block in self.blocks1:
             x = block(x, keep1)
-        fused = self.stage1_output_decode(x if keep1 is None else x * keep1)
+        # each fused token reads only its own patch (kernel = stride), so no masking is needed here
+        fused = self.stage1_output_decode(x) if self.fuse else None
         x = self.patch_embed2(x)
         for block in self.blocks2:
             x = block(x, keep2)
-        fused = fused + self.stage2_output_decode(x if keep2 is None else x * keep2)
+        if self.fuse:
+            fused = (fused + self.stage2_output_decode(x)).flatten(2).transpose(1, 2)
         tokens = self.patch_embed4(self.patch_embed3(x).flatten(2).transpose(1, 2)) + self.pos_embed
-        fused = fused.flatten(2).transpose(1, 2)
         if ids_keep is not None:
-            tokens, fused = _gather_tokens(tokens, ids_keep), _gather_tokens(fused, ids_keep)
+            tokens = _gather_tokens(tokens, ids_keep)
+            fused = _gather_tokens(fused, ids_keep) if self.fuse else None
         for block in self.blocks:
             tokens = block(tokens)
-        tokens = tokens + fused  # ConvMAE: multi-scale features added after the last block
+        if self.fuse:
+            tokens = tokens + fused  # ConvMAE: multi-scale features added after the last block
         return self.norm(tokens) if final_norm else tokens
 
 
-def build_encoder(config: CMAEConfig) -> ViTEncoder | ConvViTEncoder:
-    """The encoder the preset names (plain or hybrid)."""
-    return ConvViTEncoder(config) if config.backbone == "convvit" else ViTEncoder(config)
+def build_encoder(config: CMAEConfig, fuse: bool = True) -> ViTEncoder | ConvViTEncoder:
+    """The encoder the preset names (plain or hybrid; ``fuse``: the hybrid's multi-scale fusion)."""
+    return ConvViTEncoder(config, fuse) if config.backbone == "convvit" else ViTEncoder(config)
 
 
 # ---- decoders and heads --------------------------------------------------------------------------
@@ -684,8 +716,12 @@ class CMAEClassifier(nn.Module):
     def __init__(self, config: CMAEConfig, num_classes: int, linear_probe: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config)
+        # the hybrid fine-tunes without the multi-scale fusion (ConvMAE's ConvViT classifier)
+        self.encoder = build_encoder(config, fuse=False)
         self.encoder.norm = nn.Identity()
+        # fine-tuning trains the image position embedding (a parameter in MAE's, CMAE's and ConvMAE's
+        # fine-tuning models); VideoMAE's fine-tuning keeps its sinusoid table fixed
+        self.encoder.pos_embed.requires_grad_(not linear_probe and not config.is_video)
         self.fc_norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.linear_probe = linear_probe
         self.head = nn.Linear(config.embed_dim, num_classes)
