@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vislang.cmae.convert import load_encoder
+from vislang.cmae.convert import load_classifier, load_encoder
 from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD
 from vislang.cmae.model import (
     CMAE,
@@ -214,7 +214,9 @@ class CMAEClassificationModule(LightningModule):
     Args:
         preset: encoder size.
         num_classes: classes of the dataset (1000 ImageNet, 400 K400, 174 SSv2).
-        init_weights: pre-trained encoder (our pre-training checkpoint, CMAE/MAE/VideoMAE release, timm file).
+        init_weights: pre-trained encoder (our pre-training checkpoint, CMAE/MAE/VideoMAE/ConvMAE release, timm
+            file), or a fine-tuned model (CMAE/MAE/VideoMAE/ConvMAE release, ours) whose ``fc_norm`` and ``head``
+            are loaded too (a head of another class count keeps its initialisation).
         linear_probe: freeze the encoder; BN (no affine) + linear head (MAE's linear probing).
         drop_path_rate: stochastic depth (0.1).
         lr / min_lr / weight_decay / betas / warmup_epochs: AdamW + warm-up/cosine (CMAE FT: 1e-3 for the
@@ -250,7 +252,8 @@ class CMAEClassificationModule(LightningModule):
         config = get_config(preset, drop_path_rate=0.0 if linear_probe else drop_path_rate)
         self.model = CMAEClassifier(config, num_classes, linear_probe=linear_probe)
         if init_weights:
-            load_encoder(self.model.encoder, init_weights, strict=True)
+            # pre-trained file -> encoder; fine-tuned file (official or ours) -> encoder, fc_norm and head too
+            load_classifier(self.model, init_weights, strict=True)
         self.mixup = None
         if not linear_probe and (mixup > 0 or cutmix > 0):
             self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
