@@ -55,6 +55,7 @@ class PixelBERTModule(SingleStreamModule):
         position_2d: bool = False,
         neck: Literal["soho", "clipbert"] = "soho",
         neck_relu: bool = True,
+        results_dir: str | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, cnn_weights=cnn_weights,
@@ -63,6 +64,7 @@ class PixelBERTModule(SingleStreamModule):
             cnn_optimizer=cnn_optimizer, weight_decay=weight_decay, cnn_weight_decay=cnn_weight_decay,
             momentum=momentum, warmup_steps=warmup_steps, warmup_start=warmup_start, lr_milestones=lr_milestones,
             lr_gamma=lr_gamma, grad_clip=grad_clip, eval_text_chunk=eval_text_chunk, vqa_version=vqa_version,
+            results_dir=results_dir,
         )  # fmt: skip
         self.model = build_pixelbert(preset, self.tokenizer, num_answers, num_samples, sample_per, position_2d, neck)
         self.load_pretrained_starts()

@@ -87,6 +87,7 @@ class SOHOModule(SingleStreamModule):
         gate_norm: bool = True,
         neck_relu: bool = False,
         valid_mask: Literal["covered", "official"] = "covered",
+        results_dir: str | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -110,6 +111,7 @@ class SOHOModule(SingleStreamModule):
             grad_clip=grad_clip,
             eval_text_chunk=eval_text_chunk,
             vqa_version=vqa_version,
+            results_dir=results_dir,
         )
         self.model = build_soho(
             preset, self.tokenizer, num_answers, vd_decay, vd_decay_ramp, vd_max_decay, vd_restart_dead,

@@ -548,6 +548,10 @@ class SingleStreamDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.datasets[k], train=False) for k in self.val_tasks]
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        """``lightning predict`` runs on the evaluation splits (``val_tasks``), every item once."""
+        return self.val_dataloader()
+
     @property
     def val_tasks(self) -> list[str]:
         """Keys of the validation datasets, in loader order."""

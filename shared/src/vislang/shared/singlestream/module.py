@@ -13,6 +13,8 @@ gradient-norm clipping. Two optimisers need Lightning's manual optimisation (set
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,8 @@ class SingleStreamModule(LightningModule):
         grad_clip: Gradient-norm clip (SOHO: 10 pre-training, 4 VQA); 0 = off.
         eval_text_chunk: Texts scored per fused batch in cross-encoder retrieval evaluation.
         vqa_version: Official VQA metric version, ``2021`` (current) or ``2017``.
+        results_dir: Where ``lightning predict`` writes ``<paper>_predictions_<task>.jsonl`` (None: the
+            logger's directory).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class SingleStreamModule(LightningModule):
         grad_clip: float = 10.0,
         eval_text_chunk: int = 256,
         vqa_version: str = "2021",
+        results_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -372,17 +377,88 @@ class SingleStreamModule(LightningModule):
             print("\nheld-out scores (validation splits):")
             print(format_table(self.scores, self.baselines))
 
+    # -- prediction (`lightning predict`) ---------------------------------------------------------------
+    def on_predict_epoch_start(self) -> None:
+        self._predictions: dict[str, list[dict[str, Any]]] = {}
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Per item of an evaluation split: VQA's answer (with the top 5 and their sigmoid scores), each
+        retrieval image's 10 best captions by ITM score, NLVR2's true/false, SNLI-VE's label."""
+        task = batch["task"][0]
+        index = [int(i) for i in batch["index"]]
+        if task == "vqa":
+            logits = self.model.vqa_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
+            top = logits[:, : len(self.answers)].float().sigmoid().topk(min(5, len(self.answers)), dim=-1)
+            rows = [{"index": i, "question_id": int(q), "question": t, "answer": self.answers[int(a[0])],
+                     "top5": [[self.answers[int(k)], round(float(v), 4)] for k, v in zip(a, p, strict=True)]}
+                    for i, q, t, a, p in zip(index, batch["question_id"], batch["text"], top.indices, top.values,
+                                             strict=True)]  # fmt: skip
+        elif task == "retrieval":
+            pretraining = "retrieval" not in getattr(self.trainer.datamodule, "tasks", ["retrieval"])
+            scores = self.itm_scores(batch["image"], batch["pixel_mask"], pretraining=pretraining).float()
+            top = scores.topk(min(10, scores.shape[1]), dim=-1)
+            rows = [{"index": i, "captions": [[self.retrieval_texts[int(k)], round(float(v), 4)]
+                                              for k, v in zip(ks, vs, strict=True)]}
+                    for i, ks, vs in zip(index, top.indices, top.values, strict=True)]  # fmt: skip
+        elif task == "nlvr2":
+            left = self._cls(batch["image_left"], batch["pixel_mask_left"], batch["text"])
+            right = self._cls(batch["image_right"], batch["pixel_mask_right"], batch["text"])
+            labels = self.model.nlvr2_head(left, right).argmax(-1).tolist()
+            rows = [{"index": i, "identifier": d, "sentence": t, "prediction": bool(y)}
+                    for i, d, t, y in zip(index, batch["identifier"], batch["text"], labels, strict=True)]  # fmt: skip
+        elif task == "snli_ve":
+            from vislang.shared.data.vl import SNLI_VE_LABELS
+
+            labels = self.model.snli_ve_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
+            rows = [{"index": i, "hypothesis": t, "prediction": SNLI_VE_LABELS[int(y)]}
+                    for i, t, y in zip(index, batch["text"], labels.argmax(-1).tolist(), strict=True)]  # fmt: skip
+        else:
+            raise ValueError(f"no prediction for task {task!r}; predict runs on the evaluation splits")
+        self._predictions.setdefault(task, []).extend(rows)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        """Write ``<paper>_predictions_<task>.jsonl`` (in ``results_dir``, or the logger's directory), one row
+        per item in split order, replacing an earlier run's file (written under a temporary name, then
+        renamed). An item the robust loader repeated in place of an unreadable image is written once; the
+        image's own items are absent. Every rank's items under DDP."""
+        gathered: list[Any] = [self._predictions]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._predictions)
+        if not self.trainer.is_global_zero:
+            return
+        directory = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        datasets = getattr(self.trainer.datamodule, "datasets", {})
+        paper = type(self).__name__.removesuffix("Module").lower()
+        for task in sorted({t for part in gathered for t in part}):
+            rows = {row["index"]: row for part in gathered for row in part.get(task, [])}
+            lines = [{**_item_images(datasets.get(f"val/{task}"), i), **rows[i]} for i in sorted(rows)]
+            path = directory / f"{paper}_predictions_{task}.jsonl"
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+            os.replace(partial, path)
+            print(f"{len(lines)} {task} predictions written to {path}")
+
     # -- inference ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def answer(self, image: str | Path, question: str, image_size: int = 600, max_size: int = 1000) -> str:
-        """Answer one question about one image file with the VQA head (needs a VQA-trained checkpoint)."""
-        from vislang.shared.singlestream.data import ImageTransform, _pad_images, load_image
+    def answer(self, image: Any, question: str, image_size: int = 600, max_size: int = 1000) -> str:
+        """Answer one question about one image with the VQA head (needs a VQA-trained checkpoint).
+
+        ``image``: a path, a PIL image or an H x W, H x W x 1/3/4 array (uint8, or float in [0, 1]); anything
+        else is refused in one line (``vislang.shared.data.images.as_rgb``).
+        """
+        from vislang.shared.data.images import as_rgb
+        from vislang.shared.singlestream.data import ImageTransform, _pad_images
 
         if not self.answers:
             raise RuntimeError("this module has no answer vocabulary: train or load a VQA checkpoint first")
+        picture = as_rgb(image)
         was_training = self.training
         self.eval()
-        images, mask = _pad_images([ImageTransform(image_size, max_size)(load_image(Path(image)))])
+        images, mask = _pad_images([ImageTransform(image_size, max_size)(picture)])
         logits = self.model.vqa_head(self._cls(images.to(self.device), mask.to(self.device), [question]))
         self.train(was_training)
         return self.answers[int(logits[0, : len(self.answers)].argmax())]
@@ -414,6 +490,20 @@ class SingleStreamModule(LightningModule):
         optimizers = [adamw, cnn_opt] if cnn else [adamw]
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
         return optimizers, schedulers
+
+
+def _item_images(dataset: Any, index: int) -> dict[str, str]:
+    """The image file(s) of evaluation item ``index`` (for the prediction rows)."""
+    if dataset is None:
+        return {}
+    if hasattr(dataset, "examples"):
+        example = dataset.examples[index]
+        if hasattr(example, "left_image"):
+            return {"image_left": str(example.left_image), "image_right": str(example.right_image)}
+        return {"image": str(example.image_path)}
+    if hasattr(dataset, "images"):
+        return {"image": str(dataset.images[index].image_path)}
+    return {}
 
 
 def format_table(scores: dict[str, dict[str, float]], baselines: dict[str, dict[str, Any]]) -> str:
