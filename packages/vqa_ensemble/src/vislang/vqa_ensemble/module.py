@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -313,9 +314,23 @@ def _write_outputs(module: LightningModule, split: str, predictions: dict[int, s
         return
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_vqa_results(predictions, out / f"{split}_results.json", question_ids=_split_question_ids(module, split))
+    _replace_results(predictions, out / f"{split}_results.json", _split_question_ids(module, split))
     if scores:
-        (out / f"{split}_metrics.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
+        _replace_text(out / f"{split}_metrics.json", json.dumps(scores, indent=1))
+
+
+def _replace_results(predictions: dict[int, str], path: Path, question_ids: list[int]) -> None:
+    """The official results file, written under a temporary name and renamed: a re-run replaces it, an
+    interrupted run leaves the previous one whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    write_vqa_results(predictions, partial, question_ids=question_ids)
+    os.replace(partial, path)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 FEATURE_IDENTITY = (
@@ -554,11 +569,9 @@ class VQAEnsemble(LightningModule):
                 out.mkdir(parents=True, exist_ok=True)
                 # checked against the split's question list, not the rows collected: a question lost on the way
                 # (a dropped batch, a feature-store gap) stops here
-                write_vqa_results(
-                    preds, out / f"{split}_{name}_results.json", question_ids=_split_question_ids(self, split)
-                )
+                _replace_results(preds, out / f"{split}_{name}_results.json", _split_question_ids(self, split))
         if self.hparams.results_dir and self.trainer.world_size == 1:
-            (Path(self.hparams.results_dir) / f"{split}_metrics.json").write_text(json.dumps(report, indent=1))
+            _replace_text(Path(self.hparams.results_dir) / f"{split}_metrics.json", json.dumps(report, indent=1))
         self.fitted[split] = report
         return report
 
