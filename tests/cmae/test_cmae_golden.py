@@ -74,12 +74,17 @@ def test_cmae_finetuned_classifier_equals_official(cmae_golden) -> None:
     _, io, meta = cmae_golden
     ft = {k[len("ft.") :]: v for k, v in io.items() if k.startswith("ft.") and k != "ft_logits"}
     assert "backbone.fc_norm.weight" in ft and "head.head.weight" in ft and "backbone.ln1.weight" not in ft
-    classifier = CMAEClassifier(_cmae_config(meta), num_classes=meta["num_classes"]).eval()
+    logits = _finetuned_logits(_cmae_config(meta), ft, io["online_uint8"], meta)
+    torch.testing.assert_close(logits, io["ft_logits"], atol=1e-5, rtol=0)
+
+
+def _finetuned_logits(config: CMAEConfig, ft: dict, raw: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Our classifier, filled from the official fine-tuned state dict by the converter, on the fixture images."""
+    classifier = CMAEClassifier(config, num_classes=meta["num_classes"]).eval()
     report = load_classifier(classifier, ft)
     assert report.ok, str(report)
     with torch.no_grad():
-        logits = classifier(_normalise(io["online_uint8"], meta))
-    torch.testing.assert_close(logits, io["ft_logits"], atol=1e-5, rtol=0)
+        return classifier(_normalise(raw, meta))
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +130,5 @@ def test_convmae_pretraining_reconstruction_equals_official(convmae_golden) -> N
 def test_convmae_finetuned_classifier_equals_official(convmae_golden) -> None:
     _, ft, io, meta = convmae_golden
     assert "fc_norm.weight" in ft and "norm.weight" not in ft and not any("output_decode" in k for k in ft)
-    classifier = CMAEClassifier(_convmae_config(meta), num_classes=meta["num_classes"]).eval()
-    report = load_classifier(classifier, ft)
-    assert report.ok, str(report)
-    with torch.no_grad():
-        logits = classifier(_normalise(io["images_uint8"], meta))
+    logits = _finetuned_logits(_convmae_config(meta), ft, io["images_uint8"], meta)
     torch.testing.assert_close(logits, io["ft_logits"], atol=1e-4, rtol=0)

@@ -224,3 +224,34 @@ def test_classifier_layer_groups_cover_every_block() -> None:
     params = dict(conv.named_parameters())
     ordered = [scale[id(params[n])] for n in names]
     assert ordered == sorted(ordered) and len(set(ordered)) == len(ordered) and ordered[-1] == 1.0
+
+
+def _benchmark_module():
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "benchmarks" / "cmae.py"
+    spec = importlib.util.spec_from_file_location("cmae_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_counts_attention_flops_as_computed_by_hand() -> None:
+    """FlopCounterMode counts 0 for CPU SDPA; the benchmark's formulas make the tiny encoder's count the
+    hand count: patch conv + per block (qkv, proj, fc1, fc2 matmuls + Q K^T and P V), 2 FLOPs per MAC."""
+    count_flops = _benchmark_module().count_flops
+    q = torch.randn(2, 3, 5, 4, requires_grad=True)
+    b, h, n, d = q.shape
+    attention = lambda: F.scaled_dot_product_attention(q, q, q).sum().backward()  # noqa: E731
+    assert count_flops(attention) == 2 * (2 * b * h * n * n * d) + 5 * (2 * b * h * n * n * d)
+
+    config = get_config("tiny")  # 32 px, patch 4 -> 64 patches + cls, width 64, 3 blocks, MLP 4x
+    encoder = build_encoder(config).eval()
+    batch, tokens, width, p = 2, config.num_patches + 1, config.embed_dim, config.patch_size
+    x = torch.randn(batch, 3, config.img_size, config.img_size)
+    with torch.no_grad():
+        counted = count_flops(lambda: encoder(x))
+    linear_macs = tokens * (width * 3 * width + width * width + 2 * width * 4 * width)
+    attention_macs = 2 * tokens * tokens * width  # Q K^T and P V over all heads
+    hand = 2 * batch * (config.num_patches * 3 * p * p * width + config.depth * (linear_macs + attention_macs))
+    assert counted == hand
