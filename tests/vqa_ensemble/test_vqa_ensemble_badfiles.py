@@ -91,3 +91,46 @@ def test_detector_loader_skips_the_bad_photo_once(tmp_path: Path) -> None:
     images = [robust[i]["image"] for i in range(len(robust))]
     assert robust.failed_files() == {str(paths[bad_id])} and robust.total_loads == len(robust) + 1
     assert all(x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1 for x in images)
+
+
+def test_validation_with_an_image_that_failed_at_extraction_completes_and_counts_it(vqa_world, tmp_path, monkeypatch):
+    """A member validated over a store where one val2014 image could not be read: the run completes, the
+    image is counted once, and the results file holds every other question (not refused for the missing)."""
+    import sys
+
+    from vislang.shared.cli import build_cli
+    from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
+    from vislang.shared.metrics.vqa import read_vqa_results
+    from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+    from vislang.vqa_ensemble.features import ImageFeatures, write_store
+
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    questions = read_vqa_v2(*vqa_v2_paths(vqa_world["root"], "val2014"))
+    ids = sorted({q.image_id for q in questions})
+    bad = ids[1]
+    rng = np.random.default_rng(0)
+    spec = {"kind": "region", "feature_dim": 12, "max_boxes": 6, "dtype": "float32"}
+
+    def features(chunk):
+        for i in chunk:
+            yield (ImageFeatures.unreadable(f"val2014/{i}.jpg", "truncated") if i == bad else
+                   ImageFeatures(rng.standard_normal((3, 12), dtype=np.float32), np.full((3, 4), 0.5, np.float32)))  # fmt: skip
+
+    store = write_store(tmp_path / "region_val", spec, ids, features, shard_size=5, progress=False,
+                        max_failure_fraction=0.5)  # fmt: skip
+    region = [vqa_world["features"]["region"][0], str(store), vqa_world["features"]["region"][2]]
+    out = tmp_path / "results"
+    config = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "configs" / "demo.yaml"
+    cli = build_cli(["validate", "-c", str(config), f"--data.init_args.root={vqa_world['root']}",
+                     f"--data.init_args.features={{region: [{', '.join(region)}]}}",
+                     f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", "--data.init_args.min_answer_count=2",
+                     "--data.init_args.heldout_fraction=0.0", "--data.init_args.eval_batch_size=4",
+                     "--data.init_args.max_failure_fraction=0.5", "--model.init_args.feature_set=region",
+                     f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--model.init_args.results_dir={out}",
+                     "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+                     "--trainer.callbacks=[{class_path: vislang.shared.data.robust.LoadFailureMonitor}]",
+                     "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert cli.trainer.callback_metrics["data/val_load_failures"].item() == 1
+    kept = [q.question_id for q in questions if q.image_id != bad]
+    assert len(kept) < len(questions)
+    assert sorted(read_vqa_results(out / "val_results.json", question_ids=kept)) == sorted(kept)

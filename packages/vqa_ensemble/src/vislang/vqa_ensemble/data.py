@@ -172,6 +172,8 @@ class VQADataModule(LightningDataModule):
         max_question_tokens: Question length incl. [CLS]/[SEP] (MCAN cuts at 14 words).
         drop_unanswerable: Drop training questions with no in-vocabulary answer (ViLT).
         batch_size / eval_batch_size / num_workers: Loader settings.
+        max_failure_fraction: Images whose features cannot be read (failed at extraction, damaged shard) are
+            skipped and counted once; more than this fraction of a split's images stops the run.
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class VQADataModule(LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 4,
+        max_failure_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         if not features:
@@ -319,9 +322,10 @@ class VQADataModule(LightningDataModule):
         h = self.hparams
         if shuffle:
             return train_loader(self.splits[split], h.batch_size, self.trainer, collate=self.collate,
-                                num_workers=h.num_workers, drop_last=False)  # fmt: skip
+                                num_workers=h.num_workers, drop_last=False,
+                                max_failure_fraction=h.max_failure_fraction)  # fmt: skip
         return eval_loader(self.splits[split], h.eval_batch_size, collate=self.collate, num_workers=h.num_workers,
-                           persistent_workers=True)  # fmt: skip
+                           persistent_workers=True, max_failure_fraction=h.max_failure_fraction)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -361,11 +361,21 @@ def check_member_features(member: VQAModule, datamodule: Any) -> None:
 
 
 def _split_question_ids(module: LightningModule, split: str) -> list[int] | None:
-    """Question ids of the data module's split behind ``split`` (val -> val, test / predict -> test)."""
+    """Question ids of the data module's split behind ``split`` (val -> val, test / predict -> test).
+
+    For ``val`` and ``test`` the questions about images that could not be read (skipped and counted by the
+    loader's `RobustDataset`) are left out, so one bad image does not stop a run at its results file; a
+    ``predict`` file (an EvalAI submission) must hold every question, and is refused without them.
+    """
     dm = module.trainer.datamodule
     if dm is None:
         return None
-    return [i.question_id for i in dm.splits["val" if split == "val" else "test"].items]
+    dataset = dm.splits["val" if split == "val" else "test"]
+    loaders = {"val": module.trainer.val_dataloaders, "test": module.trainer.test_dataloaders}.get(split)
+    failed = getattr(getattr(loaders, "dataset", None), "failed_files", set)()
+    return [
+        item.question_id for k, item in enumerate(dataset.items) if not failed or dataset.sample_file(k) not in failed
+    ]
 
 
 class LeakError(ValueError):
