@@ -38,6 +38,7 @@ from vislang.shared.data.synthetic import SEG_PLACEHOLDER
 from vislang.shared.losses import IGNORE_INDEX
 from vislang.shared.metrics import SegmentationIoU
 from vislang.shared.metrics.segmentation import match_masks, pair_intersection_union
+from vislang.shared.predictions import gather_objects, write_json_lines
 from vislang.shared.text import load_tokenizer
 
 __all__ = ["LLAVA_V1_PROMPT", "OverlayWriter", "PixelLMModule", "SegmentationResult", "write_overlay_png"]
@@ -493,20 +494,12 @@ class OverlayWriter(BasePredictionWriter):
             self._rows[key] = {**record, "overlay": f"overlays/{name}"}
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
-        rows = dict(self._rows)
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, self._rows)
-            for part in gathered:
-                rows.update(part)
+        rows = {key: row for part in gather_objects(self._rows) for key, row in part.items()}
         trainer.strategy.barrier("pixellm_overlay_writer_end")
         if trainer.is_global_zero:
-            with open(self._partial / "predictions.jsonl", "w", encoding="utf-8") as handle:
-                for key in sorted(rows):
-                    handle.write(json.dumps(rows[key]) + "\n")
             overlays = self.output_dir / "overlays"
             shutil.rmtree(overlays, ignore_errors=True)
             os.replace(self._partial / "overlays", overlays)
-            os.replace(self._partial / "predictions.jsonl", self.output_dir / "predictions.jsonl")
+            write_json_lines(self.output_dir / "predictions.jsonl", (rows[key] for key in sorted(rows)))
             shutil.rmtree(self._partial, ignore_errors=True)
         self._rows = {}

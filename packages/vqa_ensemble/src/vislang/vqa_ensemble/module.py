@@ -26,6 +26,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from vislang.shared.metrics.vqa import VQAAccuracy, aggregate_vqa, vqa_accuracy, write_vqa_results
+from vislang.shared.predictions import replace_text
 from vislang.shared.text import load_text_model, load_tokenizer, tiny_bert_config
 from vislang.vqa_ensemble.detector import build_detector
 from vislang.vqa_ensemble.ensemble import (
@@ -316,20 +317,14 @@ def _write_outputs(module: LightningModule, split: str, predictions: dict[int, s
     out.mkdir(parents=True, exist_ok=True)
     _replace_results(predictions, out / f"{split}_results.json", _split_question_ids(module, split))
     if scores:
-        _replace_text(out / f"{split}_metrics.json", json.dumps(scores, indent=1))
+        replace_text(out / f"{split}_metrics.json", json.dumps(scores, indent=1))
 
 
-def _replace_results(predictions: dict[int, str], path: Path, question_ids: list[int]) -> None:
+def _replace_results(predictions: dict[int, str], path: Path, question_ids: list[int] | None) -> None:
     """The official results file, written under a temporary name and renamed: a re-run replaces it, an
     interrupted run leaves the previous one whole."""
     partial = path.with_name(f".{path.name}.partial")
     write_vqa_results(predictions, partial, question_ids=question_ids)
-    os.replace(partial, path)
-
-
-def _replace_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
 
@@ -581,7 +576,7 @@ class VQAEnsemble(LightningModule):
                 # (a dropped batch, a feature-store gap) stops here
                 _replace_results(preds, out / f"{split}_{name}_results.json", _split_question_ids(self, split))
         if self.hparams.results_dir and self.trainer.world_size == 1:
-            _replace_text(Path(self.hparams.results_dir) / f"{split}_metrics.json", json.dumps(report, indent=1))
+            replace_text(Path(self.hparams.results_dir) / f"{split}_metrics.json", json.dumps(report, indent=1))
         self.fitted[split] = report
         return report
 

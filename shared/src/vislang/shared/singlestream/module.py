@@ -13,8 +13,6 @@ gradient-norm clipping. Two optimisers need Lightning's manual optimisation (set
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from vislang.shared.metrics import (
     vqa_prior_baselines,
 )
 from vislang.shared.metrics.ddp import SampleMetric
+from vislang.shared.predictions import gather_objects, write_json_lines
 from vislang.shared.singlestream.model import SingleStreamModel, VisualTokens, itm_loss, mlm_loss, vqa_loss
 from vislang.shared.text import load_tokenizer
 
@@ -423,10 +422,7 @@ class SingleStreamModule(LightningModule):
         per item in split order, replacing an earlier run's file (written under a temporary name, then
         renamed). An item the robust loader repeated in place of an unreadable image is written once; the
         image's own items are absent. Every rank's items under DDP."""
-        gathered: list[Any] = [self._predictions]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self._predictions)
+        gathered = gather_objects(self._predictions)
         if not self.trainer.is_global_zero:
             return
         directory = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
@@ -436,10 +432,7 @@ class SingleStreamModule(LightningModule):
         for task in sorted({t for part in gathered for t in part}):
             rows = {row["index"]: row for part in gathered for row in part.get(task, [])}
             lines = [{**_item_images(datasets.get(f"val/{task}"), i), **rows[i]} for i in sorted(rows)]
-            path = directory / f"{paper}_predictions_{task}.jsonl"
-            partial = path.with_name(f".{path.name}.partial")
-            partial.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-            os.replace(partial, path)
+            path = write_json_lines(directory / f"{paper}_predictions_{task}.jsonl", lines)
             print(f"{len(lines)} {task} predictions written to {path}")
 
     # -- inference ---------------------------------------------------------------------------------------
