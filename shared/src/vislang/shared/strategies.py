@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Literal
 
+import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.fsdp import _move_torchmetrics_to_device, _setup_activation_checkpointing
 from torch import nn
 
 __all__ = ["FSDP", "import_class"]
@@ -63,3 +65,27 @@ class FSDP(FSDPStrategy):
             state_dict_type=state_dict_type,
             cpu_offload=cpu_offload,
         )
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        """Wrap as Lightning does; on CPU name the device, which torch's FSDP otherwise refuses.
+
+        Lightning passes `device_id=root_device.index`, None for the CPU, and torch's FSDP then looks for an
+        accelerator and stops ("FSDP needs a non-CPU accelerator device"). Given the CPU device explicitly it
+        shards over gloo, which is how the recipe rehearsal (tests/recipes) runs this preset on CPU processes.
+        """
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            model = FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=torch.device("cpu"),
+                **self.kwargs,
+            )
+        _move_torchmetrics_to_device(model, self.root_device)
+        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        return model
