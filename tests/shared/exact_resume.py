@@ -25,7 +25,9 @@ def run_lightning(config: Path, args: list[str], workdir: Path, checkpoints: Pat
     if kill:
         callbacks.append({"class_path": "resume_killer.KillAt", "init_args": kill})
     overlay = workdir / f"overlay_{checkpoints.name}_{'resume' if resume else 'run'}.yaml"
-    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "logger": False}}))
+    overlay.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": callbacks, "logger": False, "enable_checkpointing": True}})
+    )
     command = [str(Path(sys.executable).parent / "lightning"), "fit", "-c", str(config), *args, "-c", str(overlay)]
     if resume:
         command.append("--ckpt_path=last")
