@@ -29,7 +29,6 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +51,10 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 TOKENIZER_KEYS = ("tokenizer", "decoder_tokenizer")
+# per-process batch of the rehearsal: 2, except where 2 samples make the loss itself degenerate (CMAE's projector
+# BatchNorm over 2 samples and an InfoNCE with one negative give fp32 gradients of norm ~100 that bf16 rounding
+# turns around; at 16 the bf16 and fp32 gradients agree to cos 0.98)
+BATCH_SIZE = {"cmae": 8}
 
 
 def _model_preset(package: str, preset: str) -> str:
@@ -78,13 +81,13 @@ def _data_overrides(package: str, init_args: dict[str, Any], work: Path, batch_s
     if package in ("soho", "pixelbert"):
         return {"root": str(data), "synthetic_images": 48, "image_size": 64, "max_size": 64, "train_sizes": None,
                 **common}  # fmt: skip
-    if package == "pixellm":
-        return {"muse_root": str(data / "muse"), "muse_image_dir": None, "muse_image_layout": "flat",
+    if package == "pixellm":  # the synthetic switch writes MUSE only: the mix becomes MUSE alone
+        return {"muse_root": str(data / "muse"), "muse_image_dir": "images", "muse_image_layout": "flat",
                 "muse_train": "muse_train.json", "muse_val": ["muse_val.json"], "muse_test": [],
-                "refer_root": None, "refer_train": [], "refer_eval": [], "vqa_json": None, "sem_seg_root": None,
-                "sem_seg_sources": [], "sample_rates": None, "synthetic_images": 48, "synthetic_image_size": 64,
-                "image_size": 64, "patch_size": 8, "samples_per_epoch": 16, "val_limit": 8,
-                **common}  # fmt: skip
+                "refer_root": None, "refer_train": [], "refer_val": [], "refer_test": [], "vqa_json": None,
+                "vqa_image_dir": None, "sem_seg_root": None, "sem_seg_sources": [], "sample_rates": None,
+                "synthetic_images": 48, "synthetic_image_size": 64, "image_size": 64, "patch_size": 8,
+                "samples_per_epoch": 40, "val_limit": 8, **common}  # fmt: skip
     raise ValueError(f"no rehearsal for package {package!r}")
 
 
@@ -118,6 +121,7 @@ class StepRecorder(Callback):
     def __init__(self, steps: int) -> None:
         self.steps = steps
         self.deltas: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
         self.before: torch.Tensor | None = None
         self.global_step = 0
         self.batches = 0
@@ -129,6 +133,13 @@ class StepRecorder(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.before = self._flat(pl_module)
         self.global_step = trainer.global_step
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        """The gradients the optimiser receives (unscaled by a GradScaler; Lightning clips right after)."""
+        if len(self.grads) < self.steps:
+            params = [p for p in pl_module.parameters() if p.requires_grad]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            self.grads.append(torch.cat([g.detach().double().flatten() for g in grads]))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         self.batches += 1
@@ -191,20 +202,26 @@ def main() -> None:
     parser.add_argument(
         "--strategy", default="config", help="with > 1 process: config (its own, ddp if auto), ddp or fsdp"
     )
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, help="per process (default: BATCH_SIZE, else 2)")
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
 
     from vislang.shared.cli import build_cli
 
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-    cfg = rehearsal_config(args.config.resolve(), args.work, args.batch_size)
+    batch_size = args.batch_size or BATCH_SIZE.get(args.config.resolve().parts[-3], 2)
+    cfg = rehearsal_config(args.config.resolve(), args.work, batch_size)
     trainer_cfg = cfg["trainer"]
     configured_precision = str(trainer_cfg.get("precision", "32-true"))
     precision = "32-true" if args.fp32 else configured_precision
     trainer_cfg.update({"accelerator": "cpu", "devices": world, "num_nodes": 1, "num_sanity_val_steps": 0,
                         "default_root_dir": str(args.work / "root"), "enable_progress_bar": False,
-                        "sync_batchnorm": bool(trainer_cfg.get("sync_batchnorm", False)) and world > 1})  # fmt: skip
+                        # torch's SyncBatchNorm runs on CUDA only ("SyncBatchNorm layers only work with GPU
+                        # modules"): on CPU the BN statistics stay per process
+                        "sync_batchnorm": False})  # fmt: skip
+    logger = trainer_cfg.get("logger")
+    if isinstance(logger, dict):  # the config's logger, writing into the scratch folder
+        logger.setdefault("init_args", {})["save_dir"] = str(args.work / "logs")
     configured_strategy = trainer_cfg.get("strategy", "auto")
     if world == 1:
         trainer_cfg["strategy"] = "auto"
@@ -229,9 +246,6 @@ def main() -> None:
     for callback in trainer.callbacks:
         if isinstance(callback, ModelCheckpoint):
             callback.dirpath = str(args.work / "checkpoints")
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger | TensorBoardLogger):
-            logger._root_dir = str(args.work / "logs")
     recorder = StepRecorder(args.steps)
     trainer.callbacks.append(recorder)
     for m in model.modules():  # no dropout: the mixed and fp32 runs then differ by rounding only
@@ -240,13 +254,15 @@ def main() -> None:
     trainer.fit(model, datamodule=datamodule)
 
     rank = trainer.global_rank
-    train_loader = trainer.train_dataloader
+    # several task loaders (VLAB's CombinedLoader, max_size_cycle): an epoch is the longest one
+    train_loader = max(_loaders(trainer.train_dataloader), key=len)
     datamodule.setup("validate") if not trainer.val_dataloaders else None
     val_sets = [loader.dataset for loader in _loaders(trainer.val_dataloaders)]
     deltas = torch.stack(recorder.deltas) if recorder.deltas else torch.zeros(0)
     stem = args.out.with_suffix("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(deltas, f"{stem}.{rank}.pt")
+    torch.save(recorder.grads, f"{stem}.{rank}.grads.pt")
     result = {
         "rank": rank,
         "world_size": trainer.world_size,
@@ -265,7 +281,7 @@ def main() -> None:
         "optimizer_steps": len(recorder.deltas),
         "batches_seen": recorder.batches,
         "gradient_clip_val": trainer.gradient_clip_val,
-        "train_digests": sample_digests(train_loader.dataset),
+        "train_digests": sorted({d for lo in _loaders(trainer.train_dataloader) for d in sample_digests(lo.dataset)}),
         "val_digests": sorted({d for ds in val_sets for d in sample_digests(ds)}),
     }
     Path(f"{stem}.{rank}.json").write_text(json.dumps(result))

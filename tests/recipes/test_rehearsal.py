@@ -32,8 +32,14 @@ REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("rehearse.py")
 REHEARSED = ("cmae", "vlab", "soho", "pixelbert", "pixellm")
 CONFIGS = [c for c in paper_configs() if c.parts[-3] in REHEARSED]
-# relative L2 distance between the mixed-precision and the fp32 optimiser step, and their norm ratio
-STEP_TOLERANCE = {"16-mixed": 0.35, "bf16-mixed": 0.6, "32-true": 1e-6}
+# Mixed precision against fp32, per optimiser step: the gradients the optimiser receives (unscaled, before the
+# clip) within GRAD_TOLERANCE (relative L2 distance), and the step itself, whose size must match within
+# STEP_SIZE_TOLERANCE and whose direction within STEP_TOLERANCE (Adam's first steps are ~lr x sign(gradient), so
+# rounding flips the sign of near-zero gradients: the step direction is looser than the gradient's). A clip of
+# still-scaled gradients, or a skipped step, changes the size by orders of magnitude.
+GRAD_TOLERANCE = {"16-mixed": 0.1, "bf16-mixed": 0.3, "32-true": 1e-9}
+STEP_TOLERANCE = {"16-mixed": 0.4, "bf16-mixed": 0.7, "32-true": 1e-9}
+STEP_SIZE_TOLERANCE = 0.1
 
 
 def free_port() -> int:
@@ -79,6 +85,7 @@ def run(config: Path, work: Path, world: int, fp32: bool = False, launcher: str 
     for rank in range(world):
         result = json.loads(Path(f"{out.with_suffix('')}.{rank}.json").read_text())
         result["deltas"] = torch.load(f"{out.with_suffix('')}.{rank}.pt")
+        result["grads"] = torch.load(f"{out.with_suffix('')}.{rank}.grads.pt")
         results.append(result)
     return results
 
@@ -117,23 +124,30 @@ def launch_as_slurm(args: list[str], world: int, env: dict[str, str]) -> list[su
     return done
 
 
+def _distance(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Relative L2 distance of `a` from `b`, and the ratio of their norms."""
+    return float((a - b).norm() / b.norm()), float(a.norm() / b.norm())
+
+
 def check_steps(
     amp: list[dict[str, Any]], fp32: list[dict[str, Any]], steps: int = 2, same_on_all_processes: bool = True
 ) -> None:
     """Each process took `steps` optimiser steps, equal to the fp32 ones within rounding, and the same on all."""
     precision = amp[0]["precision"]
-    tolerance = STEP_TOLERANCE[precision]
     for a, f in zip(amp, fp32, strict=True):
         assert a["optimizer_steps"] == f["optimizer_steps"] == steps
         if a["scaler_scale"] is not None:  # 16-mixed: the GradScaler never skipped a step (finite gradients)
             assert a["scaler_scale"] >= 2.0**16
         for step in range(steps):
-            da, df = a["deltas"][step], f["deltas"][step]
-            assert df.norm() > 0, "the fp32 step moved nothing"
-            distance = float((da - df).norm() / df.norm())
-            ratio = float(da.norm() / df.norm())
-            assert distance < tolerance and abs(ratio - 1) < tolerance, (
-                f"rank {a['rank']} step {step}: {precision} step differs from fp32: relative distance "
+            grad, grad_ratio = _distance(a["grads"][step], f["grads"][step])
+            size = f["deltas"][step].norm()
+            assert size > 0, "the fp32 step moved nothing"
+            distance, ratio = _distance(a["deltas"][step], f["deltas"][step])
+            print(f"rank {a['rank']} step {step} {precision}: gradient distance {grad:.4f} (norm ratio "
+                  f"{grad_ratio:.4f}), step distance {distance:.4f} (norm ratio {ratio:.4f})")  # fmt: skip
+            assert grad < GRAD_TOLERANCE[precision], f"rank {a['rank']} step {step}: gradients differ ({grad:.3f})"
+            assert distance < STEP_TOLERANCE[precision] and abs(ratio - 1) < STEP_SIZE_TOLERANCE, (
+                f"rank {a['rank']} step {step}: the {precision} step differs from the fp32 step: relative distance "
                 f"{distance:.3f}, norm ratio {ratio:.3f}"
             )
     for other in amp[1:] if same_on_all_processes else []:  # DDP: every process applied the same averaged gradients
@@ -170,7 +184,7 @@ def _tasks(cfg: dict[str, Any]) -> list[str]:
 
 def check_no_validation_item_in_training(results: list[dict[str, Any]]) -> None:
     r0 = results[0]
-    assert r0["train_digests"] and r0["val_digests"], "no sample files found to compare"
+    assert r0["train_digests"], "no training sample files found to compare"  # (pre-training may validate nothing)
     shared = set(r0["train_digests"]) & set(r0["val_digests"])
     assert not shared, f"{len(shared)} validation files are also training files"
 
@@ -199,9 +213,9 @@ def test_rehearse_soho_vqa_in_one_process(tmp_path: Path) -> None:
 # 2 CPU processes started as SLURM and torchrun start them, with the shared DDP and FSDP presets; Lightning must
 # detect the launcher (SLURMEnvironment / TorchElasticEnvironment), form one world of 2 and step alike.
 
-MULTINODE_CONFIG = (
-    REPO / "packages/cmae/configs/imagenet_pretrain_vit_base.yaml"
-)  # bf16-mixed, SyncBN, 4 nodes x 8 GPUs
+# bf16-mixed, SyncBN, 4 nodes x 8 GPUs in the paper; FSDP on fine-tuning (no EMA target)
+MULTINODE_CONFIG = REPO / "packages/cmae/configs/imagenet_pretrain_vit_base.yaml"
+FSDP_CONFIG = REPO / "packages/cmae/configs/imagenet_finetune_vit_base.yaml"
 
 
 @pytest.mark.slow
@@ -225,12 +239,15 @@ def test_ddp_preset_under_torchrun(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
 def test_fsdp_preset(launcher: str, tmp_path: Path) -> None:
-    """shared/configs/trainer/fsdp.yaml's strategy (vislang.shared.strategies.FSDP) on 2 CPU processes."""
-    amp = run(MULTINODE_CONFIG, tmp_path, world=2, launcher=launcher, strategy="fsdp")
-    fp32 = run(MULTINODE_CONFIG, tmp_path, world=2, launcher=launcher, strategy="fsdp", fp32=True)
+    """shared/configs/trainer/fsdp.yaml's strategy (vislang.shared.strategies.FSDP) on 2 CPU processes.
+
+    On CMAE fine-tuning: CMAE pre-training's EMA target update reads the online parameters, which FSDP has
+    flattened and sharded (see the README's Multi-node notes)."""
+    amp = run(FSDP_CONFIG, tmp_path, world=2, launcher=launcher, strategy="fsdp")
+    fp32 = run(FSDP_CONFIG, tmp_path, world=2, launcher=launcher, strategy="fsdp", fp32=True)
     expected = "SLURMEnvironment" if launcher == "slurm" else "TorchElasticEnvironment"
     assert {r["cluster_environment"] for r in amp} == {expected}
     assert {r["strategy"] for r in amp} == {"FSDP"}
     # each process holds its own shard: compare each shard's step with the fp32 run's same shard
     check_steps(amp, fp32, same_on_all_processes=False)
-    check_counts(MULTINODE_CONFIG, tmp_path, amp)
+    check_counts(FSDP_CONFIG, tmp_path, amp)
