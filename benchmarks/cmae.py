@@ -100,9 +100,11 @@ def main() -> None:
 
     def visible_only() -> None:
         encoder(x, ids_keep).sum().backward()
+        encoder.zero_grad(set_to_none=True)
 
     def all_tokens() -> None:
         encoder(x).sum().backward()
+        encoder.zero_grad(set_to_none=True)
 
     # ---- 2. CMAE step vs MAE step (same encoder and pixel decoder sizes) ----
     cmae = build_cmae(args.preset)
