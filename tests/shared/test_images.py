@@ -71,6 +71,8 @@ def test_16_bit_grayscale_is_scaled_to_8_bits() -> None:
     ramp = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)  # 0 .. 65535
     out = as_rgb_array(Image.fromarray(ramp))
     assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255 and out[8, 0, 0] == 128
+    unit = Image.fromarray((np.arange(256, dtype=np.float32) / 255).reshape(16, 16))  # mode F, in [0, 1]
+    assert np.array_equal(as_rgb_array(unit)[..., 0], np.arange(256, dtype=np.uint8).reshape(16, 16))
 
 
 @pytest.mark.parametrize(

@@ -96,8 +96,10 @@ def _from_pil(image: Image.Image, notes: list[str]) -> Image.Image:
         return image.copy()
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # wider than 8 bits: scale the range, not clip
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        gray = np.clip(np.rint(array / top * 255.0) if top != 255.0 else np.rint(array), 0, 255).astype(np.uint8)
+        peak = float(array.max(initial=0))
+        # the value of white: 16-bit data (or an int image past 255) 65535, a float image in [0, 1] 1.0, else 255
+        top = 65535.0 if mode.startswith("I;16") or peak > 255 else 1.0 if mode == "F" and peak <= 1 else 255.0
+        gray = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
         notes.append(f"{mode} image converted to RGB (grayscale repeated in 3 channels)")
         return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
     notes.append(f"{mode} image converted to RGB" + (" (grayscale repeated in 3 channels)" if mode in _GRAY_MODES
