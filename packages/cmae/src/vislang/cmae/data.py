@@ -23,23 +23,32 @@ Two-view pre-training transforms:
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from timm.data import create_transform
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
+from vislang.shared.data.shards import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ShardDataset,
+    ShardLoader,
+    bytes_as_file,
+)
 from vislang.shared.data.video import VideoReader, dense_indices, temporal_shift_indices, tsn_indices
 
 __all__ = [
@@ -177,7 +186,7 @@ def read_items(dataset: str, root: str | Path, split: str) -> tuple[list[Item], 
     return READERS[dataset](Path(root), split)
 
 
-def load_image(path: Path) -> Image.Image:
+def load_image(path: Path | BinaryIO) -> Image.Image:
     """RGB PIL image; unreadable files raise ``SampleLoadError`` (skipped and counted by ``RobustDataset``)."""
     try:
         with Image.open(path) as image:
@@ -282,15 +291,18 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
+        online, target = self.views(item.path)
+        return {"online": online, "target": target, "label": item.label, "index": index}
+
+    def views(self, path: Path | BinaryIO) -> tuple[Tensor, Tensor]:
+        """The (online, target) views of one image or video file (an image may be an open file)."""
         if isinstance(self.transform, TemporalShiftViews):
-            reader = VideoReader(item.path)
+            reader = VideoReader(path)
             clips = temporal_shift_indices(len(reader), self.num_frames, self.sampling_rate,
                                            self.max_temporal_shift, train=self.train)  # fmt: skip
             frames = torch.from_numpy(reader.get_frames([*clips.online, *clips.target]))
-            online, target = self.transform(frames[: self.num_frames], frames[self.num_frames :])
-        else:
-            online, target = self.transform(load_image(item.path))
-        return {"online": online, "target": target, "label": item.label, "index": index}
+            return self.transform(frames[: self.num_frames], frames[self.num_frames :])
+        return self.transform(load_image(path))
 
 
 class ClassificationDataset(Dataset):
@@ -419,6 +431,13 @@ class CMAEPretrainDataModule(_Base):
         synthetic_max_objects: shapes per synthetic image (1..this); the class is the largest one's shape.
         seed: synthetic world seed.
         max_failure_fraction: stop when more than this fraction of files fails to load.
+        train_shards: pre-train from WebDataset shards (img2dataset/video2dataset layout: ``{key}.jpg`` or
+            ``.mp4``, with the class in ``.cls`` or the ``.json``'s ``label``) instead of ``root``'s training
+            split: a folder of ``00000.tar`` ..., a brace pattern, ``http(s)://`` or ``pipe:`` (see
+            ``vislang.shared.data.shards``); validation and the probe still read ``root``.
+        shard_samples_per_epoch: samples per rank per epoch from the shards; None = the most the shards
+            allow without repeating a sample.
+        shuffle_buffer: samples in each loader worker's shuffle buffer when reading shards.
     """
 
     def __init__(
@@ -439,20 +458,26 @@ class CMAEPretrainDataModule(_Base):
         synthetic_max_objects: int = 4,
         seed: int = 0,
         max_failure_fraction: float = 0.01,
+        train_shards: str | None = None,
+        shard_samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
 
+    def _views(self, items: Sequence[Item], train: bool) -> PretrainDataset:
+        hp = self.hparams
+        transform: PixelShiftViews | TemporalShiftViews = (
+            TemporalShiftViews(hp.image_size, flip=hp.flip)
+            if self.is_video
+            else PixelShiftViews(hp.image_size, hp.max_shift, tuple(hp.crop_scale))
+        )
+        return PretrainDataset(items, transform, hp.num_frames, hp.sampling_rate, hp.max_temporal_shift, train=train)
+
     def _pretrain(self, split: str) -> Dataset:
         if split not in self._datasets:
             hp = self.hparams
-            transform: PixelShiftViews | TemporalShiftViews = (
-                TemporalShiftViews(hp.image_size, flip=hp.flip)
-                if self.is_video
-                else PixelShiftViews(hp.image_size, hp.max_shift, tuple(hp.crop_scale))
-            )
-            dataset = PretrainDataset(self._items(split), transform, hp.num_frames, hp.sampling_rate,
-                                      hp.max_temporal_shift, train=split == "train")  # fmt: skip
+            dataset = self._views(self._items(split), train=split == "train")
             self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
         return self._datasets[split]
 
@@ -469,10 +494,41 @@ class CMAEPretrainDataModule(_Base):
 
     def setup(self, stage: str) -> None:
         for split in ("train", "val") if stage == "fit" else ("val",):
-            self._pretrain(split)
+            if not (split == "train" and self.hparams.train_shards):
+                self._pretrain(split)
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.train_shards:
+            return self._shard_loader()
         return self._loader(self._pretrain("train"), train=True)
+
+    def _shard_loader(self) -> ShardLoader:
+        hp = self.hparams
+        dataset = ShardDataset(
+            hp.train_shards, ShardViews(self._views([], train=True)), default_collate, hp.batch_size, hp.num_workers,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), shuffle_buffer=hp.shuffle_buffer,
+            samples_per_epoch=hp.shard_samples_per_epoch, max_failure_fraction=hp.max_failure_fraction,
+        )  # fmt: skip
+        return ShardLoader(dataset, self.trainer)
+
+    def shard_samples(self, split: str = "train") -> tuple[Iterator[dict[str, Any]], int]:
+        """The split's files as img2dataset/video2dataset-layout samples (``{key}.jpg``/``.mp4`` as stored,
+        ``.cls`` = class index, ``.txt`` = class name, ``.json`` = ``{"path", "label", "class"}``), and how
+        many there are; `vislang.shared.data.shards.write_shards` writes them."""
+        items = self._items(split)
+        root = Path(self.hparams.root)
+
+        def samples() -> Iterator[dict[str, Any]]:
+            for number, item in enumerate(items):
+                if not item.path.is_file():
+                    raise FileNotFoundError(f"{item.path}: listed by the {split} split but missing")
+                name = str(item.path.relative_to(root)) if item.path.is_relative_to(root) else str(item.path)
+                label_name = self.classes[item.label] if 0 <= item.label < len(self.classes) else ""
+                yield {"__key__": f"{number:09d}", item.path.suffix.lower().lstrip("."): item.path.read_bytes(),
+                       "cls": item.label, "txt": label_name,
+                       "json": {"path": name, "label": item.label, "class": label_name}}  # fmt: skip
+
+        return samples(), len(items)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._pretrain("val"), train=False, batch_size=self.hparams.eval_batch_size)
@@ -595,3 +651,33 @@ class CMAEClassificationDataModule(_Base):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+class ShardViews:
+    """Decodes a shard sample (``{key}.jpg`` or ``.mp4``, class in ``.cls`` or the ``.json``'s ``label``) into
+    ``{"online", "target", "label", "index"}`` with `PretrainDataset`'s views (run inside
+    ``vislang.shared.data.shards.seeded``: the views depend on (seed, epoch, sample key) only)."""
+
+    def __init__(self, dataset: PretrainDataset) -> None:
+        self.dataset = dataset
+        self.video = isinstance(dataset.transform, TemporalShiftViews)
+        self.extensions = VIDEO_EXTENSIONS if self.video else IMAGE_EXTENSIONS
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        name = f"{sample['__url__']}#{sample['__key__']}"
+        extension = next((e for e in self.extensions if e in sample), None)
+        if extension is None:
+            raise SampleLoadError(name, f"no {'/'.join(self.extensions)} file in the sample")
+        if "cls" in sample:
+            label = int(sample["cls"])
+        else:
+            label = int(json.loads(sample["json"]).get("label", -1)) if "json" in sample else -1
+        try:
+            if self.video:  # decord and PyAV open videos by name
+                with bytes_as_file(sample[extension], f".{extension}") as path:
+                    online, target = self.dataset.views(path)
+            else:
+                online, target = self.dataset.views(io.BytesIO(sample[extension]))
+        except SampleLoadError as error:
+            raise SampleLoadError(name, error.reason) from None
+        return {"online": online, "target": target, "label": label, "index": sample["__index__"]}

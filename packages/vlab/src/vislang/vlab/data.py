@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import pickle
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vislang.shared.data.loaders import eval_loader, train_loader
-from vislang.shared.data.robust import RobustDataset
+from vislang.shared.data.robust import RobustDataset, SampleLoadError
+from vislang.shared.data.shards import VIDEO_EXTENSIONS, ShardDataset, ShardLoader, bytes_as_file, expand_shards
 from vislang.shared.data.video import VideoReader, tsn_indices
 from vislang.shared.preflight import Missing, PreflightContext
 
@@ -368,6 +370,14 @@ class VLABDataModule(LightningDataModule):
         synthetic_videos: write this many synthetic-world videos into `root` in the `dataset`'s
             layout before reading it (when `root` holds no such data yet); 0 for real data.
         seed: seed of the synthetic world (frame sampling follows `seed_everything`).
+        train_shards: train from WebDataset shards in the video2dataset layout instead of `root`'s training
+            split: a folder of ``00000.tar`` ..., a brace pattern, an ``http(s)://`` or ``pipe:`` pattern
+            (see `vislang.shared.data.shards`); evaluation still reads `root`. One item per video per
+            task and epoch (a random caption of its ``.json`` ``captions`` or its ``.txt``; a random QA
+            pair of its ``.json`` ``qa``). `shard_samples` writes such shards from `root`.
+        shard_samples_per_epoch: samples per rank per epoch from the shards; None = the most the
+            shards allow without repeating a sample (see the shards module's epoch policy).
+        shuffle_buffer: samples in each loader worker's shuffle buffer when reading shards.
     """
 
     def __init__(
@@ -386,6 +396,9 @@ class VLABDataModule(LightningDataModule):
         videos_dir: str | None = None,
         synthetic_videos: int = 0,
         seed: int = 0,
+        train_shards: str | None = None,
+        shard_samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -441,6 +454,8 @@ class VLABDataModule(LightningDataModule):
         videos: dict[Path, None] = {}  # ordered set: every listed video once
         for task in init_args.get("tasks") or ["retrieval"]:
             for split in _STAGE_SPLITS[context.stage]:
+                if split == "train" and init_args.get("train_shards"):
+                    continue  # read from the shards (checked below)
                 try:
                     items = _read(dataset, root, task, split, init_args.get("videos_dir"))
                 except MissingDataFiles as err:
@@ -467,13 +482,20 @@ class VLABDataModule(LightningDataModule):
                     ),
                 )
             )
+        if init_args.get("train_shards") and context.stage == "fit":
+            try:
+                expand_shards(init_args["train_shards"])
+            except (FileNotFoundError, ValueError) as err:
+                found.append(Missing("data.train_shards", str(err), "write them with `python -m "
+                                     "vislang.shared.data.shards write --from <config> --out <folder>`"))  # fmt: skip
         return found
 
     def setup(self, stage: str) -> None:
         # read every annotation file the stage needs now, so a missing one fails before training
         for task in self.tasks:
             for split in _STAGE_SPLITS[stage]:
-                self._dataset(task, split)
+                if not (split == "train" and self.hparams.train_shards):
+                    self._dataset(task, split)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         hp = self.hparams
@@ -484,6 +506,8 @@ class VLABDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> CombinedLoader:
+        if self.hparams.train_shards:
+            return CombinedLoader({task: self._shard_loader(task) for task in self.tasks}, mode="max_size_cycle")
         loaders = {task: self._loader(self._dataset(task, "train"), train=True) for task in self.tasks}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
@@ -499,3 +523,73 @@ class VLABDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()
+
+    # ---- shards --------------------------------------------------------------------------------
+
+    def _shard_loader(self, task: str) -> ShardLoader:
+        hp = self.hparams
+        dataset = ShardDataset(
+            hp.train_shards, ShardVideoText(task, hp.num_frames, hp.image_size), collate, hp.batch_size,
+            hp.num_workers, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), shuffle_buffer=hp.shuffle_buffer,
+            samples_per_epoch=hp.shard_samples_per_epoch, max_failure_fraction=hp.max_failure_fraction,
+        )  # fmt: skip
+        return ShardLoader(dataset, self.trainer)
+
+    def shard_samples(self, split: str = "train") -> tuple[Iterator[dict[str, Any]], int]:
+        """The split's videos as video2dataset-layout samples (``{key}.mp4``, ``.txt`` = first caption,
+        ``.json`` = ``{"video", "captions", "qa"}`` over this module's tasks), and how many there are;
+        `vislang.shared.data.shards.write_shards` writes them."""
+        texts: dict[Path, dict[str, list[Any]]] = {}
+        for task in self.tasks:
+            for item in _read(self.hparams.dataset, self.root, task, split, self.hparams.videos_dir):
+                entry = texts.setdefault(item.video, {"captions": [], "qa": []})
+                entry["captions"] += [c for c in item.captions if c not in entry["captions"]]
+                if item.question is not None:
+                    entry["qa"].append({"question": item.question, "answer": item.answer})
+
+        def samples() -> Iterator[dict[str, Any]]:
+            for number, (video, entry) in enumerate(texts.items()):
+                if not video.is_file():
+                    raise FileNotFoundError(f"{video}: listed by the {split} split but missing; fetch it or "
+                                            "remove it from the annotation file")  # fmt: skip
+                name = str(video.relative_to(self.root)) if video.is_relative_to(self.root) else str(video)
+                yield {"__key__": f"{number:09d}", video.suffix.lower().lstrip("."): video.read_bytes(),
+                       "txt": entry["captions"][0] if entry["captions"] else "", "json": {"video": name, **entry}}  # fmt: skip
+
+        return samples(), len(texts)
+
+
+class ShardVideoText:
+    """Decodes a shard sample (``{key}.mp4`` + ``.txt`` + ``.json``) into a training item for one task,
+    as `VideoTextDataset` does for a file: TSN-sampled, CLIP-normalised frames and one random text.
+
+    Runs inside `vislang.shared.data.shards.seeded`, so the frames and the text drawn depend on
+    (seed, epoch, sample key) only.
+    """
+
+    def __init__(self, task: str, num_frames: int, image_size: int) -> None:
+        self.task, self.num_frames, self.image_size = task, num_frames, image_size
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        name = f"{sample['__url__']}#{sample['__key__']}"
+        extension = next((e for e in VIDEO_EXTENSIONS if e in sample), None)
+        if extension is None:
+            raise SampleLoadError(name, f"no video ({', '.join(VIDEO_EXTENSIONS)}) in the sample")
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        item: dict[str, Any] = {"index": sample["__index__"]}
+        if self.task == "qa":
+            if not meta.get("qa"):
+                raise SampleLoadError(name, "no 'qa' list in its .json: write shards from a config with qa")
+            pair = random.choice(meta["qa"])
+            item["question"], item["answer"] = pair["question"], pair["answer"]
+        else:
+            captions = meta.get("captions") or ([sample["txt"].decode()] if sample.get("txt") else [])
+            if not captions:
+                raise SampleLoadError(name, "no caption: the sample has no .txt and no 'captions' in its .json")
+            item["caption"] = random.choice(captions)
+        try:
+            with bytes_as_file(sample[extension], f".{extension}") as path:
+                item["video"] = load_clip(path, self.num_frames, self.image_size, train=True)
+        except SampleLoadError as error:
+            raise SampleLoadError(name, error.reason) from None
+        return item

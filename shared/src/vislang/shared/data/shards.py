@@ -65,6 +65,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from vislang.shared.data.resume import resume_position
 from vislang.shared.data.robust import FAILURES_KEY, SampleLoadError, TooManyLoadFailures
 
 __all__ = [
@@ -406,22 +407,32 @@ class _EpochRelay(_InfiniteConstantSampler):
 
 
 class ShardLoader(DataLoader):
-    """A DataLoader over a `ShardDataset` (which batches itself): relays ``set_epoch`` from Lightning and
-    activates a pending ``skip_batches`` before each iteration.
+    """A DataLoader over a `ShardDataset` (which batches itself): relays ``set_epoch`` from Lightning,
+    activates a pending ``skip_batches`` before each iteration, and starts a resumed run where its
+    checkpoint was written.
 
     Args:
         dataset: the shard dataset; its ``num_workers`` is the loader's.
+        trainer: the data module's ``self.trainer``: when it resumes from a checkpoint with an
+            ``ExactResume`` callback (`vislang.shared.data.resume`), the first iteration starts at the
+            recorded (epoch, batch). None outside a Trainer.
         persistent_workers: keep workers between epochs (the shared state reaches them).
         pin_memory / prefetch_factor: as DataLoader's.
     """
 
-    def __init__(self, dataset: ShardDataset, persistent_workers: bool = True, pin_memory: bool = False,
-                 prefetch_factor: int | None = None) -> None:  # fmt: skip
+    def __init__(self, dataset: ShardDataset, trainer: Any = None, persistent_workers: bool = True,
+                 pin_memory: bool = False, prefetch_factor: int | None = None) -> None:  # fmt: skip
         workers = dataset.num_workers
         super().__init__(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers and workers > 0,
                          prefetch_factor=prefetch_factor if workers > 0 else None)  # fmt: skip
         object.__setattr__(self, "sampler", _EpochRelay(dataset))  # DataLoader forbids setting it after init
+        position = resume_position(trainer)
+        if position is not None:
+            epoch, batches = position
+            dataset.set_epoch(epoch)
+            # a loader shorter than the epoch (CombinedLoader's max_size_cycle) is re-iterated within it
+            dataset.skip_batches(batches % max(len(dataset), 1), dataset.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
         self.dataset.begin_iteration()
