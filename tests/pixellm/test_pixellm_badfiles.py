@@ -65,8 +65,8 @@ def test_every_loader_of_the_data_module_skips_the_bad_photo(tmp_path: Path) -> 
     path, bad = _write_muse(tmp_path, "truncated")
     dm = PixelLMDataModule(muse_root=str(tmp_path), muse_image_dir="images", muse_image_layout="flat",
                            muse_train=path.name, muse_val=[path.name], muse_test=[path.name], image_size=64,
-                           patch_size=8, batch_size=4, eval_batch_size=4, num_workers=0,
-                           samples_per_epoch=72)  # fmt: skip
+                           patch_size=8, batch_size=4, eval_batch_size=4, num_workers=0, samples_per_epoch=72,
+                           max_failure_fraction=0.2)  # the split is 6 files: one bad one is 17 %, over 1 %  # fmt: skip
     dm.setup("fit")
     dm.setup("test")
     loaders = {"train": [dm.train_dataloader()], "val": dm.val_dataloader(), "test": dm.test_dataloader()}
@@ -75,8 +75,7 @@ def test_every_loader_of_the_data_module_skips_the_bad_photo(tmp_path: Path) -> 
         for loader in group:
             robust = loader.dataset
             assert isinstance(robust, RobustDataset) and robust.num_files == len(PHOTOS), stage
-            # the split is 6 files: one bad one is 17 %, over the default 1 %
-            robust.max_failure_fraction = 0.2
+            assert robust.max_failure_fraction == 0.2, stage
             counted, paths = 0, set()
             for batch in loader:
                 counted += batch[FAILURES_KEY]
@@ -93,3 +92,26 @@ def test_the_default_limit_stops_a_split_where_one_photo_of_six_fails(tmp_path: 
     with pytest.raises(TooManyLoadFailures, match=r"1 of 6 files failed to load .*" + bad.name):
         for i in range(len(robust)):
             robust[i]
+
+
+def test_a_training_run_with_the_bad_photo_completes_and_reports_it_once(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from vislang.shared.cli import build_cli
+
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    path, bad = _write_muse(tmp_path, "empty")
+    demo = Path(__file__).resolve().parents[2] / "packages" / "pixellm" / "configs" / "demo.yaml"
+    cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.muse_root={tmp_path}",
+                     "--data.init_args.muse_image_dir=images", f"--data.init_args.muse_train={path.name}",
+                     f"--data.init_args.muse_val=[{path.name}]", "--data.init_args.synthetic_images=0",
+                     "--data.init_args.samples_per_epoch=16", "--data.init_args.batch_size=4",
+                     "--data.init_args.num_workers=0", "--data.init_args.max_failure_fraction=0.2",
+                     "--model.init_args.max_new_tokens=4", "--model.init_args.evaluate_before_training=false",
+                     "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.limit_val_batches=2",
+                     "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                     "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+                     "--trainer.callbacks=[{class_path: vislang.shared.data.robust.LoadFailureMonitor}]"])  # fmt: skip
+    assert cli.trainer.state.finished and cli.trainer.current_epoch == 2
+    assert cli.trainer.callback_metrics["data/load_failures"].item() == 1
+    assert cli.trainer.train_dataloader.dataset.failed_files() == {str(bad)}

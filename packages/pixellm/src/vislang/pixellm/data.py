@@ -505,6 +505,8 @@ class PixelLMDataModule(LightningDataModule):
         image_size / patch_size: the CLIP input and patch (the model's `vision` config).
         normalisation: `sam` (released code) or `clip`.
         val_limit: evaluate on at most this many questions per validation set (None: all).
+        max_failure_fraction: unreadable images are skipped and counted once each; more than this fraction of
+            a split's images stops the run naming them.
     """
 
     def __init__(
@@ -536,6 +538,7 @@ class PixelLMDataModule(LightningDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         val_limit: int | None = None,
+        max_failure_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -604,7 +607,7 @@ class PixelLMDataModule(LightningDataModule):
                 raise ValueError(
                     "no training data: set muse_root (with muse_train), refer_root with refer_train, sem_seg_root or vqa_json"
                 )
-            self.train_set = RobustDataset(_Sources(sources))
+            self.train_set = RobustDataset(_Sources(sources), hp.max_failure_fraction)
             self.weights = weights
         if stage in ("fit", "validate") and not self.val_sets:
             sets: list[Dataset] = [self._muse(n) for n in self.muse_val] if hp.muse_root else []
@@ -641,10 +644,10 @@ class PixelLMDataModule(LightningDataModule):
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(RobustDataset(s)) for s in self.val_sets]
+        return [self._loader(RobustDataset(s, self.hparams.max_failure_fraction)) for s in self.val_sets]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(RobustDataset(s)) for s in self.test_sets]
+        return [self._loader(RobustDataset(s, self.hparams.max_failure_fraction)) for s in self.test_sets]
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()
