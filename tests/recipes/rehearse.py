@@ -122,6 +122,7 @@ class StepRecorder(Callback):
         self.steps = steps
         self.deltas: list[torch.Tensor] = []
         self.grads: list[torch.Tensor] = []
+        self._pending: dict[int, torch.Tensor | None] = {}
         self.before: torch.Tensor | None = None
         self.global_step = 0
         self.batches = 0
@@ -135,11 +136,11 @@ class StepRecorder(Callback):
         self.global_step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        """The gradients the optimiser receives (unscaled by a GradScaler; Lightning clips right after)."""
-        if len(self.grads) < self.steps:
-            params = [p for p in pl_module.parameters() if p.requires_grad]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            self.grads.append(torch.cat([g.detach().double().flatten() for g in grads]))
+        """The gradients the optimiser receives (unscaled by a GradScaler; Lightning clips right after). With
+        several optimisers (single-stream: AdamW + SGD) each contributes its own parameters."""
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                self._pending[id(p)] = p.grad.detach().double().flatten().clone() if p.grad is not None else None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         self.batches += 1
@@ -148,6 +149,13 @@ class StepRecorder(Callback):
         self.global_step = trainer.global_step
         after = self._flat(pl_module)
         self.deltas.append(after - self.before)
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        self.grads.append(
+            torch.cat(
+                [g if (g := self._pending.get(id(p))) is not None else p.new_zeros(p.numel()).double() for p in params]
+            )  # fmt: skip
+        )
+        self._pending = {}
         self.before = after
         if len(self.deltas) >= self.steps:
             trainer.should_stop = True

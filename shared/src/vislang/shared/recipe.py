@@ -295,13 +295,6 @@ _CMAE_PT = dict(
     unverified=("precision",),
 )
 _SOHO_FT_NOTE = "no official code for this task: batch, epochs and lr are ours (reference §1, unverified)"
-_SOHO = dict(
-    gpus=8,
-    lr="1e-4, cnn_lr 1e-2",
-    precision="fp16 (apex O1)",
-    source="official configs/Pretrain/soho_res18_pre.py (reference §1.4)",
-)
-
 PAPERS: dict[str, Paper] = {
     "cmae/imagenet_pretrain_vit_base": Paper(
         **_CMAE_PT,
@@ -508,19 +501,19 @@ PAPERS.update(
         "soho/soho_r101_retrieval_coco": Paper(
             **_SS_FT,
             lr="not published",
-            items={"retrieval": 113_287},
-            item="COCO Karpathy train + restval images (1 positive + 15 negative captions each)",
+            items={"retrieval": _COCO_CAPTIONS},
+            item="COCO Karpathy train + restval captions, each beside 15 other images' captions",
             source="no official code (reference §1)",
             notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),  # fmt: skip
+        ),
         "soho/soho_r101_retrieval_flickr30k": Paper(
             **_SS_FT,
             lr="not published",
-            items={"retrieval": 29_000},
-            item="Flickr30K Karpathy train images (1 positive + 15 negative captions each)",
+            items={"retrieval": 145_000},
+            item="Flickr30K Karpathy train captions (29,000 images x 5), each beside 15 negatives",
             source="no official code (reference §1)",
             notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),  # fmt: skip
+        ),
         "soho/soho_r101_nlvr2": Paper(
             **_SS_FT,
             lr="not published",
@@ -528,7 +521,7 @@ PAPERS.update(
             item="NLVR2 train statements",
             source="no official code (reference §1)",
             notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),  # fmt: skip
+        ),
         "soho/soho_r101_snli_ve": Paper(
             **_SS_FT,
             lr="not published",
@@ -536,7 +529,7 @@ PAPERS.update(
             item="SNLI-VE train pairs",
             source="no official code (reference §1)",
             notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),  # fmt: skip
+        ),
     }
 )
 
@@ -568,11 +561,11 @@ PAPERS.update(
         "pixelbert/pixelbert_r50_retrieval_flickr30k": Paper(
             **_SS_FT,
             lr="not published",
-            items={"retrieval": 29_000},
-            item="Flickr30K Karpathy train images (1 positive + 20 negative captions each)",
+            items={"retrieval": 145_000},
+            item="Flickr30K Karpathy train captions (29,000 images x 5), each beside 20 negatives",
             source="no official code (reference §2.5)",
             notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
-        ),  # fmt: skip
+        ),
         "pixelbert/pixelbert_r50_nlvr2": Paper(
             **_SS_FT,
             lr="not published",
@@ -580,7 +573,7 @@ PAPERS.update(
             item="NLVR2 train statements",
             source="no official code (reference §2.5)",
             notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
-        ),  # fmt: skip
+        ),
         "pixelbert/pixelbert_r50_snli_ve": Paper(
             **_SS_FT,
             lr="not published",
@@ -588,7 +581,7 @@ PAPERS.update(
             item="SNLI-VE train pairs",
             source="no official code (reference §2.5)",
             notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
-        ),  # fmt: skip
+        ),
     }
 )
 
