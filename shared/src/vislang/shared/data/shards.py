@@ -65,7 +65,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-from vislang.shared.data.resume import resume_position
+from vislang.shared.data.resume import SampleKey, resume_position
+from vislang.shared.data.resume import seeded as resume_seeded
 from vislang.shared.data.robust import FAILURES_KEY, SampleLoadError, TooManyLoadFailures
 
 __all__ = [
@@ -173,20 +174,12 @@ def sample_seed(seed: int, epoch: int, key: str) -> int:
 
 
 @contextmanager
-def seeded(seed: int, epoch: int, key: str) -> Iterator[int]:
+def seeded(seed: int, epoch: int, key: str) -> Iterator[None]:
     """Seed `random`, `numpy` and `torch` (CPU) from ``(seed, epoch, key)`` inside the block and restore
-    their states afterwards, so a sample's augmentation is the same in a resumed run."""
-    value = sample_seed(seed, epoch, key)
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        torch.manual_seed(value)
-        try:
-            yield value
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    their states afterwards, so a sample's augmentation is the same in a resumed run (the folder
+    readers' `vislang.shared.data.resume.seeded`, with the key's hash standing for the index)."""
+    with resume_seeded([SampleKey(sample_seed(0, 0, key), epoch, seed)]):
+        yield
 
 
 @contextmanager
