@@ -451,6 +451,17 @@ _SS_FT = dict(
     precision="not published",
     unverified=("gpus",),
 )
+
+
+def _finetune(paper: tuple[str, str], task: str, items: int, item: str) -> Paper:
+    """A single-stream downstream task without official code: batch, epochs and schedule are ours."""
+    source, lr_note = paper
+    return Paper(**_SS_FT, lr="not published", items={task: items}, item=item, source=source,
+                 notes={**_SS_FT_NOTES, "lr": lr_note})  # fmt: skip
+
+
+_SOHO_FT = ("no official code (reference §1)", "SOHO's pre-training lr")
+_PB_FT = ("no official code (reference §2.5)", "the pre-training lr")
 _SS_FT_NOTES = {
     "global_batch": "no official code for this task: batch is ours",
     "epochs": "no official code for this task: 10 epochs, ViLT/UNITER-like",
@@ -498,38 +509,20 @@ PAPERS.update(
                 "steps": "the official run trains on train + val for test-dev; this config trains on train2014",
             },
         ),
-        "soho/soho_r101_retrieval_coco": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"retrieval": _COCO_CAPTIONS},
-            item="COCO Karpathy train + restval captions, each beside 15 other images' captions",
-            source="no official code (reference §1)",
-            notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
+        "soho/soho_r101_retrieval_coco": _finetune(
+            _SOHO_FT,
+            "retrieval",
+            _COCO_CAPTIONS,
+            "COCO Karpathy train + restval captions, each beside 15 other images' captions",
         ),
-        "soho/soho_r101_retrieval_flickr30k": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"retrieval": 145_000},
-            item="Flickr30K Karpathy train captions (29,000 images x 5), each beside 15 negatives",
-            source="no official code (reference §1)",
-            notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
+        "soho/soho_r101_retrieval_flickr30k": _finetune(
+            _SOHO_FT,
+            "retrieval",
+            145_000,
+            "Flickr30K Karpathy train captions (29,000 images x 5), each beside 15 negatives",
         ),
-        "soho/soho_r101_nlvr2": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"nlvr2": 86_373},
-            item="NLVR2 train statements",
-            source="no official code (reference §1)",
-            notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),
-        "soho/soho_r101_snli_ve": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"snli_ve": 529_527},
-            item="SNLI-VE train pairs",
-            source="no official code (reference §1)",
-            notes={**_SS_FT_NOTES, "lr": "SOHO's pre-training lr"},
-        ),
+        "soho/soho_r101_nlvr2": _finetune(_SOHO_FT, "nlvr2", 86_373, "NLVR2 train statements"),
+        "soho/soho_r101_snli_ve": _finetune(_SOHO_FT, "snli_ve", 529_527, "SNLI-VE train pairs"),
     }
 )
 
@@ -558,30 +551,11 @@ PAPERS.update(
     {
         "pixelbert/pixelbert_r50": Paper(**_PB_PT),
         "pixelbert/pixelbert_x152": Paper(**_PB_PT),
-        "pixelbert/pixelbert_r50_retrieval_flickr30k": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"retrieval": 145_000},
-            item="Flickr30K Karpathy train captions (29,000 images x 5), each beside 20 negatives",
-            source="no official code (reference §2.5)",
-            notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
+        "pixelbert/pixelbert_r50_retrieval_flickr30k": _finetune(
+            PB, "retrieval", 145_000, "Flickr30K Karpathy train captions (29,000 images x 5), each beside 20 negatives"
         ),
-        "pixelbert/pixelbert_r50_nlvr2": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"nlvr2": 86_373},
-            item="NLVR2 train statements",
-            source="no official code (reference §2.5)",
-            notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
-        ),
-        "pixelbert/pixelbert_r50_snli_ve": Paper(
-            **_SS_FT,
-            lr="not published",
-            items={"snli_ve": 529_527},
-            item="SNLI-VE train pairs",
-            source="no official code (reference §2.5)",
-            notes={**_SS_FT_NOTES, "lr": "the pre-training lr"},
-        ),
+        "pixelbert/pixelbert_r50_nlvr2": _finetune(_PB_FT, "nlvr2", 86_373, "NLVR2 train statements"),
+        "pixelbert/pixelbert_r50_snli_ve": _finetune(_PB_FT, "snli_ve", 529_527, "SNLI-VE train pairs"),
     }
 )
 
