@@ -552,7 +552,10 @@ PAPERS.update(
         "pixelbert/pixelbert_r50": Paper(**_PB_PT),
         "pixelbert/pixelbert_x152": Paper(**_PB_PT),
         "pixelbert/pixelbert_r50_retrieval_flickr30k": _finetune(
-            PB, "retrieval", 145_000, "Flickr30K Karpathy train captions (29,000 images x 5), each beside 20 negatives"
+            _PB_FT,
+            "retrieval",
+            145_000,
+            "Flickr30K Karpathy train captions (29,000 images x 5), each beside 20 negatives",
         ),
         "pixelbert/pixelbert_r50_nlvr2": _finetune(_PB_FT, "nlvr2", 86_373, "NLVR2 train statements"),
         "pixelbert/pixelbert_r50_snli_ve": _finetune(_PB_FT, "snli_ve", 529_527, "SNLI-VE train pairs"),
