@@ -1,4 +1,4 @@
-"""Parity with the official code: fixtures made by tests/cmae/golden/make_golden.py from CMAE and ConvMAE.
+"""Parity with the official code: fixtures made by tests/cmae/golden/make_golden.py from CMAE, ConvMAE, VideoMAE.
 
 The official state dicts are loaded through our converter (never renamed by the test), the official inputs
 and masks are fed to our modules, and the outputs are compared with what the official modules returned.
@@ -26,15 +26,23 @@ def _normalise(raw: torch.Tensor, meta: dict) -> torch.Tensor:
     return (raw.float() - mean) / std
 
 
+def _golden(name: str) -> tuple[dict, dict, dict]:
+    """``<name>.safetensors`` (official weights), ``<name>_io.safetensors`` and ``<name>.json``."""
+    meta = json.loads((GOLDEN / f"{name}.json").read_text())
+    return load_file(GOLDEN / f"{name}.safetensors"), load_file(GOLDEN / f"{name}_io.safetensors"), meta
+
+
+_SIZES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
+          "decoder_heads", "mask_ratio")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cmae_golden() -> tuple[dict, dict, dict]:
-    meta = json.loads((GOLDEN / "cmae_vit.json").read_text())
-    return load_file(GOLDEN / "cmae_vit.safetensors"), load_file(GOLDEN / "cmae_vit_io.safetensors"), meta
+    return _golden("cmae_vit")
 
 
 def _cmae_config(meta: dict) -> CMAEConfig:
-    keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-            "decoder_heads", "feature_decoder_depth", "proj_hidden_dim", "proj_dim", "mask_ratio", "temperature")  # fmt: skip
+    keys = (*_SIZES, "feature_decoder_depth", "proj_hidden_dim", "proj_dim", "temperature")
     return CMAEConfig(**{k: meta[k] for k in keys}, mask_type="block", mask_block=2)
 
 
@@ -132,3 +140,53 @@ def test_convmae_finetuned_classifier_equals_official(convmae_golden) -> None:
     assert "fc_norm.weight" in ft and "norm.weight" not in ft and not any("output_decode" in k for k in ft)
     logits = _finetuned_logits(_convmae_config(meta), ft, io["images_uint8"], meta)
     torch.testing.assert_close(logits, io["ft_logits"], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def videomae_golden() -> tuple[dict, dict, dict]:
+    return _golden("videomae")
+
+
+def _videomae_config(meta: dict) -> CMAEConfig:
+    keys = (*_SIZES, "num_frames", "tubelet_size")
+    return CMAEConfig(**{k: meta[k] for k in keys}, mask_type="random", mask_block=1)
+
+
+def _clips(raw: torch.Tensor, meta: dict) -> torch.Tensor:
+    """``(B, 3, T, H, W)`` uint8 clips normalised per channel, as the generator fed them."""
+    return _normalise(raw.transpose(1, 2).flatten(0, 1), meta).reshape(raw.transpose(1, 2).shape).transpose(1, 2)
+
+
+def test_videomae_pretrained_encoder_and_decoder_equal_official(videomae_golden, tmp_path) -> None:
+    weights, io, meta = videomae_golden
+    state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": state, "epoch": 799}, path)  # run_mae_pretraining.py's layout
+    config = _videomae_config(meta)
+    model = CMAE(config).eval()
+    report = load_cmae(model, path)
+    # VideoMAE stores no sinusoid tables (ours are the same formula); everything else of both branches loads
+    encoders = {k for k in report.missing if k.startswith(("encoder.", "target_encoder.", "pixel_decoder."))}
+    assert encoders == {"encoder.pos_embed", "target_encoder.pos_embed", "pixel_decoder.decoder_pos_embed"}
+    mask = io["mask"]  # the official TubeMaskingGenerator at 0.9
+    ours_keep, _ = model.sample_mask(1, torch.device("cpu"))
+    assert int((~mask[0]).sum()) == meta["visible_per_clip"] == ours_keep.shape[1] == 56  # 8 slices x 7
+    ids_keep = (~mask).nonzero()[:, 1].reshape(mask.shape[0], -1)  # sorted, as VideoMAE's x[~mask]
+    with torch.no_grad():
+        latent = model.encoder(_clips(io["clips_uint8"], meta), ids_keep)
+        pred = model.pixel_decoder(latent, ids_keep)
+    torch.testing.assert_close(latent, io["latent"], atol=1e-5, rtol=0)
+    masked = pred[mask].reshape(mask.shape[0], -1, pred.shape[-1])  # VideoMAE predicts the masked tokens in order
+    torch.testing.assert_close(masked[..., ::4], io["pred_masked_every4"], atol=1e-5, rtol=0)
+
+
+def test_videomae_finetuned_classifier_equals_official(videomae_golden) -> None:
+    weights, io, meta = videomae_golden
+    ft = {k.removeprefix("ft."): v for k, v in weights.items() if k.startswith("ft.")}
+    assert "fc_norm.weight" in ft and "blocks.0.attn.q_bias" in ft and "pos_embed" not in ft
+    classifier = CMAEClassifier(_videomae_config(meta), num_classes=meta["num_classes"]).eval()
+    report = load_classifier(classifier, ft)
+    assert report.missing == ["encoder.pos_embed"] and not report.unexpected  # VideoMAE's table is not stored
+    with torch.no_grad():
+        logits = classifier(_clips(io["clips_uint8"], meta))
+    torch.testing.assert_close(logits, io["ft_logits"], atol=1e-5, rtol=0)

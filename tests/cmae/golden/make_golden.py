@@ -9,9 +9,12 @@ directory (nothing of it is committed):
   embed}.py``, ``utils/gather.py``).
 * ConvMAE: https://github.com/Alpha-VL/ConvMAE at commit 4c97b4c9ec9c85724bc9594eb7302c803ae58c19
   (``vision_transformer.py``, ``models_convmae.py``, ``models_convvit.py``, ``util/pos_embed.py``).
+* VideoMAE: https://github.com/MCG-NJU/VideoMAE at commit 14ef8d856287c94ef1f985fe30f958eb4ec2c55d
+  (``modeling_pretrain.py``, ``modeling_finetune.py``, ``masking_generator.py``).
 
     pip install --target /tmp/mmlibs mmcv-lite==2.2.0 mmengine==0.10.7 addict yapf termcolor platformdirs
-    PYTHONPATH=/tmp/mmlibs python tests/cmae/golden/make_golden.py --cmae-repo CMAE/.git --convmae-repo ConvMAE/.git
+    PYTHONPATH=/tmp/mmlibs python tests/cmae/golden/make_golden.py --cmae-repo CMAE/.git --convmae-repo ConvMAE/.git \
+        --videomae-repo VideoMAE/.git
 
 What runs is the official code (mmcv-lite's ``FFN``/``PatchEmbed``/``build_norm_layer`` and mmengine's
 ``BaseModule``/``all_gather`` are the real libraries). Stubbed, framework glue only: the package
@@ -36,6 +39,12 @@ weights and biases too, BN variances positive), so a wrong mapping cannot hide. 
   ``convmae_ft.safetensors``: the fine-tuning ``ConvViT(global_pool=True)`` state dict;
   ``convmae_io.safetensors`` + ``convmae.json``: uint8 images, the encoder's latent, mask and ``ids_keep``, the
   pixel loss and every 8th predicted value, and the fine-tuned model's eval logits.
+* ``videomae.safetensors``, ``videomae_io.safetensors`` + ``videomae.json``: VideoMAE's ``PretrainVisionTransformer`` (16 frames of 32 px,
+  2x4x4 tubelets, q/v biases) as ``run_mae_pretraining.py`` saves it under ``'model'`` (``encoder.*``,
+  ``encoder_to_decoder``, ``mask_token``, ``decoder.*``), the fine-tuning ``VisionTransformer``
+  (``use_mean_pooling``: ``fc_norm`` + ``head``) under ``ft.``, uint8 clips, the official
+  ``TubeMaskingGenerator`` mask at 0.9, the encoder's visible tokens, the decoder's predictions of the masked
+  tokens (every 4th value) and the fine-tuned logits.
 """
 
 from __future__ import annotations
@@ -74,6 +83,8 @@ CMAE_FILES = [
     "cmae/utils/gather.py",
 ]
 CONVMAE_FILES = ["vision_transformer.py", "models_convmae.py", "models_convvit.py", "util/pos_embed.py"]
+VIDEOMAE_COMMIT = "14ef8d856287c94ef1f985fe30f958eb4ec2c55d"
+VIDEOMAE_FILES = ["modeling_pretrain.py", "modeling_finetune.py", "masking_generator.py"]
 
 # tiny CMAE: 32 px, patch 4 (8x8 grid, 2x2-block masking of 16 units), width 48 = 4*4*3 so the official
 # feature decoder's output (patch_size**2 * in_chans) equals the encoder width, as at ViT-B (16*16*3 = 768)
@@ -146,6 +157,71 @@ def import_convmae(repo: str, tmp: Path) -> types.SimpleNamespace:
     import models_convvit  # noqa: PLC0415
 
     return types.SimpleNamespace(convmae=models_convmae, convvit=models_convvit)
+
+
+VIDEOMAE_CFG = dict(img_size=32, patch_size=4, num_frames=16, tubelet_size=2, embed_dim=48, depth=2, num_heads=4,
+                    mlp_ratio=2.0, decoder_dim=32, decoder_depth=1, decoder_heads=4, mask_ratio=0.9, batch=2,
+                    num_classes=5)  # fmt: skip
+
+
+def import_videomae(repo: str, tmp: Path) -> types.SimpleNamespace:
+    root = tmp / "videomae"
+    root.mkdir()
+    for name in VIDEOMAE_FILES:
+        (root / name).write_text(git_show(repo, VIDEOMAE_COMMIT, name))
+    sys.path.insert(0, str(root))
+    import masking_generator  # noqa: PLC0415
+    import modeling_finetune  # noqa: PLC0415
+    import modeling_pretrain  # noqa: PLC0415
+
+    return types.SimpleNamespace(pretrain=modeling_pretrain, finetune=modeling_finetune, masks=masking_generator)
+
+
+def make_videomae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, dict, dict]:
+    from functools import partial  # noqa: PLC0415
+
+    c = VIDEOMAE_CFG
+    norm = partial(torch.nn.LayerNorm, eps=1e-6)
+    pixels = 3 * c["tubelet_size"] * c["patch_size"] ** 2
+    model = ns.pretrain.PretrainVisionTransformer(
+        img_size=c["img_size"], patch_size=c["patch_size"], encoder_embed_dim=c["embed_dim"],
+        encoder_depth=c["depth"], encoder_num_heads=c["num_heads"], encoder_num_classes=0,
+        decoder_num_classes=pixels, decoder_embed_dim=c["decoder_dim"], decoder_depth=c["decoder_depth"],
+        decoder_num_heads=c["decoder_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, norm_layer=norm,
+        tubelet_size=c["tubelet_size"],
+    )  # fmt: skip
+    # 16 frames: the pre-training encoder's PatchEmbed keeps its default num_frames=16 (only fine-tuning
+    # passes ``all_frames``), so its sinusoid table has 16 / 2 x 8 x 8 rows
+    randomise(model, g)
+    grid = (c["num_frames"] // c["tubelet_size"], c["img_size"] // c["patch_size"], c["img_size"] // c["patch_size"])
+    generator = ns.masks.TubeMaskingGenerator(grid, c["mask_ratio"])
+    np.random.seed(3)
+    mask = torch.from_numpy(np.stack([generator() for _ in range(c["batch"])])).bool()
+    raw = torch.randint(0, 256, (c["batch"], 3, c["num_frames"], c["img_size"], c["img_size"]), generator=g,
+                        dtype=torch.uint8)  # fmt: skip
+    video = (raw.float() - MEAN.unsqueeze(2)) / STD.unsqueeze(2)
+    model.eval()
+    with torch.no_grad():
+        latent = model.encoder.forward_features(video, mask)
+        pred = model(video, mask)
+    ft = ns.finetune.VisionTransformer(
+        img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
+        num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, norm_layer=norm,
+        num_classes=c["num_classes"], all_frames=c["num_frames"], tubelet_size=c["tubelet_size"],
+        use_mean_pooling=True,
+    )  # fmt: skip
+    randomise(ft, g)
+    ft.eval()
+    with torch.no_grad():
+        logits = ft(video)
+    weights = {**state(model, "model."), **state(ft, "ft.")}
+    # every 4th of the 96 predicted values per masked token is kept (the file stays small)
+    io = {"clips_uint8": raw, "mask": mask, "latent": latent.contiguous(),
+          "pred_masked_every4": pred[..., ::4].contiguous(), "ft_logits": logits}  # fmt: skip
+    meta = {"repository": "MCG-NJU/VideoMAE", "commit": VIDEOMAE_COMMIT, **c,
+            "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
+            "visible_per_clip": int((~mask[0]).sum())}  # fmt: skip
+    return weights, io, meta
 
 
 def randomise(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -299,6 +375,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cmae-repo", required=True, help="git directory of a clone of ZhichengHuang/CMAE")
     parser.add_argument("--convmae-repo", required=True, help="git directory of a clone of Alpha-VL/ConvMAE")
+    parser.add_argument("--videomae-repo", required=True, help="git directory of a clone of MCG-NJU/VideoMAE")
     args = parser.parse_args()
     FULL["cmae"] = full_hash(args.cmae_repo, CMAE_COMMIT)
     FULL["convmae"] = full_hash(args.convmae_repo, CONVMAE_COMMIT)
@@ -325,6 +402,12 @@ def main() -> None:
         save_file(ft, str(OUT / "convmae_ft.safetensors"), metadata={"format": "official ConvMAE fine-tuned ConvViT"})
         save_file(io, str(OUT / "convmae_io.safetensors"))
         (OUT / "convmae.json").write_text(json.dumps(meta, indent=1) + "\n")
+        weights, io, meta = make_videomae(
+            import_videomae(args.videomae_repo, tmp_path), torch.Generator().manual_seed(30)
+        )
+        save_file(weights, str(OUT / "videomae.safetensors"))
+        save_file(io, str(OUT / "videomae_io.safetensors"))
+        (OUT / "videomae.json").write_text(json.dumps(meta, indent=1) + "\n")
     for name in sorted(p.name for p in OUT.glob("*.safetensors")):
         print(f"{name}: {(OUT / name).stat().st_size} bytes")
 

@@ -266,8 +266,9 @@ def load_cmae(
     * An official CMAE runner checkpoint (``backbone.*`` with ``target_backbone.*``, decoders, projectors,
       ``head.predictor.*``) or one of ours (``model.*``): every module; the official target encoder has no
       final LayerNorm (ours has one it never applies), which is the only key allowed to be missing.
-    * An MAE ``_full`` / ConvMAE pre-training file: the encoder (also copied into the target encoder, as the
-      official ``init_weights`` does) and the pixel decoder, whose names are MAE's in both.
+    * An MAE ``_full`` / ConvMAE / VideoMAE pre-training file: the encoder (also copied into the target encoder,
+      as the official ``init_weights`` does) and the pixel decoder (MAE's names in the first two; VideoMAE's
+      renamed by ``_videomae_decoder``).
     * Any encoder-only file ``load_encoder`` reads: the encoder, copied into the target encoder.
 
     Returns:
@@ -284,14 +285,29 @@ def load_cmae(
     encoder_report = load_encoder(model.encoder, raw, layout, strict=strict)
     model.target_encoder.load_state_dict(model.encoder.state_dict())
     decoder = {k: v for k, v in raw.items() if _MAE_DECODER.match(k)} if layout in ("timm", "convmae") else {}
+    if layout == "videomae" and "encoder_to_decoder.weight" in raw:
+        decoder = _videomae_decoder(raw)
     loaded = {f"encoder.{k}" for k in model.encoder.state_dict()} - {f"encoder.{k}" for k in encoder_report.missing}
     loaded |= {k.replace("encoder.", "target_encoder.", 1) for k in loaded}
-    if decoder:
-        load_into(model.pixel_decoder, decoder, strict=strict)
+    if decoder:  # VideoMAE's decoder table is not stored: ours is the same sinusoid
+        load_into(model.pixel_decoder, decoder, strict=strict, allowed_missing=[r"decoder_pos_embed"])
         loaded |= {f"pixel_decoder.{k}" for k in decoder}
     return LoadReport(missing=[k for k in model.state_dict() if k not in loaded],
                       unexpected=[f"encoder.{k}" for k in encoder_report.unexpected],
                       mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched])  # fmt: skip
+
+
+def _videomae_decoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """VideoMAE's pre-training decoder under our ``MaskedDecoder`` names: ``encoder_to_decoder`` (no bias) ->
+    ``decoder_embed`` (zero bias), ``decoder.blocks`` (q/v biases folded) -> ``decoder_blocks``, ``decoder.norm``
+    -> ``decoder_norm``, ``decoder.head`` -> ``decoder_pred``. Its decoder predicts only the masked tokens;
+    attention does not depend on the token order, so ours, which predicts every position, agrees on them."""
+    weight = state["encoder_to_decoder.weight"]
+    out = {"decoder_embed.weight": weight, "decoder_embed.bias": weight.new_zeros(weight.shape[0]),
+           "mask_token": state["mask_token"]}  # fmt: skip
+    blocks = _fold_qv_bias({k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")})
+    rules = [(r"^blocks\.", "decoder_blocks."), (r"^norm\.", "decoder_norm."), (r"^head\.", "decoder_pred.")]
+    return {**out, **rename_keys(blocks, rules)}
 
 
 def export_timm(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:
