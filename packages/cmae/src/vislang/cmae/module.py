@@ -121,7 +121,6 @@ class CMAEPretrainModule(LightningModule):
             self.model.target_encoder.load_state_dict(self.model.encoder.state_dict())
         if compile:
             self.model.compile()
-        self.momentum = base_momentum
 
     def setup(self, stage: str) -> None:
         _cpu_full_precision_matmuls(self)
@@ -134,14 +133,20 @@ class CMAEPretrainModule(LightningModule):
         size = batch["online"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
         self.log_dict({"train/loss_rc": out["loss_rc"], "train/loss_ct": out["loss_ct"]}, batch_size=size)
-        self.log("train/momentum", self.momentum, batch_size=size)
+        self.log("train/momentum", self._momentum(), batch_size=size)
         return out["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # the hook runs after the optimiser step: target <- EMA(online), then next step's momentum
-        self.model.update_target(self.momentum)
-        total = self._total_steps
-        self.momentum = cosine_momentum(self.global_step, total, self.hparams.base_momentum, self.hparams.end_momentum)
+    def _momentum(self) -> float:
+        """The target's EMA momentum for the optimiser step in progress: BYOL's cosine from base to end."""
+        hp = self.hparams
+        return cosine_momentum(self.global_step, self._total_steps, hp.base_momentum, hp.end_momentum)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # target <- EMA(online) right after each optimiser step (once per step under gradient accumulation),
+        # and inside the step: callbacks' on_train_batch_end (a checkpoint) runs before the module's, and a
+        # checkpoint written at the end of the batch must already hold this update for a resume to be exact
+        self.model.update_target(self._momentum())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.model(batch["online"], batch["target"])
