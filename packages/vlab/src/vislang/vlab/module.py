@@ -35,6 +35,7 @@ from vislang.shared.metrics import (
     retrieval_metrics,
     video_to_text_metrics,
 )
+from vislang.shared.predictions import gather_objects, write_json_lines
 from vislang.shared.preflight import Missing, PreflightContext, check_path, check_tokenizer
 from vislang.shared.text import load_tokenizer
 from vislang.vlab.model import VLAB, build_vlab, load_bert_decoder, load_clip_state_dict
@@ -474,10 +475,7 @@ class VLABModule(LightningModule):
         """Write `vlab_predictions_<task>.jsonl` (in `results_dir`, or the logger's directory), replacing any
         earlier file: answers and captions per video; for retrieval, each caption's ranking of the videos
         (top 10, with cosine scores) and each video's ranking of the captions. Every item once under DDP."""
-        gathered: list[Any] = [self._predictions]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self._predictions)
+        gathered = gather_objects(self._predictions)
         if not self.trainer.is_global_zero:
             return
         directory = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
@@ -489,10 +487,7 @@ class VLABModule(LightningModule):
             lines = _retrieval_rankings(ordered, items) if task == "retrieval" else [
                 {"video": str(items[row["index"]].video), **{k: v for k, v in row.items() if k != "index"}} for row in ordered
             ]  # fmt: skip
-            path = directory / f"vlab_predictions_{task}.jsonl"
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
-            partial.replace(path)  # a re-run replaces the file, never appends to it
+            path = write_json_lines(directory / f"vlab_predictions_{task}.jsonl", lines)  # replaced per run
             print(f"{len(lines)} {task} predictions written to {path}")
 
     # ---- inference from Python ----------------------------------------------------------------
