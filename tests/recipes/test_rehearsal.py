@@ -163,13 +163,17 @@ def check_counts(config: Path, work: Path, results: list[dict[str, Any]]) -> Non
     assert world == len(results)
     ours = recipe(rehearsed, gpus=world, items={p: r0["train_items"] for p in ("train", "pretrain", *_tasks(cfg))})
     assert r0["drop_last"] == DROP_LAST[cfg["data"]["class_path"]]
-    per_epoch = optimizer_steps_per_epoch(r0["train_items"], r0["loader_batch_size"], world,
-                                          r0["accumulate_grad_batches"], r0["drop_last"])  # fmt: skip
+    per_epoch = set(ours.steps_per_epoch.values())  # every phase was given the measured training set
+    assert len(per_epoch) == 1
+    per_epoch = per_epoch.pop()
+    if not cfg["data"]["init_args"].get("samples_per_epoch"):  # the recipe's arithmetic, spelled out
+        assert per_epoch == optimizer_steps_per_epoch(
+            r0["train_items"], r0["loader_batch_size"], world, r0["accumulate_grad_batches"], r0["drop_last"]
+        )
     for r in results:
         lightning_steps = -(-r["batches_per_epoch"] // r["accumulate_grad_batches"])
         assert lightning_steps == per_epoch, f"rank {r['rank']}: Lightning {lightning_steps}, recipe {per_epoch}"
         assert r["loader_batch_size"] * world * r["accumulate_grad_batches"] == ours.global_batch
-    assert set(ours.steps_per_epoch.values()) <= {per_epoch}
     if len(ours.steps_per_epoch) == 1:  # one phase: Lightning's whole-run estimate is the recipe's total
         assert r0["estimated_stepping_batches"] == ours.steps
     samples_per_epoch = cfg["data"]["init_args"].get("samples_per_epoch")
