@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch import Callback
 
 from vislang.shared.cli import build_cli
 from vislang.shared.data.shards import ShardLoader
@@ -126,3 +127,47 @@ def test_killed_and_resumed_shard_run_equals_the_uninterrupted_one(
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
     check_exact_resume(DEMO, args, tmp_path, kill)
+
+
+class RecordIndices(Callback):
+    """Writes the sample indices each rank trained on, per task, to ``folder/rank<N>.json`` (for the DDP test)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.seen = Path(folder), {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for task, part in batch.items():
+            self.seen.setdefault(task, []).extend(int(i) for i in part["index"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+@pytest.mark.slow
+def test_demo_from_shards_under_two_process_ddp(demo_shards: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two CPU processes (rank and world size from the process group, one loader worker each) train on
+    disjoint samples and take the same number of steps, so the epoch ends without a hang."""
+    import os
+    import subprocess
+
+    root, shards = demo_shards
+    lightning = Path(sys.executable).parent / "lightning"
+    record = {"class_path": "test_vlab_shards.RecordIndices", "init_args": {"folder": str(tmp_path / "seen")}}
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [record], "logger": False}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [str(lightning), "fit", "-c", str(DEMO), f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
+         f"--data.init_args.train_shards={shards}", "--data.init_args.num_workers=1", "--data.init_args.batch_size=2",
+         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+         "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}", "-c", str(overlay)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((tmp_path / "seen" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for task in ("retrieval", "qa"):
+        first, second = seen[0][task], seen[1][task]
+        assert len(first) == len(second) > 0  # the same number of steps of the same batch size
+        assert len(set(first) | set(second)) == len(first) + len(second)  # no sample on both ranks or twice
+        assert {i // 10**7 for i in first}.isdisjoint({i // 10**7 for i in second})  # whole shards per rank
