@@ -252,3 +252,36 @@ def test_failed_files_are_named_across_processes() -> None:
     assert (
         RobustDataset(Flaky(4, bad={2}))[1] is not None and RobustDataset(Flaky(4, bad=set())).failed_files() == set()
     )
+
+
+def test_an_item_that_reads_two_files_is_counted_by_the_file_that_failed() -> None:
+    """NLVR2's pairs: the bad image is the left of one pair and the right of another; it counts once, and
+    the second pair is never tried nor used as a stand-in once the image is known to fail."""
+    from torch.utils.data import Dataset
+
+    from vislang.shared.data.robust import RobustDataset, SampleLoadError
+
+    pairs = [("a", "bad"), ("b", "c"), ("bad", "d"), ("e", "f")]
+
+    class Pairs(Dataset):
+        def __init__(self) -> None:
+            self.opened: list[int] = []
+
+        def __len__(self) -> int:
+            return len(pairs)
+
+        def sample_file(self, index: int) -> tuple[str, str]:
+            return pairs[index]
+
+        def __getitem__(self, index: int) -> dict:
+            self.opened.append(index)
+            if "bad" in pairs[index]:
+                raise SampleLoadError("bad", "empty file")
+            return {"index": index}
+
+    inner = Pairs()
+    robust = RobustDataset(inner, max_failure_fraction=0.5)
+    assert robust.num_files == 7
+    assert [robust[i]["index"] for i in range(4)] == [1, 1, 3, 3]
+    assert robust.failed_files() == {"bad"} and robust.total_failures == 1
+    assert 2 not in inner.opened  # the second pair with the bad image was skipped without opening it

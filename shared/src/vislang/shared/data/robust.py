@@ -100,8 +100,10 @@ class RobustDataset(Dataset):
     towards the limit).
 
     Files: if the wrapped dataset has ``sample_file(index) -> str`` (the file an index reads, without
-    reading it), failures are counted per file, a substitute never comes from a file known to fail,
-    and the limit is judged on the number of distinct files. Otherwise every index is its own file.
+    reading it; a tuple of names for an item that reads several, as NLVR2's two images), failures are
+    counted per file (the one the `SampleLoadError` names), an item that reads a file known to fail is
+    never tried or used as a substitute, and the limit is judged on the number of distinct files.
+    Otherwise every index is its own file.
 
     The limit: loading stops with `TooManyLoadFailures` as soon as more than
     ``max_failure_fraction`` of the split's files have failed (1 % by default: one bad video of 160
@@ -123,11 +125,13 @@ class RobustDataset(Dataset):
         size = len(dataset)  # type: ignore[arg-type]
         sample_file = getattr(dataset, "sample_file", None)
         if sample_file is None:
-            self._file_of = torch.arange(size)
+            self._file_of = torch.arange(size)[:, None]
             self._file_names: list[str] | None = None
-        else:
+        else:  # an item may read several files (NLVR2's two images): one row per item, -1 padded
             ids: dict[str, int] = {}
-            self._file_of = torch.tensor([ids.setdefault(str(sample_file(i)), len(ids)) for i in range(size)])
+            rows = [[ids.setdefault(str(f), len(ids)) for f in _as_tuple(sample_file(i))] for i in range(size)]
+            width = max((len(r) for r in rows), default=1)
+            self._file_of = torch.tensor([r + [-1] * (width - len(r)) for r in rows]).reshape(size, width)
             self._file_names = list(ids)
         self.num_files = int(self._file_of.max()) + 1 if size else 0
         # shared memory survives fork and spawn alike, and persists across epochs when workers are re-created
@@ -174,13 +178,14 @@ class RobustDataset(Dataset):
         failures = 0
         for attempt in range(size):
             current = (index + attempt) % size  # the next index: deterministic substitution
-            file = int(self._file_of[current])
-            if self._failed_files[file]:
+            files = [f for f in self._file_of[current].tolist() if f >= 0]
+            if any(self._failed_files[f] for f in files):
                 continue  # a file known to fail is never tried again, nor used as a substitute
             self._loads[row] += 1
             try:
                 sample = self.dataset[current]
             except SampleLoadError as error:
+                file = self._failing_file(files, error.path)
                 if not self._failed_files[file]:
                     self._failed_files[file] = True
                     failures += 1
@@ -190,6 +195,14 @@ class RobustDataset(Dataset):
                 sample[FAILURES_KEY] = failures
             return sample
         raise TooManyLoadFailures(self._message(f"no sample of {size} could be loaded"))
+
+    def _failing_file(self, files: list[int], path: str) -> int:
+        """Which of an item's files the error names (the first one when it names none of them)."""
+        if self._file_names is not None:
+            for file in files:
+                if self._file_names[file] == path:
+                    return file
+        return files[0]
 
     def _row(self) -> int:
         info = get_worker_info()
@@ -210,6 +223,10 @@ class RobustDataset(Dataset):
             f"{self.total_failures} of {self.num_files} files failed to load ({what}); first failing files: "
             f"{names}{tail}; fix or remove them, or raise max_failure_fraction"
         )
+
+
+def _as_tuple(files: Any) -> tuple[Any, ...]:
+    return tuple(files) if isinstance(files, list | tuple) else (files,)
 
 
 def collate_with_failures(collate: Callable[[list[Any]], Any] = default_collate) -> Callable[[list[Any]], Any]:

@@ -255,6 +255,11 @@ class NLVR2Dataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    def sample_file(self, index: int) -> tuple[str, str]:
+        """The two images an item reads: `RobustDataset` counts a bad one once, whichever side it is on."""
+        ex = self.examples[index]
+        return str(ex.left_image), str(ex.right_image)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
         return {
