@@ -278,3 +278,23 @@ def test_videoconvmae_layout_loads_the_video_hybrid(tmp_path) -> None:
     assert all(
         torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True)
     )
+
+
+def test_pretrain_module_init_weights_continues_from_every_module(tmp_path) -> None:
+    """`CMAEPretrainModule(init_weights=<a whole pre-training checkpoint>)` restores the target encoder and
+    the decoders too, not only the online encoder."""
+    from vislang.cmae.module import CMAEPretrainModule
+
+    trained = CMAEPretrainModule(preset="tiny")
+    with torch.no_grad():
+        for value in trained.model.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn_like(value))  # online and target now differ, decoders moved off init
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.model.state_dict().items()}}, path)
+    resumed = CMAEPretrainModule(preset="tiny", init_weights=str(path))
+    expected, got = trained.model.state_dict(), resumed.model.state_dict()
+    assert not torch.equal(
+        expected["target_encoder.blocks.0.attn.qkv.weight"], expected["encoder.blocks.0.attn.qkv.weight"]
+    )
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from vislang.cmae.convert import load_classifier, load_encoder
+from vislang.cmae.convert import load_classifier, load_cmae
 from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD
 from vislang.cmae.model import (
     CMAE,
@@ -88,7 +88,9 @@ class CMAEPretrainModule(LightningModule):
         warmup_epochs: linear warm-up length (40).
         base_momentum / end_momentum: EMA momentum; equal = constant (official 0.996), end 1.0 = BYOL's cosine.
         log_images: how many reconstructions to log each validation epoch (0 = none).
-        init_weights: encoder weights to start from (MAE/CMAE/VideoMAE/timm files, see ``convert.py``).
+        init_weights: weights to start or continue pre-training from: a CMAE runner checkpoint fills every module;
+            MAE/ConvMAE/VideoMAE/timm files the encoder (copied into the target) and, if they hold one, the pixel
+            decoder (``convert.load_cmae``).
         compile: ``torch.compile`` the model in place.
     """
 
@@ -116,9 +118,8 @@ class CMAEPretrainModule(LightningModule):
         config = get_config(preset, mask_ratio=mask_ratio, mask_type=mask_type, temperature=temperature,
                             rc_weight=rc_weight, ct_weight=ct_weight)  # fmt: skip
         self.model = CMAE(config)
-        if init_weights:
-            load_encoder(self.model.encoder, init_weights)
-            self.model.target_encoder.load_state_dict(self.model.encoder.state_dict())
+        if init_weights:  # a whole runner checkpoint fills every module; an encoder file the encoder and target
+            load_cmae(self.model, init_weights)
         if compile:
             self.model.compile()
 
