@@ -12,6 +12,7 @@ DEMO = Path(__file__).resolve().parents[2] / "packages/cmae/configs/demo.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three runs of a shrunk demo; minutes each on a busy machine
 @pytest.mark.parametrize("kill", [{"step": 4}, {"epoch": 1}], ids=["mid-epoch", "epoch-boundary"])
 def test_killed_and_resumed_demo_equals_the_uninterrupted_one(kill: dict, tmp_path: Path, check_exact_resume) -> None:
     args = [

@@ -11,6 +11,7 @@ DEMO = Path(__file__).resolve().parents[2] / "packages/vlab/configs/demo.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three runs of a shrunk demo; minutes each on a busy machine
 @pytest.mark.parametrize(
     ("kill", "workers"),
     [({"step": 5}, 0), ({"step": 40}, 1), ({"epoch": 1}, 1)],
