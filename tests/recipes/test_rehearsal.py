@@ -30,6 +30,7 @@ from vislang.shared.recipe import DROP_LAST, optimizer_steps_per_epoch, paper_co
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("rehearse.py")
+INIT_SCALE = 2.0**12  # rehearse.py's first GradScaler scale under 16-mixed
 REHEARSED = ("cmae", "vlab", "soho", "pixelbert", "pixellm")
 CONFIGS = [c for c in paper_configs() if c.parts[-3] in REHEARSED]
 # Mixed precision against fp32, per optimiser step: the gradients the optimiser receives (unscaled, before the
@@ -137,7 +138,7 @@ def check_steps(
     for a, f in zip(amp, fp32, strict=True):
         assert a["optimizer_steps"] == f["optimizer_steps"] == steps
         if a["scaler_scale"] is not None:  # 16-mixed: the GradScaler never skipped a step (finite gradients)
-            assert a["scaler_scale"] >= 2.0**16
+            assert a["scaler_scale"] >= INIT_SCALE
         for step in range(steps):
             grad, grad_ratio = _distance(a["grads"][step], f["grads"][step])
             size = f["deltas"][step].norm()
