@@ -652,6 +652,13 @@ class CMAEClassificationDataModule(_Base):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_items(self) -> list[Any]:
+        """The items `lightning predict` runs on (the validation split), in loader order."""
+        return self._dataset("val").items
+
 
 class ShardViews:
     """Decodes a shard sample (``{key}.jpg`` or ``.mp4``, class in ``.cls`` or the ``.json``'s ``label``) into

@@ -40,6 +40,7 @@ from vislang.cmae.model import (
     unpatchify,
 )
 from vislang.shared.metrics.classification import TopKAccuracy
+from vislang.shared.predictions import gather_objects, write_json_lines
 
 __all__ = ["CMAEClassificationModule", "CMAEPretrainModule", "LinearProbeCallback", "train_linear_probe"]
 
@@ -231,6 +232,7 @@ class CMAEClassificationModule(LightningModule):
         mixup / cutmix / mixup_prob / mixup_switch_prob: timm ``Mixup`` (0.8 / 1.0 / 1.0 / 0.5); 0 disables.
         label_smoothing: 0.1.
         view_reduction: how multi-view video scores are merged (``softmax`` VideoMAE, or ``logits``).
+        results_dir: where ``lightning predict`` writes ``cmae_predictions.jsonl`` (None: the logger's directory).
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class CMAEClassificationModule(LightningModule):
         mixup_switch_prob: float = 0.5,
         label_smoothing: float = 0.1,
         view_reduction: str = "softmax",
+        results_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -287,14 +290,14 @@ class CMAEClassificationModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def _evaluate(self, batch: dict[str, Any]) -> None:
-        x = batch["input"]
+    def _scores(self, x: Tensor) -> Tensor:
         if x.ndim == 6:  # (B, views, C, T, H, W): VideoMAE's multi-view testing
             b, v = x.shape[:2]
-            scores = self.model(x.flatten(0, 1)).reshape(b, v, -1)
-        else:
-            scores = self.model(x)
-        self.accuracy.update(scores.float(), batch["label"], batch["index"])
+            return self.model(x.flatten(0, 1)).reshape(b, v, -1).float()
+        return self.model(x).float()
+
+    def _evaluate(self, batch: dict[str, Any]) -> None:
+        self.accuracy.update(self._scores(batch["input"]), batch["label"], batch["index"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch)
@@ -312,6 +315,41 @@ class CMAEClassificationModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_accuracy("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """The five most probable classes of each image or video (a video's views' probabilities averaged)."""
+        scores = self._scores(batch["input"]).softmax(-1)
+        if scores.ndim == 3:
+            scores = scores.mean(1)
+        top = scores.topk(min(5, scores.shape[-1]), dim=-1)
+        rows = [{"index": int(i), "top5": p.tolist(), "top5_scores": s.tolist()}
+                for i, p, s in zip(batch["index"], top.indices, top.values, strict=True)]  # fmt: skip
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        """Write ``cmae_predictions.jsonl`` (in ``results_dir``, or the logger's directory), one row per file in
+        split order — its path, the top-5 class names and probabilities, the labelled class — replacing an
+        earlier run's file. Every rank's rows under DDP; an item repeated in place of an unreadable file once."""
+        gathered = gather_objects(self._predictions)
+        if not self.trainer.is_global_zero:
+            return
+        datamodule = self.trainer.datamodule
+        items, classes = datamodule.predict_items(), datamodule.classes
+        rows = {row["index"]: row for part in gathered for row in part}
+        lines = [
+            {"file": str(items[i].path), "label": classes[items[i].label],
+             "top5": [classes[c] for c in rows[i]["top5"]], "top5_scores": rows[i]["top5_scores"]}
+            for i in sorted(rows)
+        ]  # fmt: skip
+        directory = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = write_json_lines(directory / "cmae_predictions.jsonl", lines)
+        print(f"{len(lines)} predictions written to {path}")
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
