@@ -1,6 +1,6 @@
 """The pieces of exact resume (vislang.shared.data.resume, .loaders): sampler order and position, per-sample
 seeding, the callback's state, the newest-checkpoint choice, and a kill in the middle of a checkpoint write.
-The packages' demos are killed and resumed end to end in their own slow tests (tests/*/test_*_resume.py)."""
+The packages' demos are killed and resumed end to end in tests/test_demos_resume.py (slow)."""
 
 from __future__ import annotations
 
