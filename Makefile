@@ -31,6 +31,11 @@ demo: $(STAMP)
 demo-%: $(STAMP)
 	$(VENV)/bin/lightning fit --config packages/$*/configs/demo.yaml
 
+# CMAE's demo is a driver: two seeds x (CMAE, plain MAE) pre-trainings of configs/demo.yaml, two at a time,
+# each followed by few-label fine-tuning and probes, then one table (packages/cmae/README.md, "Demo").
+demo-cmae: $(STAMP)
+	$(PY) -m vislang.cmae.demo
+
 # The VQA entry's demo is a driver: train a detector, extract features to stores, train two members, ensemble.
 demo-vqa_ensemble: $(STAMP)
 	$(PY) -m vislang.vqa_ensemble.demo

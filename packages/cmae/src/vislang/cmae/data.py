@@ -358,7 +358,7 @@ class ClassificationDataset(Dataset):
 
 
 def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int, seed: int,
-                max_objects: int = 4) -> None:  # fmt: skip
+                max_objects: int = 4, style: str = "scenes") -> None:  # fmt: skip
     from vislang.shared.data.synthetic import SyntheticWorld
     from vislang.shared.data.synthetic import classification_writers as cw
 
@@ -368,6 +368,7 @@ def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int
         return
     marker = root / ".vislang_synthetic_images"
     wanted = f"{dataset} seed={seed} size={size} count={count} max_objects={max_objects}"
+    wanted += f" style={style}" if style != "scenes" else ""
     if marker.exists() and marker.read_text() == wanted:
         return
     if marker.exists():
@@ -375,7 +376,7 @@ def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int
                               "use another root")  # fmt: skip
     world = SyntheticWorld(seed=seed, image_size=max(size, 24), num_images=count, max_objects=max_objects)
     writer = cw.write_cmae_json if dataset == "cmae_json" else cw.write_imagenet_folder
-    writer(world, root, num_train=count, num_val=max(count // 5, 1))
+    writer(world, root, num_train=count, num_val=max(count // 5, 1), style=style)
     marker.write_text(wanted)
 
 
@@ -389,7 +390,7 @@ class _Base(LightningDataModule):
         hp = self.hparams
         if hp.synthetic_samples:
             _synthesise(hp.dataset, Path(hp.root), hp.synthetic_samples, hp.image_size, max(hp.num_frames * 2, 8),
-                        hp.seed, hp.synthetic_max_objects)  # fmt: skip
+                        hp.seed, hp.synthetic_max_objects, hp.synthetic_style)  # fmt: skip
 
     @property
     def is_video(self) -> bool:
@@ -429,6 +430,8 @@ class CMAEPretrainDataModule(_Base):
         synthetic_samples: write this many synthetic-world samples into ``root`` in the ``dataset`` layout
             before reading (0 = real data).
         synthetic_max_objects: shapes per synthetic image (1..this); the class is the largest one's shape.
+        synthetic_style: ``scenes`` or ``object_centric`` (one large shape on a flat background, see
+            ``vislang.shared.data.synthetic.classification_writers``).
         seed: synthetic world seed.
         max_failure_fraction: stop when more than this fraction of files fails to load.
         train_shards: pre-train from WebDataset shards (img2dataset/video2dataset layout: ``{key}.jpg`` or
@@ -456,6 +459,7 @@ class CMAEPretrainDataModule(_Base):
         num_workers: int = 8,
         synthetic_samples: int = 0,
         synthetic_max_objects: int = 4,
+        synthetic_style: Literal["scenes", "object_centric"] = "scenes",
         seed: int = 0,
         max_failure_fraction: float = 0.01,
         train_shards: str | None = None,
@@ -566,7 +570,8 @@ class CMAEClassificationDataModule(_Base):
     ``num_clips x num_crops`` views in evaluation (K400 5 x 3, SSv2 2 x 3).
 
     Args:
-        dataset / root / synthetic_samples / synthetic_max_objects / seed: as ``CMAEPretrainDataModule``.
+        dataset / root / synthetic_samples / synthetic_max_objects / synthetic_style / seed: as
+            ``CMAEPretrainDataModule``.
         image_size: input side.
         crop_pct: evaluation centre-crop fraction (0.875: 256 -> 224).
         auto_augment: timm RandAugment spec, or None.
@@ -598,6 +603,7 @@ class CMAEClassificationDataModule(_Base):
         num_workers: int = 8,
         synthetic_samples: int = 0,
         synthetic_max_objects: int = 4,
+        synthetic_style: Literal["scenes", "object_centric"] = "scenes",
         seed: int = 0,
         max_failure_fraction: float = 0.01,
     ) -> None:

@@ -7,33 +7,30 @@
 * ``CMAEClassificationModule`` -- MAE/CMAE fine-tuning: mean-pooled patch tokens + ``fc_norm``, layer-wise
   lr decay (timm's ``param_groups_layer_decay``), drop path, mixup/cutmix and label smoothing (timm),
   multi-view video testing; ``linear_probe=True`` freezes the encoder (MAE's BN + linear head).
-* ``LinearProbeCallback`` -- after pre-training, the same linear probe on the pre-trained encoder and on a
-  randomly initialised one, printed as a table (the demo's success criterion).
+* ``LinearProbeCallback`` / ``train_linear_probe`` -- re-exported from ``vislang.cmae.evaluation``, which also
+  holds the demo's few-label fine-tuning and kNN probe (``FewLabelEvaluation``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
-from tqdm.auto import tqdm
 
 from vislang.cmae.convert import load_classifier, load_cmae
 from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD
+from vislang.cmae.evaluation import LinearProbeCallback, train_linear_probe
 from vislang.cmae.model import (
     CMAE,
     CMAEClassifier,
-    build_encoder,
     cosine_momentum,
     get_config,
     patchify,
@@ -364,135 +361,3 @@ class CMAEClassificationModule(LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
                                       weight_decay=0.0 if hp.linear_probe else hp.weight_decay)  # fmt: skip
         return _scheduler(self, optimizer, hp.warmup_epochs, hp.min_lr, hp.lr)
-
-
-# ---- linear probe of a pre-training run ------------------------------------------------------------
-
-
-@torch.no_grad()
-def _features(encoder: nn.Module, loader: Any, device: torch.device, desc: str) -> tuple[Tensor, Tensor]:
-    encoder.eval()
-    feats, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = batch["input"].to(device)
-        if x.ndim == 6:
-            x = x[:, 0]
-        tokens = encoder(x)
-        feats.append(tokens[:, encoder.num_prefix_tokens :].mean(dim=1).float().cpu())
-        labels.append(batch["label"])
-    return torch.cat(feats), torch.cat(labels)
-
-
-def train_linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, num_classes: int,
-                       epochs: int = 100, lr: float = 0.01, seed: int = 0) -> float:  # fmt: skip
-    """MAE's linear probe on frozen features: BatchNorm without affine + linear layer, full-batch AdamW.
-
-    Returns the validation top-1 accuracy in percent.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True) + 1e-6  # = BN(affine=False) at eval
-    xt, xv = (train_x - mean) / std, (val_x - mean) / std
-    head = nn.Linear(train_x.shape[1], num_classes)
-    nn.init.normal_(head.weight, std=0.01, generator=generator)
-    nn.init.zeros_(head.bias)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(head(xt), train_y).backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float((head(xv).argmax(1) == val_y).float().mean() * 100)
-
-
-def _synthetic_attribute_labels(datamodule: Any, split: str, attribute: str) -> Tensor:
-    """Labels of a synthetic-world attribute (``background``, ``shape``) for the probe split's images.
-
-    The synthetic writers name files ``<class>_<world index>.png``; the scene is re-rendered from the data
-    module's world settings to read the attribute.
-    """
-    from vislang.shared.data.synthetic import BACKGROUNDS, SHAPES, SyntheticWorld
-
-    values = {"background": BACKGROUNDS, "shape": SHAPES}
-    if attribute not in values:
-        raise ValueError(f"synthetic probe attribute must be one of {sorted(values)}, got {attribute!r}")
-    hp = datamodule.hparams
-    world = SyntheticWorld(seed=hp.seed, image_size=max(hp.image_size, 24), max_objects=hp.synthetic_max_objects)
-    labels = []
-    for item in datamodule._probe(split).dataset.items:
-        scene = world.scene(int(item.path.stem.rsplit("_", 1)[1]))
-        labels.append(values[attribute].index(scene.background if attribute == "background" else scene.label_name))
-    return torch.tensor(labels)
-
-
-class LinearProbeCallback(Callback):
-    """After ``fit``: linear-probe accuracy of the pre-trained online encoder vs a random-init encoder.
-
-    Features are the mean of the encoder's final-normed patch tokens on un-augmented images; both encoders
-    get exactly the same probe (same data, epochs, lr, seed). The first task is the dataset's class label;
-    ``synthetic_attributes`` adds probes of other synthetic-world scene attributes (``background``) on the
-    same features. The table is printed and written to ``<log dir>/linear_probe.json``; the numbers are
-    logged as ``probe/<task>/<encoder>_top1``.
-
-    Args:
-        epochs / lr: full-batch AdamW steps and learning rate of the probe.
-        seed: seed of the random-init encoder and of the probe head.
-        synthetic_attributes: extra label sets read from the synthetic world (only for synthetic data).
-    """
-
-    def __init__(self, epochs: int = 300, lr: float = 0.01, seed: int = 0,
-                 synthetic_attributes: list[str] | None = None) -> None:  # fmt: skip
-        self.epochs, self.lr, self.seed = epochs, lr, seed
-        self.synthetic_attributes = list(synthetic_attributes or [])
-        self.results: dict[str, dict[str, float]] = {}
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if not trainer.is_global_zero or not hasattr(datamodule, "probe_dataloaders"):
-            return
-        train_loader, val_loader = datamodule.probe_dataloaders()
-        device = pl_module.device
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            random_encoder = build_encoder(pl_module.model.config).to(device)
-        features = {}
-        for name, encoder in (("pretrained", pl_module.model.encoder), ("random_init", random_encoder)):
-            features[name] = (
-                _features(encoder, train_loader, device, f"probe features ({name}, train)"),
-                _features(encoder, val_loader, device, f"probe features ({name}, val)"),
-            )
-        (_, train_y), (_, val_y) = features["pretrained"]
-        tasks = {"class": (train_y, val_y, len(datamodule.classes))}
-        for attribute in self.synthetic_attributes:
-            train_a = _synthetic_attribute_labels(datamodule, "train", attribute)
-            val_a = _synthetic_attribute_labels(datamodule, "val", attribute)
-            tasks[attribute] = (train_a, val_a, int(max(train_a.max(), val_a.max())) + 1)
-        results: dict[str, dict[str, float]] = {}
-        for task, (ty, vy, num_classes) in tasks.items():
-            results[task] = {}
-            for name, ((tx, _), (vx, _)) in features.items():
-                results[task][name] = train_linear_probe(tx, ty, vx, vy, num_classes, self.epochs, self.lr, self.seed)
-            counts = torch.bincount(vy, minlength=num_classes).float()
-            results[task]["majority_class"] = float(counts.max() / counts.sum() * 100)
-        self.results = results
-        for logger in trainer.loggers:
-            logger.log_metrics({f"probe/{task}/{name}_top1": v for task, row in results.items() for name, v in row.items()},
-                               step=trainer.global_step)  # fmt: skip
-            if getattr(logger, "log_dir", None):
-                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(logger.log_dir) / "linear_probe.json").write_text(json.dumps(results, indent=2))
-        names = {
-            "class": f"class ({', '.join(datamodule.classes[:5])}{', ...' if len(datamodule.classes) > 5 else ''})"
-        }
-        lines = [f"  {'probe task':<48}{'pre-trained':>12}{'random init':>12}{'majority':>10}"]
-        for task, row in results.items():
-            label = names.get(task, f"{task} (synthetic scene attribute)")
-            lines.append(
-                f"  {label:<48}{row['pretrained']:>12.1f}{row['random_init']:>12.1f}{row['majority_class']:>10.1f}"
-            )
-        print(
-            "\nLinear probe, top-1 % on held-out images "
-            f"({len(train_y)} train / {len(val_y)} val; frozen mean-pooled features; same probe for both encoders)\n"
-            + "\n".join(lines)
-            + "\n",
-            flush=True,
-        )

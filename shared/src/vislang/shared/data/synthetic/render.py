@@ -132,22 +132,13 @@ def draw_background(kind: str, height: int, width: int, rng: np.random.Generator
 
 
 def object_centric_image(shape: str, rgb: tuple[int, int, int], background_rgb: tuple[int, int, int], size: int,
-                         cx: float, cy: float, r: float, angle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                         cx: float, cy: float, r: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """One large shape on a flat background (an object-centric image), ``(size x size x 3 uint8, mask)``.
 
     Unlike a scene, nothing but the outline tells the classes apart: the background is one flat colour and
     the shape is filled with one colour, so a model that classifies these images has to see the shape.
-    ``angle`` rotates the outline about its centre (radians; a circle ignores it).
     """
-    if shape == "circle":
-        mask = shape_mask(shape, cx, cy, r, size, size)
-    else:
-        c, s = math.cos(angle), math.sin(angle)
-        points = [(cx + c * (x - cx) - s * (y - cy), cy + s * (x - cx) + c * (y - cy))
-                  for x, y in _polygon(shape, cx, cy, r)]  # fmt: skip
-        canvas = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(canvas).polygon(points, fill=255)
-        mask = np.asarray(canvas) > 0
+    mask = shape_mask(shape, cx, cy, r, size, size)
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[...] = np.asarray(background_rgb, dtype=np.uint8)
     image[mask] = np.asarray(rgb, dtype=np.uint8)
