@@ -189,7 +189,7 @@ def sample_digests(dataset: Any) -> list[str]:
     if datasets is not None:  # ConcatDataset
         return sorted({d for sub in datasets for d in sample_digests(sub)})
     if hasattr(dataset, "sample_file"):
-        files = [dataset.sample_file(i) for i in range(len(dataset))]
+        files = [f for i in range(len(dataset)) for f in _paths_in(dataset.sample_file(i))]  # 1 or 2 images
     else:
         records = next(getattr(dataset, a) for a in ("samples", "items", "examples", "images") if hasattr(dataset, a))
         files = _paths_in(list(records))
