@@ -295,6 +295,32 @@ _CMAE_PT = dict(
     unverified=("precision",),
 )
 _SOHO_FT_NOTE = "no official code for this task: batch, epochs and lr are ours (reference §1, unverified)"
+_K400 = (240_436, "Kinetics-400 train videos (VideoMAE list, size [unverified])")
+_SSV2 = (168_913, "Something-Something v2 train videos")
+
+
+def _videomae(data: tuple[int, str], batch: int, epochs: int, lr: str, unverified: tuple[str, ...]) -> Paper:
+    """CMAE-V has no code: VideoMAE's pre-training (32 GPUs, batch 2048) or fine-tuning (8 GPUs) recipe."""
+    items, item = data
+    pretrain = batch == 2048
+    return Paper(
+        gpus=32 if pretrain else 8,
+        global_batch=batch,
+        epochs=epochs,
+        steps=epochs * (items // batch),
+        lr=lr,
+        schedule="warm-up 40 epochs, cosine to 1e-5 x 2048 / 256" if pretrain else "warm-up 5 epochs, cosine to 1e-6",
+        precision="fp16 AMP",
+        items={"train": items},
+        item=item,
+        source="VideoMAE's recipe (CMAE-V has no code; reference cmae.md §CMAE-V)"
+        if pretrain
+        else "VideoMAE's fine-tuning recipe for the 800-epoch model",
+        unverified=(*unverified, "precision"),
+        notes={"precision": "bf16-mixed", **({"schedule": "cosine end as configured by min_lr"} if pretrain else {})},
+    )
+
+
 PAPERS: dict[str, Paper] = {
     "cmae/imagenet_pretrain_vit_base": Paper(
         **_CMAE_PT,
@@ -344,62 +370,10 @@ PAPERS: dict[str, Paper] = {
             "precision": "bf16-mixed",
         },
     ),
-    "cmae/k400_pretrain": Paper(
-        gpus=32,
-        global_batch=2048,
-        epochs=800,
-        steps=800 * (240_436 // 2048),
-        lr="1.2e-3 (1.5e-4 x 2048 / 256)",
-        schedule="warm-up 40 epochs, cosine to 1e-5 x 2048 / 256",
-        precision="fp16 AMP",
-        items={"train": 240_436},
-        item="Kinetics-400 train videos (VideoMAE list, size [unverified])",
-        source="VideoMAE's recipe (CMAE-V has no code; reference cmae.md §CMAE-V)",
-        unverified=("gpus", "steps", "precision"),
-        notes={"schedule": "cosine end as configured by min_lr", "precision": "bf16-mixed"},
-    ),
-    "cmae/ssv2_pretrain": Paper(
-        gpus=32,
-        global_batch=2048,
-        epochs=800,
-        steps=800 * (168_913 // 2048),
-        lr="1.2e-3 (1.5e-4 x 2048 / 256)",
-        schedule="warm-up 40 epochs, cosine to 1e-5 x 2048 / 256",
-        precision="fp16 AMP",
-        items={"train": 168_913},
-        item="Something-Something v2 train videos",
-        source="VideoMAE's recipe (CMAE-V has no code; reference cmae.md §CMAE-V)",
-        unverified=("gpus", "precision"),
-        notes={"schedule": "cosine end as configured by min_lr", "precision": "bf16-mixed"},
-    ),
-    "cmae/k400_finetune": Paper(
-        gpus=8,
-        global_batch=512,
-        epochs=100,
-        steps=100 * (240_436 // 512),
-        lr="1e-3",
-        schedule="warm-up 5 epochs, cosine to 1e-6",
-        precision="fp16 AMP",
-        items={"train": 240_436},
-        item="Kinetics-400 train videos (VideoMAE list, size [unverified])",
-        source="VideoMAE's fine-tuning recipe for the 800-epoch model",
-        unverified=("gpus", "steps", "precision"),
-        notes={"precision": "bf16-mixed"},
-    ),
-    "cmae/ssv2_finetune": Paper(
-        gpus=8,
-        global_batch=512,
-        epochs=50,
-        steps=50 * (168_913 // 512),
-        lr="5e-4",
-        schedule="warm-up 5 epochs, cosine to 1e-6",
-        precision="fp16 AMP",
-        items={"train": 168_913},
-        item="Something-Something v2 train videos",
-        source="VideoMAE's fine-tuning recipe for the 800-epoch model",
-        unverified=("gpus", "epochs", "precision"),
-        notes={"precision": "bf16-mixed"},
-    ),
+    "cmae/k400_pretrain": _videomae(_K400, 2048, 800, "1.2e-3 (1.5e-4 x 2048 / 256)", ("gpus", "steps")),
+    "cmae/ssv2_pretrain": _videomae(_SSV2, 2048, 800, "1.2e-3 (1.5e-4 x 2048 / 256)", ("gpus",)),
+    "cmae/k400_finetune": _videomae(_K400, 512, 100, "1e-3", ("gpus", "steps")),
+    "cmae/ssv2_finetune": _videomae(_SSV2, 512, 50, "5e-4", ("gpus", "epochs")),
 }
 
 _VLAB_NOTE = "VLAB's recipe is not public (reference vlab.md): ours is VALOR/COSA's fine-tuning recipe on one GPU"
