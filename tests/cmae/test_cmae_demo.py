@@ -113,16 +113,15 @@ def test_driver_summary_reads_every_run_and_reports_the_bar(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_shrunk_demo_finetuning_from_the_pretrained_encoder_beats_random_init(tmp_path: Path) -> None:
-    """`lightning fit --config demo.yaml` with fewer images and epochs: fine-tuning on 10 % of the labels from
-    the pre-trained encoder beats the same fine-tuning from random init (the demo's claim, shrunk)."""
+@pytest.mark.timeout(3600)  # a few minutes on two free cores; much longer on a busy machine
+def test_one_demo_run_finetuning_from_the_pretrained_encoder_beats_random_init_by_the_bar(tmp_path: Path) -> None:
+    """The demo shrunk to one of its four runs (`lightning fit --config demo.yaml`: seed 0, CMAE): fine-tuning on
+    10 % of the labels from the pre-trained encoder beats the same fine-tuning from random init by the demo's
+    bar. Shrinking further does not keep the claim: 3 pre-training epochs and 200 fine-tuning steps gave
+    36.0 vs 36.1 % (measured), so the test runs the demo's own budget."""
     build_cli(["fit", "-c", str(CONFIG), f"--data.init_args.root={tmp_path / 'images'}",
                f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
-               "--trainer.enable_progress_bar=false", *SHRUNK])  # fmt: skip
+               "--trainer.enable_progress_bar=false"])  # fmt: skip
     results = json.loads(next(tmp_path.glob("cmae/version_*/evaluation.json")).read_text())
     finetune = results["finetune"]
-    assert finetune["pretrained"] > finetune["random_init"] + SHRUNK_MARGIN, finetune
-
-
-SHRUNK = ["--data.init_args.synthetic_samples=2000", "--trainer.max_epochs=4"]
-SHRUNK_MARGIN = 5.0
+    assert finetune["pretrained"] >= finetune["random_init"] + demo.FINETUNE_BAR, finetune
