@@ -255,3 +255,22 @@ def test_benchmark_counts_attention_flops_as_computed_by_hand() -> None:
     attention_macs = 2 * tokens * tokens * width  # Q K^T and P V over all heads
     hand = 2 * batch * (config.num_patches * 3 * p * p * width + config.depth * (linear_macs + attention_macs))
     assert counted == hand
+
+
+def test_pretraining_refuses_fsdp_in_one_line() -> None:
+    """The EMA target update reads the online encoder's full parameters, which FSDP shards (found by the
+    recipe rehearsal: a size mismatch deep in the first step); the module says so before training."""
+    import types
+
+    import pytest
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from vislang.cmae.module import CMAEPretrainModule
+
+    module = CMAEPretrainModule(preset="tiny")
+    cpu = [torch.device("cpu")]
+    module._trainer = types.SimpleNamespace(strategy=FSDPStrategy(parallel_devices=cpu))
+    with pytest.raises(ValueError, match="does not run under FSDP.*strategy=ddp"):
+        module.setup("fit")
+    module._trainer = types.SimpleNamespace(strategy=DDPStrategy(parallel_devices=cpu))
+    module.setup("fit")

@@ -123,6 +123,10 @@ class CMAEPretrainModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         _cpu_full_precision_matmuls(self)
+        if stage == "fit" and type(self.trainer.strategy).__name__.startswith("FSDP"):
+            # the EMA target update reads the online encoder's full parameters, which FSDP shards
+            raise ValueError("CMAE pre-training does not run under FSDP (the EMA target update needs the online "
+                             "encoder's full parameters): use trainer.strategy=ddp")  # fmt: skip
 
     def on_train_start(self) -> None:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
