@@ -108,29 +108,3 @@ def test_video_pretrain_and_multiview_finetune(tmp_path: Path) -> None:
                      "--model.init_args.init_weights=null", "--data.init_args.num_clips=2",
                      "--data.init_args.num_crops=3"])  # fmt: skip
     assert "val/top1" in cli.trainer.callback_metrics
-
-
-@pytest.fixture(scope="module")
-def demo_probe(tmp_path_factory) -> dict[str, dict[str, float]]:
-    """The demo as shipped (~3 min on 2 cores), run once for the slow probe tests; its linear_probe.json."""
-    out = tmp_path_factory.mktemp("demo")
-    demo = Path(__file__).resolve().parents[2] / "packages" / "cmae" / "configs" / "demo.yaml"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["lightning"])
-        build_cli(["fit", "-c", str(demo), f"--data.init_args.root={out / 'imagenet'}",
-                   f"--trainer.logger.init_args.save_dir={out}", f"--trainer.default_root_dir={out}"])  # fmt: skip
-    return yaml.safe_load(next(out.glob("cmae/version_*/linear_probe.json")).read_text())
-
-
-@pytest.mark.slow
-def test_demo_probe_beats_random_init_on_the_background_attribute(demo_probe) -> None:
-    """The README's claim: pre-training clearly helps the probe on the scene's background texture."""
-    assert demo_probe["background"]["pretrained"] > demo_probe["background"]["random_init"] + 8
-
-
-@pytest.mark.slow
-def test_demo_probe_beats_random_init_on_the_shape_class(demo_probe) -> None:
-    """The demo's class probe beats random init (measured +7.3 points, seeded) but by less than the
-    background probe; the README shows the numbers and what was tried."""
-    assert demo_probe["class"]["pretrained"] > demo_probe["class"]["random_init"] + 4
-    assert demo_probe["class"]["pretrained"] > demo_probe["class"]["majority_class"] + 10
