@@ -40,3 +40,13 @@ def check_exact_resume():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.check_exact_resume
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_process_group():
+    """A CLI test of a config whose strategy is DDP (SOHO's and Pixel-BERT's: ddp_find_unused_parameters_true)
+    initialises a one-process group that Lightning does not destroy; later tests must start without it."""
+    before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    yield
+    if not before and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
