@@ -55,8 +55,9 @@ def register_cpu_attention_flops() -> None:
     if _CPU_SDPA_BACKWARD not in flop_counter.flop_registry:
 
         @flop_counter.register_flop_formula(_CPU_SDPA_BACKWARD)
-        def _sdpa_cpu_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                               **kwargs) -> int:  # fmt: skip
+        def _sdpa_cpu_backward(
+            grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+        ) -> int:
             return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -133,8 +134,10 @@ def main() -> None:
     counted = {name: count_flops(fn) for name, fn in steps.items()}  # also a first warm-up
     seconds = dict(zip(steps, interleaved_medians(list(steps.values()), args.repeats), strict=True))
 
-    print(f"CMAE benchmark: preset {args.preset}, batch {b}, {size}px, fp32 CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, timm {timm.__version__}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"CMAE benchmark: preset {args.preset}, batch {b}, {size}px, fp32 CPU, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, timm {timm.__version__}, median of {args.repeats}"
+    )
     print(f"{'measurement':<56}{'ms':>10}{'GFLOP':>10}{'GFLOP/s':>10}")
     names = {
         "visible": "encoder fwd+bwd, visible tokens only (mask 0.75)",

@@ -89,8 +89,19 @@ def pixellm_generate_flops(
         result: list[GenerationOutput] = []
 
         def generate(answer: list[int], result: list[GenerationOutput]) -> None:
-            result.append(model.generate(pixels, patch_mask, ids, torch.ones_like(ids), sizes, [(size, size)],
-                                         len(answer), eos, logits_processor=_forcing(answer, ids.shape[1])))  # fmt: skip
+            result.append(
+                model.generate(
+                    pixels,
+                    patch_mask,
+                    ids,
+                    torch.ones_like(ids),
+                    sizes,
+                    [(size, size)],
+                    len(answer),
+                    eos,
+                    logits_processor=_forcing(answer, ids.shape[1]),
+                )
+            )
 
         total = _flops(partial(generate, answer, result))
         assert result[0].tokens[0].tolist() == answer and result[0].masks[0].shape[0] == count
@@ -113,13 +124,15 @@ def _cached_decoding_flops(llm: LlamaForCausalLM, prompt_len: int, new_tokens: i
 
     def decode() -> None:
         cache = DynamicCache()
-        hidden = llm.model(inputs_embeds=torch.zeros(1, prompt_len, llm.config.hidden_size), cache=cache,
-                           use_cache=True).last_hidden_state  # fmt: skip
+        hidden = llm.model(
+            inputs_embeds=torch.zeros(1, prompt_len, llm.config.hidden_size), cache=cache, use_cache=True
+        ).last_hidden_state
         llm.lm_head(hidden[:, -1:])
         for step in range(new_tokens - 1):
             position = torch.tensor([[prompt_len + step]])
-            hidden = llm.model(input_ids=torch.zeros(1, 1, dtype=torch.long), cache=cache, use_cache=True,
-                               position_ids=position).last_hidden_state  # fmt: skip
+            hidden = llm.model(
+                input_ids=torch.zeros(1, 1, dtype=torch.long), cache=cache, use_cache=True, position_ids=position
+            ).last_hidden_state
             llm.lm_head(hidden)
 
     return _flops(decode)
@@ -133,14 +146,30 @@ def lisa_flops(prompt_tokens: int, answer_tokens: int, target_counts: list[int])
         llm = LlamaForCausalLM(LlamaConfig(**{**pixellm.llm, "vocab_size": VOCAB + 1}))
         projector = nn.Linear(1024, 4096)
         text_fc = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 256))
-        sam = ImageEncoderViT(depth=32, embed_dim=1280, img_size=1024, mlp_ratio=4,
-                              norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=16, patch_size=16, qkv_bias=True,
-                              use_rel_pos=True, global_attn_indexes=(7, 15, 23, 31), window_size=14, out_chans=256)  # fmt: skip
-        prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                                       mask_in_chans=16)  # fmt: skip
-        decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256,
-                              mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
-                              iou_head_hidden_dim=256)  # fmt: skip
+        sam = ImageEncoderViT(
+            depth=32,
+            embed_dim=1280,
+            img_size=1024,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=16,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(7, 15, 23, 31),
+            window_size=14,
+            out_chans=256,
+        )
+        prompt_encoder = PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+        )
+        decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
         out: dict[int, dict[str, int]] = {}
 
         def vision() -> None:
@@ -157,10 +186,12 @@ def lisa_flops(prompt_tokens: int, answer_tokens: int, target_counts: list[int])
             nn.functional.interpolate(masks, (1024, 1024), mode="bilinear")
 
         for targets in target_counts:
-            out[targets] = {"vision": shared["vision"],
-                            "llm": _cached_decoding_flops(llm, prompt_tokens + 256, answer_tokens + targets + 1),
-                            "sam_encoder": shared["sam_encoder"],
-                            "sam_decoder": _flops(partial(mask_decoder, targets))}  # fmt: skip
+            out[targets] = {
+                "vision": shared["vision"],
+                "llm": _cached_decoding_flops(llm, prompt_tokens + 256, answer_tokens + targets + 1),
+                "sam_encoder": shared["sam_encoder"],
+                "sam_decoder": _flops(partial(mask_decoder, targets)),
+            }
     return out
 
 
@@ -183,8 +214,18 @@ def generation_times(new_tokens: int, repeats: int) -> tuple[float, float, bool,
 
     def run(use_cache: bool) -> tuple[float, list[int]]:
         start = time.perf_counter()
-        out = model.generate(pixels, patch_mask, ids, mask, sizes, [(size, size)], new_tokens, eos_token_id=-1,
-                             use_cache=use_cache, with_masks=False)  # fmt: skip
+        out = model.generate(
+            pixels,
+            patch_mask,
+            ids,
+            mask,
+            sizes,
+            [(size, size)],
+            new_tokens,
+            eos_token_id=-1,
+            use_cache=use_cache,
+            with_masks=False,
+        )
         return time.perf_counter() - start, out.tokens[0].tolist()
 
     run(True), run(False)  # warm-up
@@ -206,8 +247,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    print(f"Per-image FLOPs, prompt {args.prompt_tokens} + 256 image tokens, answer {args.answer_tokens} tokens, "
-          f"{args.targets} targets (PixelLM: the real generate call)")  # fmt: skip
+    print(
+        f"Per-image FLOPs, prompt {args.prompt_tokens} + 256 image tokens, answer {args.answer_tokens} tokens, "
+        f"{args.targets} targets (PixelLM: the real generate call)"
+    )
     counts = sorted({1, args.targets})
     pixellm, lisa = (
         pixellm_flops(args.prompt_tokens, args.answer_tokens, counts),
@@ -217,16 +260,26 @@ def main() -> None:
         pix, ref = pixellm[targets], lisa[targets]
         p_total, l_total = sum(pix.values()), sum(ref.values())
         print(f"\n  {targets} target(s)")
-        print("    PixelLM-7B: " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in pix.items())
-              + f" -> {p_total / 1e12:.3f} TFLOPs")  # fmt: skip
-        print("    LISA-7B:    " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in ref.items())
-              + f" -> {l_total / 1e12:.3f} TFLOPs")  # fmt: skip
-        print(f"    PixelLM / LISA = {p_total / l_total:.3f}  ({100 * (1 - p_total / l_total):.1f} % fewer FLOPs; "
-              "target <= 0.55; paper: up to 50 %)")  # fmt: skip
+        print(
+            "    PixelLM-7B: "
+            + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in pix.items())
+            + f" -> {p_total / 1e12:.3f} TFLOPs"
+        )
+        print(
+            "    LISA-7B:    "
+            + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in ref.items())
+            + f" -> {l_total / 1e12:.3f} TFLOPs"
+        )
+        print(
+            f"    PixelLM / LISA = {p_total / l_total:.3f}  ({100 * (1 - p_total / l_total):.1f} % fewer FLOPs; "
+            "target <= 0.55; paper: up to 50 %)"
+        )
 
     cached, full, same, params = generation_times(args.new_tokens, args.repeats)
-    print(f"\n`small` preset ({params / 1e6:.1f} M parameters), {args.new_tokens} new tokens, batch 1, "
-          f"{args.repeats} interleaved runs each, medians, {torch.get_num_threads()} threads:")  # fmt: skip
+    print(
+        f"\n`small` preset ({params / 1e6:.1f} M parameters), {args.new_tokens} new tokens, batch 1, "
+        f"{args.repeats} interleaved runs each, medians, {torch.get_num_threads()} threads:"
+    )
     print(f"  KV cache {cached * 1e3:.1f} ms, full recomputation (released code) {full * 1e3:.1f} ms")
     print(f"  speed-up {full / cached:.1f}x (target >= 5x); identical tokens: {same}")
 

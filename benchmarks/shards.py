@@ -51,9 +51,18 @@ def items_per_second(make_loader: Callable[[], object]) -> tuple[float, int]:
 
 def _vlab(root: Path, shards: str | None, workers: int, batch: int, size: int):
     def make():
-        datamodule = VLABDataModule(dataset="msrvtt", root=str(root), tasks=["retrieval"], num_frames=4,
-                                    image_size=size, batch_size=batch, num_workers=workers, expand_captions=False,
-                                    train_shards=shards, shuffle_buffer=64)  # fmt: skip
+        datamodule = VLABDataModule(
+            dataset="msrvtt",
+            root=str(root),
+            tasks=["retrieval"],
+            num_frames=4,
+            image_size=size,
+            batch_size=batch,
+            num_workers=workers,
+            expand_captions=False,
+            train_shards=shards,
+            shuffle_buffer=64,
+        )
         datamodule.setup("fit")
         return datamodule.train_dataloader().flattened[0]
 
@@ -62,9 +71,16 @@ def _vlab(root: Path, shards: str | None, workers: int, batch: int, size: int):
 
 def _cmae(root: Path, shards: str | None, workers: int, batch: int):
     def make():
-        datamodule = CMAEPretrainDataModule(dataset="imagenet_folder", root=str(root), image_size=32, max_shift=4,
-                                            batch_size=batch, num_workers=workers, train_shards=shards,
-                                            shuffle_buffer=256)  # fmt: skip
+        datamodule = CMAEPretrainDataModule(
+            dataset="imagenet_folder",
+            root=str(root),
+            image_size=32,
+            max_shift=4,
+            batch_size=batch,
+            num_workers=workers,
+            train_shards=shards,
+            shuffle_buffer=256,
+        )
         datamodule.setup("fit")
         return datamodule.train_dataloader()
 
@@ -89,8 +105,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         video_root, image_root = tmp / "msrvtt", tmp / "imagenet"
-        writers.write_msrvtt(SyntheticWorld(seed=0, image_size=args.size, num_frames=16), video_root,
-                             num_videos=args.videos)  # fmt: skip
+        writers.write_msrvtt(
+            SyntheticWorld(seed=0, image_size=args.size, num_frames=16), video_root, num_videos=args.videos
+        )
         write_imagenet_folder(SyntheticWorld(seed=0, image_size=32), image_root, args.images, 8)
         vlab = VLABDataModule(dataset="msrvtt", root=str(video_root), tasks=["retrieval"])
         samples, total = vlab.shard_samples("train")
@@ -109,8 +126,9 @@ def main() -> None:
 
         configurations = {
             "VLAB clips, folder": _vlab(video_root, None, args.workers, args.batch, args.size),
-            "VLAB clips, shards (local)": _vlab(video_root, str(tmp / "video_shards"), args.workers, args.batch,
-                                                args.size),  # fmt: skip
+            "VLAB clips, shards (local)": _vlab(
+                video_root, str(tmp / "video_shards"), args.workers, args.batch, args.size
+            ),
             "VLAB clips, shards (HTTP 127.0.0.1)": _vlab(video_root, url, args.workers, args.batch, args.size),
             "CMAE images, folder": _cmae(image_root, None, args.workers, args.batch),
             "CMAE images, shards (local)": _cmae(image_root, str(tmp / "image_shards"), args.workers, args.batch),

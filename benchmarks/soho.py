@@ -50,10 +50,16 @@ class RegionPipeline(nn.Module):
         self.c4 = nn.Sequential(r101.conv1, r101.bn1, r101.relu, r101.maxpool, r101.layer1, r101.layer2, r101.layer3)
         anchors = AnchorGenerator(sizes=((64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))  # 4 x 3 = 12
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(1024, anchors.num_anchors_per_location()[0]), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-            batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n={"training": 12000, "testing": 6000},
-            post_nms_top_n={"training": 2000, "testing": proposals}, nms_thresh=0.7,
-        )  # fmt: skip
+            anchors,
+            RPNHead(1024, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
+            pre_nms_top_n={"training": 12000, "testing": 6000},
+            post_nms_top_n={"training": 2000, "testing": proposals},
+            nms_thresh=0.7,
+        )
         self.roi_pool = RoIPool((14, 14), spatial_scale=1 / 16)
         self.res5 = r101.layer4  # the C4 detector's box head: res5 on every RoI
         self.cls_score = nn.Linear(2048, CLASSES)
@@ -99,8 +105,16 @@ class RegionPipeline(nn.Module):
 
     def tokens(self, boxes: Tensor, features: Tensor, size: tuple[int, int]) -> VisualTokens:
         h, w = size
-        geometry = torch.stack([boxes[:, 0] / w, boxes[:, 1] / h, boxes[:, 2] / w, boxes[:, 3] / h,
-                                (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (h * w)], dim=1)  # fmt: skip
+        geometry = torch.stack(
+            [
+                boxes[:, 0] / w,
+                boxes[:, 1] / h,
+                boxes[:, 2] / w,
+                boxes[:, 3] / h,
+                (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (h * w),
+            ],
+            dim=1,
+        )
         x = self.norm(self.region_proj(features) + self.box_proj(geometry))[None]
         return VisualTokens(x, torch.ones(x.shape[:2], dtype=torch.bool))
 
@@ -142,11 +156,15 @@ def main() -> None:
     with torch.inference_mode():
         t_soho = median_time(soho_run, args.repeats)
         t_region = median_time(region_run, args.repeats)
-    print(f"image {H}x{W}, {TEXT} text tokens, torch threads {torch.get_num_threads()}, median of {args.repeats} "
-          f"runs after a warm-up; random weights")  # fmt: skip
+    print(
+        f"image {H}x{W}, {TEXT} text tokens, torch threads {torch.get_num_threads()}, median of {args.repeats} "
+        f"runs after a warm-up; random weights"
+    )
     print(f"SOHO grid (R101 C5 + BERT-base, {shapes['soho']} visual tokens): {t_soho:8.2f} s / image")
-    print(f"region pipeline (R101-C4 detector, res5 on {args.proposals} boxes, NMS over 1,600 classes, "
-          f"{shapes['regions']} regions + BERT-base): {t_region:8.2f} s / image")  # fmt: skip
+    print(
+        f"region pipeline (R101-C4 detector, res5 on {args.proposals} boxes, NMS over 1,600 classes, "
+        f"{shapes['regions']} regions + BERT-base): {t_region:8.2f} s / image"
+    )
     for name, values in regions.times.items():
         print(f"    {name:<20}{statistics.median(values[1:]):8.2f} s")
     print(f"region / SOHO wall-clock ratio: {t_region / t_soho:.2f}x (paper: ~10x)")

@@ -104,8 +104,14 @@ def store_reads(num_images: int, dim: int, boxes: int, reads: int, repeats: int)
         ids = list(range(num_images))
         feats = rng.standard_normal((boxes, dim)).astype(np.float16)
         box = rng.random((boxes, 4), dtype=np.float32)
-        write_store(root / "store", spec, ids, lambda chunk: (ImageFeatures(feats, box) for _ in chunk),
-                    shard_size=500, progress=False)  # fmt: skip
+        write_store(
+            root / "store",
+            spec,
+            ids,
+            lambda chunk: (ImageFeatures(feats, box) for _ in chunk),
+            shard_size=500,
+            progress=False,
+        )
         (root / "files").mkdir()
         for i in ids:
             np.save(root / "files" / f"{i}.npy", feats)
@@ -150,8 +156,10 @@ def main() -> None:
     for name, preset in PRESETS.items():
         region, grid = preset_gflops(preset)
         cost = grid if "grid" in name else region
-        print(f"   {name:<44} {cost:8.1f} GMACs  ({cost * VQA_IMAGES / 1e6:6.1f} PMACs for VQA v2)"
-              f"  [region {region:.1f}, grid {grid:.1f}]")  # fmt: skip
+        print(
+            f"   {name:<44} {cost:8.1f} GMACs  ({cost * VQA_IMAGES / 1e6:6.1f} PMACs for VQA v2)"
+            f"  [region {region:.1f}, grid {grid:.1f}]"
+        )
 
     per_store, per_file = store_reads(args.images, args.dim, args.boxes, args.reads, args.repeats)
     print(f"3. reading back {args.boxes} x {args.dim} float16 per image, random access over {args.images} images:")

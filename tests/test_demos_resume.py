@@ -12,18 +12,34 @@ import pytest
 PACKAGES = Path(__file__).resolve().parents[1] / "packages"
 
 SHRUNK = {  # the demo's own config with fewer samples, smaller batches and fewer epochs
-    "vlab": lambda tmp: [f"--data.init_args.root={tmp / 'msrvtt'}", "--data.init_args.synthetic_videos=60",
-                         "--data.init_args.batch_size=8", "--trainer.max_epochs=2"],  # 35 steps an epoch
-    "cmae": lambda tmp: [f"--data.init_args.root={tmp / 'imagenet'}", "--data.init_args.synthetic_samples=256",
-                         "--data.init_args.batch_size=32", "--trainer.max_epochs=2",
-                         "--trainer.check_val_every_n_epoch=100"],  # 8 steps an epoch
-    "pixellm": lambda tmp: [f"--data.init_args.muse_root={tmp / 'muse'}", "--data.init_args.synthetic_images=60",
-                            "--data.init_args.batch_size=8", "--model.init_args.evaluate_before_training=false",
-                            "--trainer.max_epochs=2"],
-    "soho": lambda tmp: [f"--data.init_args.root={tmp / 'data'}", "--data.init_args.synthetic_images=80",
-                         "--data.init_args.batch_size=8", "--data.init_args.task_epochs=[1]",
-                         "--trainer.max_epochs=3"],  # pre-training, retrieval, VQA: one epoch each
-}  # fmt: skip
+    "vlab": lambda tmp: [
+        f"--data.init_args.root={tmp / 'msrvtt'}",
+        "--data.init_args.synthetic_videos=60",
+        "--data.init_args.batch_size=8",
+        "--trainer.max_epochs=2",
+    ],  # 35 steps an epoch
+    "cmae": lambda tmp: [
+        f"--data.init_args.root={tmp / 'imagenet'}",
+        "--data.init_args.synthetic_samples=256",
+        "--data.init_args.batch_size=32",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=100",
+    ],  # 8 steps an epoch
+    "pixellm": lambda tmp: [
+        f"--data.init_args.muse_root={tmp / 'muse'}",
+        "--data.init_args.synthetic_images=60",
+        "--data.init_args.batch_size=8",
+        "--model.init_args.evaluate_before_training=false",
+        "--trainer.max_epochs=2",
+    ],
+    "soho": lambda tmp: [
+        f"--data.init_args.root={tmp / 'data'}",
+        "--data.init_args.synthetic_images=80",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.task_epochs=[1]",
+        "--trainer.max_epochs=3",
+    ],  # pre-training, retrieval, VQA: one epoch each
+}
 
 
 def _ids(value: object) -> str | None:

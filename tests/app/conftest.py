@@ -17,8 +17,15 @@ from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 def save_lightning_checkpoint(module: lightning.LightningModule, path: Path, **extra: Any) -> Path:
     """The entries `Trainer.save_checkpoint` writes that `load_from_checkpoint` reads (no trainer run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": lightning.__version__, **extra}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -27,8 +34,9 @@ def pixellm_ckpt(tmp_path_factory) -> Path:
     from vislang.pixellm.module import PixelLMModule
 
     torch.manual_seed(0)
-    module = PixelLMModule(preset="tiny", tokenizer=str(SYNTHETIC_TOKENIZER_DIR), prompt_template="<image> {question}",
-                           max_new_tokens=12)  # fmt: skip
+    module = PixelLMModule(
+        preset="tiny", tokenizer=str(SYNTHETIC_TOKENIZER_DIR), prompt_template="<image> {question}", max_new_tokens=12
+    )
     return save_lightning_checkpoint(module, tmp_path_factory.mktemp("pixellm") / "last.ckpt")
 
 
@@ -37,11 +45,13 @@ def vlab_ckpt(tmp_path_factory) -> Path:
     from vislang.vlab.module import VLABModule
 
     torch.manual_seed(0)
-    module = VLABModule(preset="tiny", decoder_tokenizer=str(SYNTHETIC_TOKENIZER_DIR), max_answer_tokens=3,
-                        max_caption_tokens=6)  # fmt: skip
+    module = VLABModule(
+        preset="tiny", decoder_tokenizer=str(SYNTHETIC_TOKENIZER_DIR), max_answer_tokens=3, max_caption_tokens=6
+    )
     data = {"eval_num_frames": 2, "tasks": ["retrieval", "qa"]}
-    return save_lightning_checkpoint(module, tmp_path_factory.mktemp("vlab") / "last.ckpt",
-                                     datamodule_hyper_parameters=data)  # fmt: skip
+    return save_lightning_checkpoint(
+        module, tmp_path_factory.mktemp("vlab") / "last.ckpt", datamodule_hyper_parameters=data
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,20 +85,48 @@ def vqa_ensemble(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("vqa")
     torch.manual_seed(0)
-    args = {"backbone": "resnet18", "num_classes": 6, "min_size": [56, 64], "max_size": 128,
-            "anchor_sizes": [8, 16, 32, 64, 128], "representation_size": 32, "norm": "bn",
-            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32, "rpn_proposals": 100}  # fmt: skip
+    args = {
+        "backbone": "resnet18",
+        "num_classes": 6,
+        "min_size": [56, 64],
+        "max_size": 128,
+        "anchor_sizes": [8, 16, 32, 64, 128],
+        "representation_size": 32,
+        "norm": "bn",
+        "rpn_batch_size_per_image": 64,
+        "box_batch_size_per_image": 32,
+        "rpn_proposals": 100,
+    }
     detector = build_detector(**args).eval()
     detector_path = root / "detector" / "last.ckpt"
     detector_path.parent.mkdir(parents=True)
-    torch.save({"state_dict": {f"detector.{k}": v for k, v in detector.state_dict().items()},
-                "hyper_parameters": args}, detector_path)  # fmt: skip
+    torch.save(
+        {"state_dict": {f"detector.{k}": v for k, v in detector.state_dict().items()}, "hyper_parameters": args},
+        detector_path,
+    )
     members = []
-    for kind, answers, options in (("region", ["yes", "no", "red", "2"], ["--min-boxes", "2", "--max-boxes", "6"]),
-                                   ("grid", ["yes", "no", "blue", "3", "circle"], ["--grid-size", "3"])):  # fmt: skip
+    for kind, answers, options in (
+        ("region", ["yes", "no", "red", "2"], ["--min-boxes", "2", "--max-boxes", "6"]),
+        ("grid", ["yes", "no", "blue", "3", "circle"], ["--grid-size", "3"]),
+    ):
         # the spec a feature store of this detector records (what a member trained on it keeps)
-        _, spec = extract.build_extractor(extract.parser().parse_args(
-            ["--images", "-", "--out", "-", "--kind", kind, "--detector", str(detector_path), "--dtype", "float16", *options]))  # fmt: skip
+        _, spec = extract.build_extractor(
+            extract.parser().parse_args(
+                [
+                    "--images",
+                    "-",
+                    "--out",
+                    "-",
+                    "--kind",
+                    kind,
+                    "--detector",
+                    str(detector_path),
+                    "--dtype",
+                    "float16",
+                    *options,
+                ]
+            )
+        )
         member = VQAModule(preset="tiny", feature_set=kind, text_model="tiny", tokenizer=str(SYNTHETIC_TOKENIZER_DIR))
         member.build(answers, spec["feature_dim"], spec)
         info = {"answers": answers, "visual_dim": spec["feature_dim"], "feature_spec": spec}

@@ -37,9 +37,17 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1200,1000"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1000",
+]
 WAIT_SECONDS = 300
 
 
@@ -68,12 +76,24 @@ def pixellm_ckpt(tmp_path_factory) -> Path:
     checkpoint = '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "%s", "save_last": true}}]'
     argv, sys.argv = sys.argv, ["lightning"]
     try:
-        build_cli(["fit", "-c", str(REPO / "packages/pixellm/configs/demo.yaml"), f"--data.init_args.muse_root={tmp / 'muse'}",
-                   "--data.init_args.synthetic_images=300", "--data.init_args.num_workers=0", "--trainer.max_epochs=4",
-                   "--trainer.limit_val_batches=0", "--model.init_args.evaluate_before_training=false",
-                   f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--trainer.default_root_dir={tmp}",
-                   "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                   f"--trainer.callbacks={checkpoint % (tmp / 'checkpoints')}"])  # fmt: skip
+        build_cli(
+            [
+                "fit",
+                "-c",
+                str(REPO / "packages/pixellm/configs/demo.yaml"),
+                f"--data.init_args.muse_root={tmp / 'muse'}",
+                "--data.init_args.synthetic_images=300",
+                "--data.init_args.num_workers=0",
+                "--trainer.max_epochs=4",
+                "--trainer.limit_val_batches=0",
+                "--model.init_args.evaluate_before_training=false",
+                f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+                f"--trainer.default_root_dir={tmp}",
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.callbacks={checkpoint % (tmp / 'checkpoints')}",
+            ]
+        )
     finally:
         sys.argv = argv
     return tmp / "checkpoints" / "last.ckpt"
@@ -99,8 +119,12 @@ def inputs(tmp_path_factory) -> dict[str, object]:
     (root / "notes.txt").write_text("this is not an image\n")
     write_msrvtt(SyntheticWorld(seed=1, image_size=32, num_videos=6, num_frames=8), root / "msrvtt", 6)
     (root / "msrvtt" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
-    return {"image": root / "scene.png", "question": question.question, "text_file": root / "notes.txt",
-            "videos": root / "msrvtt" / "videos"}  # fmt: skip
+    return {
+        "image": root / "scene.png",
+        "question": question.question,
+        "text_file": root / "notes.txt",
+        "videos": root / "msrvtt" / "videos",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +135,31 @@ def app(pixellm_ckpt: Path, served_vlab_ckpt: Path, inputs: dict[str, object], t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log_path = cwd.parent / "app.log"
     log = open(log_path, "w")  # noqa: SIM115 (the app's stdout; the test reads the file by its path)
-    process = subprocess.Popen([sys.executable, "-m", "vislang.app", "--pixellm-ckpt", str(pixellm_ckpt),
-                                "--vlab-ckpt", str(served_vlab_ckpt), "--vlab-videos", str(inputs["videos"]),
-                                "--port", str(port), "--threads", "1", "--demo-root", str(cwd), "--max-upload-mb", "1"],
-                               cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vislang.app",
+            "--pixellm-ckpt",
+            str(pixellm_ckpt),
+            "--vlab-ckpt",
+            str(served_vlab_ckpt),
+            "--vlab-videos",
+            str(inputs["videos"]),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--demo-root",
+            str(cwd),
+            "--max-upload-mb",
+            "1",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -224,8 +269,11 @@ def test_pixellm_tab_in_chromium(app, browser, inputs) -> None:
     assert status.startswith("Done"), status
     rows = _css(browser, "#pixellm-legend li.legend-row")
     assert rows, f"no mask in the answer: {browser.find_element('css selector', '#pixellm-answer').text}"
-    overlay_src = _wait(browser, lambda d: [e.get_attribute("src") for e in _css(d, "#pixellm-overlay img")
-                                            if e.get_attribute("src")], "the overlay image")[0]  # fmt: skip
+    overlay_src = _wait(
+        browser,
+        lambda d: [e.get_attribute("src") for e in _css(d, "#pixellm-overlay img") if e.get_attribute("src")],
+        "the overlay image",
+    )[0]
     overlay = _fetch_image(overlay_src)
     original = np.asarray(Image.open(inputs["image"]).convert("RGB")).astype(float)
     factor = overlay.shape[0] // original.shape[0]  # small images are shown enlarged by whole pixels
@@ -259,8 +307,11 @@ def test_vlab_tab_in_chromium(app, browser, inputs) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(app["url"])
-    tab = _wait(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "VLAB"],
-                "the VLAB tab")[0]  # fmt: skip
+    tab = _wait(
+        browser,
+        lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "VLAB"],
+        "the VLAB tab",
+    )[0]
     tab.click()
     _type(browser, "vlab-sentence", "a red circle moves to the left")
     _css(browser, "#vlab-run")[0].click()
@@ -293,15 +344,29 @@ def test_uploads_over_the_limit_are_refused(app, browser, tmp_path: Path) -> Non
     browser.get(app["url"])
     _wait(browser, lambda d: _css(d, "#pixellm-image input[type=file]"), "the page")
     _css(browser, "#pixellm-image input[type=file]")[0].send_keys(str(big))
-    toast = _wait(browser, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
-                                      if "exceed" in e.text], "the size error")[0]  # fmt: skip
+    toast = _wait(
+        browser,
+        lambda d: [
+            e.text for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']") if "exceed" in e.text
+        ],
+        "the size error",
+    )[0]
     assert "maximum allowed size of 1.0 Mb" in toast and "big.png" in toast
     assert not _css(browser, '#pixellm-image td.filename[aria-label="big.png"]')
     boundary = "vislang-test-boundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    request = urllib.request.Request(f"{app['url']}gradio_api/upload", data=body,
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + big.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{app['url']}gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413

@@ -28,8 +28,12 @@ def test_demo_checkpoint_is_the_fallback_and_the_page_says_so(tmp_path: Path) ->
 
 
 def test_without_any_checkpoint_the_message_names_the_command(tmp_path: Path) -> None:
-    for name, command in [("pixellm", "make demo-pixellm"), ("vlab", "make demo-vlab"),
-                          ("vqa", "make demo-vqa_ensemble"), ("cmae", "enable_checkpointing=true")]:  # fmt: skip
+    for name, command in [
+        ("pixellm", "make demo-pixellm"),
+        ("vlab", "make demo-vlab"),
+        ("vqa", "make demo-vqa_ensemble"),
+        ("cmae", "enable_checkpointing=true"),
+    ]:
         resolved = resolve_checkpoint(name, None, tmp_path)
         assert resolved.path is None and command in resolved.message, resolved.message
 
@@ -53,7 +57,9 @@ def test_paths_recorded_relative_to_the_run_are_found_from_elsewhere(tmp_path: P
     assert resolve_relative("demo_outputs/vqa_ensemble/region/last.ckpt", anchor) == str(member)
     # the demo configs name the synthetic tokenizer relative to the repository root
     assert resolve_relative("shared/src/vislang/shared/assets/synthetic_wordpiece", tmp_path / "x.ckpt") in (
-        str(SYNTHETIC_TOKENIZER_DIR), "shared/src/vislang/shared/assets/synthetic_wordpiece")  # fmt: skip
+        str(SYNTHETIC_TOKENIZER_DIR),
+        "shared/src/vislang/shared/assets/synthetic_wordpiece",
+    )
     assert Path(resolve_relative("shared/src/vislang/shared/assets/synthetic_wordpiece", tmp_path / "x.ckpt")).is_dir()
     assert resolve_relative("bert-base-uncased", anchor) == "bert-base-uncased"
 

@@ -36,8 +36,9 @@ def test_answer_phrases_tie_each_seg_to_its_words() -> None:
     assert answer_phrases("no targets here", 1) == [""]  # more masks than [SEG]: no words to show
 
 
-def test_pixellm_tab_overlay_colours_match_the_legend(pixellm_ckpt: Path, scene_image: Path, tmp_path: Path,
-                                                      monkeypatch) -> None:  # fmt: skip
+def test_pixellm_tab_overlay_colours_match_the_legend(
+    pixellm_ckpt: Path, scene_image: Path, tmp_path: Path, monkeypatch
+) -> None:
     """With two known masks in the answer, each mask's pixels carry the legend colour of its words."""
     model = load_pixellm(pixellm_ckpt)
     image = load_image(scene_image)
@@ -68,8 +69,10 @@ def test_pixellm_tab_overlay_colours_match_the_legend(pixellm_ckpt: Path, scene_
         pure = (blocks.transpose(0, 2, 1, 3, 4)[edge] == colour).all(axis=-1)  # (edge pixels, factor, factor)
         assert (pure.reshape(len(pure), -1).sum(axis=1) >= factor).all()  # a line of it in every edge pixel
     outside = ~masks.any(0)
-    assert np.array_equal(blocks.transpose(0, 2, 1, 3, 4)[outside], np.broadcast_to(
-        original[outside][:, None, None], (int(outside.sum()), factor, factor, 3)))  # fmt: skip
+    assert np.array_equal(
+        blocks.transpose(0, 2, 1, 3, 4)[outside],
+        np.broadcast_to(original[outside][:, None, None], (int(outside.sum()), factor, factor, 3)),
+    )
     assert [t.words for t in result.targets] == ["the red circle", "the blue star"]
     html = result.legend_html()
     for target in result.targets:
@@ -86,8 +89,7 @@ def test_pixellm_tab_runs_the_model(pixellm_ckpt: Path, scene_image: Path, tmp_p
         run_pixellm(model, load_image(scene_image), "  ", tmp_path)
 
 
-def test_a_file_that_is_not_the_tabs_checkpoint_is_refused(tmp_path: Path, cmae_ckpt: Path,
-                                                           pixellm_ckpt: Path) -> None:  # fmt: skip
+def test_a_file_that_is_not_the_tabs_checkpoint_is_refused(tmp_path: Path, cmae_ckpt: Path, pixellm_ckpt: Path) -> None:
     (tmp_path / "x.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"x\.ckpt: not a readable Lightning checkpoint"):
         load_pixellm(tmp_path / "x.ckpt")
@@ -174,8 +176,9 @@ def test_cmae_refuses_a_checkpoint_of_another_model(vlab_ckpt: Path) -> None:
 # ---- VQA entry --------------------------------------------------------------------------------------
 
 
-def test_vqa_features_are_the_ones_the_extraction_command_stores(vqa_ensemble: dict[str, Path], scene_image: Path,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_vqa_features_are_the_ones_the_extraction_command_stores(
+    vqa_ensemble: dict[str, Path], scene_image: Path, tmp_path: Path
+) -> None:
     """The single-image path gives the members what `python -m vislang.vqa_ensemble.extract` would store."""
     from vislang.vqa_ensemble import extract
     from vislang.vqa_ensemble.features import FeatureStore
@@ -186,11 +189,24 @@ def test_vqa_features_are_the_ones_the_extraction_command_stores(vqa_ensemble: d
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(image.array).save(folder / "COCO_val2014_000000000042.png")
-    for (features, boxes), kind, args in zip(ours, ("region", "grid"),
-                                             (["--min-boxes", "2", "--max-boxes", "6"], ["--grid-size", "3"]),
-                                             strict=True):  # fmt: skip
-        store_dir = extract.main(["--images", str(folder), "--out", str(tmp_path / kind), "--kind", kind,
-                                  "--detector", str(vqa_ensemble["detector"]), "--dtype", "float16", *args])  # fmt: skip
+    for (features, boxes), kind, args in zip(
+        ours, ("region", "grid"), (["--min-boxes", "2", "--max-boxes", "6"], ["--grid-size", "3"]), strict=True
+    ):
+        store_dir = extract.main(
+            [
+                "--images",
+                str(folder),
+                "--out",
+                str(tmp_path / kind),
+                "--kind",
+                kind,
+                "--detector",
+                str(vqa_ensemble["detector"]),
+                "--dtype",
+                "float16",
+                *args,
+            ]
+        )
         stored = FeatureStore(store_dir)[42]
         assert stored.features.shape == tuple(features.shape)
         np.testing.assert_allclose(features.numpy(), stored.features.astype(np.float32), atol=1e-6)

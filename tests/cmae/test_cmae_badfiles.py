@@ -49,8 +49,16 @@ def _epoch(loader: torch.utils.data.DataLoader) -> tuple[int, int]:
 @pytest.mark.parametrize("broken", ["empty", "truncated"])
 def test_pretraining_and_probe_loaders_skip_the_bad_photo_once(tmp_path: Path, broken: str) -> None:
     bad = _imagenet_folder(tmp_path, broken)
-    dm = CMAEPretrainDataModule(dataset="imagenet_folder", root=str(tmp_path), image_size=32, max_shift=4,
-                                batch_size=2, eval_batch_size=2, num_workers=0, max_failure_fraction=0.2)  # fmt: skip
+    dm = CMAEPretrainDataModule(
+        dataset="imagenet_folder",
+        root=str(tmp_path),
+        image_size=32,
+        max_shift=4,
+        batch_size=2,
+        eval_batch_size=2,
+        num_workers=0,
+        max_failure_fraction=0.2,
+    )
     dm.setup("fit")
     torch.manual_seed(0)
     for name, loader in [("train", dm.train_dataloader()), ("probe train", dm.probe_dataloaders()[0])]:
@@ -66,8 +74,15 @@ def test_pretraining_and_probe_loaders_skip_the_bad_photo_once(tmp_path: Path, b
 
 def test_fine_tuning_loader_skips_the_bad_photo_and_the_default_limit_stops(tmp_path: Path) -> None:
     bad = _imagenet_folder(tmp_path, "truncated")
-    common = {"dataset": "imagenet_folder", "root": str(tmp_path), "image_size": 32, "auto_augment": None,
-              "batch_size": 2, "eval_batch_size": 2, "num_workers": 0}  # fmt: skip
+    common = {
+        "dataset": "imagenet_folder",
+        "root": str(tmp_path),
+        "image_size": 32,
+        "auto_augment": None,
+        "batch_size": 2,
+        "eval_batch_size": 2,
+        "num_workers": 0,
+    }
     dm = CMAEClassificationDataModule(**common, max_failure_fraction=0.2)
     dm.setup("fit")
     loader = dm.train_dataloader()

@@ -107,9 +107,15 @@ def test_export_is_loadable_by_timm_with_avg_pool(tmp_path) -> None:
         classifier.head.weight.normal_()
     path = export_timm(classifier, tmp_path / "tiny.safetensors")
     config = classifier.config
-    reference = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
-                                  depth=config.depth, num_heads=config.num_heads, num_classes=5,
-                                  global_pool="avg").eval()  # fmt: skip
+    reference = VisionTransformer(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        num_classes=5,
+        global_pool="avg",
+    ).eval()
     reference.load_state_dict(load_state_dict(path), strict=True)
     x = torch.randn(3, 3, config.img_size, config.img_size)
     with torch.no_grad():
@@ -164,8 +170,20 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def _golden_cmae() -> tuple[dict[str, torch.Tensor], CMAEConfig]:
     meta = json.loads((GOLDEN / "cmae_vit.json").read_text())
-    keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-            "decoder_heads", "feature_decoder_depth", "proj_hidden_dim", "proj_dim")  # fmt: skip
+    keys = (
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "decoder_dim",
+        "decoder_depth",
+        "decoder_heads",
+        "feature_decoder_depth",
+        "proj_hidden_dim",
+        "proj_dim",
+    )
     return load_file(GOLDEN / "cmae_vit.safetensors"), CMAEConfig(**{k: meta[k] for k in keys})
 
 
@@ -173,12 +191,23 @@ def test_official_runner_checkpoint_fills_every_module_to_continue_pretraining(t
     """An mmengine runner file (meta with NumPy values, message hub, optimizer, schedulers) -> whole CMAE."""
     weights, config = _golden_cmae()
     path = tmp_path / "epoch_1600.pth"
-    torch.save({"meta": {"epoch": 1600, "iter": 500000, "seed": np.int64(60), "time": np.str_("20240101_000000"),
-                         "mmengine_version": "0.10.7", "cfg": "model = dict(type='CMAE')"},
-                "state_dict": weights,
-                "message_hub": {"runtime_info": {"epoch": 1600, "iter": 500000}, "resumed_keys": {"epoch": True}},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": []}]},
-                "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40}]}, path)  # fmt: skip
+    torch.save(
+        {
+            "meta": {
+                "epoch": 1600,
+                "iter": 500000,
+                "seed": np.int64(60),
+                "time": np.str_("20240101_000000"),
+                "mmengine_version": "0.10.7",
+                "cfg": "model = dict(type='CMAE')",
+            },
+            "state_dict": weights,
+            "message_hub": {"runtime_info": {"epoch": 1600, "iter": 500000}, "resumed_keys": {"epoch": True}},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": []}]},
+            "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40}],
+        },
+        path,
+    )
     model = CMAE(config)
     report = load_cmae(model, path)
     assert report.missing == ["target_encoder.norm.weight", "target_encoder.norm.bias"]
@@ -265,8 +294,9 @@ def test_videomae_finetuned_file_loads_into_the_video_classifier() -> None:
 
 def test_videoconvmae_layout_loads_the_video_hybrid(tmp_path) -> None:
     """VideoConvMAE keeps ConvMAE's names (``blocks3``, ``patch_embed1..4``, fusion convs) with 3-D kernels."""
-    config = get_config("video_convvit_base", conv_dims=(8, 8), embed_dim=16, depth=1, num_heads=2, img_size=64,
-                        num_frames=4)  # fmt: skip
+    config = get_config(
+        "video_convvit_base", conv_dims=(8, 8), embed_dim=16, depth=1, num_heads=2, img_size=64, num_frames=4
+    )
     torch.manual_seed(0)
     source = build_encoder(config)
     state = {re.sub(r"^blocks\.", "blocks3.", k): v for k, v in source.state_dict().items()}

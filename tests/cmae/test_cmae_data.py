@@ -39,8 +39,12 @@ def test_pixel_shift_target_is_the_online_window_shifted_by_at_most_max_shift() 
     for _ in range(5):
         online, target = views(image)
         assert online.shape == target.shape == (3, 24, 24)
-        matches = [(dh, dw) for dh in range(5) for dw in range(5)
-                   if torch.allclose(online[:, dh:, dw:], target[:, : 24 - dh, : 24 - dw])]  # fmt: skip
+        matches = [
+            (dh, dw)
+            for dh in range(5)
+            for dw in range(5)
+            if torch.allclose(online[:, dh:, dw:], target[:, : 24 - dh, : 24 - dw])
+        ]
         assert matches, "target must be a shifted window of the same base crop"
 
 
@@ -89,17 +93,34 @@ def test_pretrain_batches_for_images_and_videos(tmp_path: Path, kinetics: Path) 
     probe_train, _ = images.probe_dataloaders()
     assert next(iter(probe_train))["input"].shape == (8, 3, 24, 24)  # eval batch: the whole split
 
-    videos = CMAEPretrainDataModule(dataset="kinetics400", root=str(kinetics), image_size=24, num_frames=4,
-                                    sampling_rate=1, max_temporal_shift=2, batch_size=2, num_workers=0)  # fmt: skip
+    videos = CMAEPretrainDataModule(
+        dataset="kinetics400",
+        root=str(kinetics),
+        image_size=24,
+        num_frames=4,
+        sampling_rate=1,
+        max_temporal_shift=2,
+        batch_size=2,
+        num_workers=0,
+    )
     videos.setup("fit")
     batch = next(iter(videos.train_dataloader()))
     assert batch["online"].shape == batch["target"].shape == (2, 3, 4, 24, 24)
 
 
 def test_video_evaluation_has_clips_times_crops_views(kinetics: Path) -> None:
-    data = CMAEClassificationDataModule(dataset="kinetics400", root=str(kinetics), image_size=24, num_frames=4,
-                                        sampling_rate=1, num_clips=2, num_crops=3, batch_size=2,
-                                        eval_batch_size=1, num_workers=0)  # fmt: skip
+    data = CMAEClassificationDataModule(
+        dataset="kinetics400",
+        root=str(kinetics),
+        image_size=24,
+        num_frames=4,
+        sampling_rate=1,
+        num_clips=2,
+        num_crops=3,
+        batch_size=2,
+        eval_batch_size=1,
+        num_workers=0,
+    )
     data.setup("fit")
     train = next(iter(data.train_dataloader()))
     assert train["input"].shape == (2, 3, 4, 24, 24)
@@ -113,8 +134,9 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
     root = write_imagenet_folder(WORLD, tmp_path / "in", num_train=6, num_val=2)
     victim = sorted((root / "train").glob("*/*.png"))[0]
     victim.write_bytes(b"not a png")
-    data = CMAEPretrainDataModule(root=str(root), image_size=24, max_shift=4, batch_size=6, num_workers=0,
-                                  max_failure_fraction=0.5)  # fmt: skip
+    data = CMAEPretrainDataModule(
+        root=str(root), image_size=24, max_shift=4, batch_size=6, num_workers=0, max_failure_fraction=0.5
+    )
     data.setup("fit")
     loader = data._loader(data._pretrain("train"), train=False, batch_size=6)
     batch = next(iter(loader))

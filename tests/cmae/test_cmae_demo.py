@@ -97,8 +97,9 @@ def test_driver_summary_reads_every_run_and_reports_the_bar(tmp_path: Path) -> N
             "knn": dict.fromkeys(finetune, 30.0),
             "linear_probe": dict.fromkeys(finetune, 30.0),
         }
-        path.write_text(json.dumps({**scores, "majority_class": 21.0, "seed": 0,
-                                    "labels": {"train": 400, "of": 4000, "val": 800}}))  # fmt: skip
+        path.write_text(
+            json.dumps({**scores, "majority_class": 21.0, "seed": 0, "labels": {"train": 400, "of": 4000, "val": 800}})
+        )
 
     write("seed0_cmae", {"pretrained": 60.0, "random_init": 40.0})
     write("seed0_mae", {"pretrained": 55.0})
@@ -119,9 +120,17 @@ def test_one_demo_run_finetuning_from_the_pretrained_encoder_beats_random_init_b
     10 % of the labels from the pre-trained encoder beats the same fine-tuning from random init by the demo's
     bar. Shrinking further does not keep the claim: 3 pre-training epochs and 200 fine-tuning steps gave
     36.0 vs 36.1 % (measured), so the test runs the demo's own budget."""
-    build_cli(["fit", "-c", str(CONFIG), f"--data.init_args.root={tmp_path / 'images'}",
-               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
-               "--trainer.enable_progress_bar=false"])  # fmt: skip
+    build_cli(
+        [
+            "fit",
+            "-c",
+            str(CONFIG),
+            f"--data.init_args.root={tmp_path / 'images'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     results = json.loads(next(tmp_path.glob("cmae/version_*/evaluation.json")).read_text())
     finetune = results["finetune"]
     assert finetune["pretrained"] >= finetune["random_init"] + demo.FINETUNE_BAR, finetune

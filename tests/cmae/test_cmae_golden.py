@@ -32,8 +32,18 @@ def _golden(name: str) -> tuple[dict, dict, dict]:
     return load_file(GOLDEN / f"{name}.safetensors"), load_file(GOLDEN / f"{name}_io.safetensors"), meta
 
 
-_SIZES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-          "decoder_heads", "mask_ratio")  # fmt: skip
+_SIZES = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "decoder_dim",
+    "decoder_depth",
+    "decoder_heads",
+    "mask_ratio",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +78,13 @@ def test_cmae_pretraining_step_equals_official(cmae_golden) -> None:
         "backbone.ln1.weight": model.encoder.norm.weight,
         "pixel_decoder.decoder_pred.weight": model.pixel_decoder.decoder_pred.weight,
         "pixel_decoder.mask_token": model.pixel_decoder.mask_token,
-        "feature_decoder.decoder_blocks.0.ffn.layers.0.0.weight": model.feature_decoder.decoder_blocks[0].mlp.fc1.weight,
+        "feature_decoder.decoder_blocks.0.ffn.layers.0.0.weight": model.feature_decoder.decoder_blocks[
+            0
+        ].mlp.fc1.weight,
         "projector.fc0.weight": model.projector.fc0.weight,
         "projector.bn0.weight": model.projector.bn0.weight,
         "head.predictor.fc1.weight": model.predictor.fc1.weight,
-    }  # fmt: skip
+    }
     assert sorted(f"grad.{k}" for k in ours) == meta["grad_keys"]
     for name, param in ours.items():
         torch.testing.assert_close(param.grad, io[f"grad.{name}"], atol=1e-5, rtol=1e-4, msg=name)
@@ -98,16 +110,32 @@ def _finetuned_logits(config: CMAEConfig, ft: dict, raw: torch.Tensor, meta: dic
 @pytest.fixture(scope="module")
 def convmae_golden() -> tuple[dict, dict, dict, dict]:
     meta = json.loads((GOLDEN / "convmae.json").read_text())
-    return (load_file(GOLDEN / "convmae.safetensors"), load_file(GOLDEN / "convmae_ft.safetensors"),
-            load_file(GOLDEN / "convmae_io.safetensors"), meta)  # fmt: skip
+    return (
+        load_file(GOLDEN / "convmae.safetensors"),
+        load_file(GOLDEN / "convmae_ft.safetensors"),
+        load_file(GOLDEN / "convmae_io.safetensors"),
+        meta,
+    )
 
 
 def _convmae_config(meta: dict) -> CMAEConfig:
-    return CMAEConfig(backbone="convvit", img_size=meta["img_size"], patch_size=16, conv_strides=(4, 2, 2),
-                      conv_dims=tuple(meta["conv_dims"]), conv_depths=tuple(meta["conv_depths"]),
-                      embed_dim=meta["embed_dim"], depth=meta["depth"], num_heads=meta["num_heads"],
-                      mlp_ratio=meta["mlp_ratio"], decoder_dim=meta["decoder_dim"], decoder_depth=meta["decoder_depth"],
-                      decoder_heads=meta["decoder_heads"], mask_ratio=meta["mask_ratio"], mask_type="random")  # fmt: skip
+    return CMAEConfig(
+        backbone="convvit",
+        img_size=meta["img_size"],
+        patch_size=16,
+        conv_strides=(4, 2, 2),
+        conv_dims=tuple(meta["conv_dims"]),
+        conv_depths=tuple(meta["conv_depths"]),
+        embed_dim=meta["embed_dim"],
+        depth=meta["depth"],
+        num_heads=meta["num_heads"],
+        mlp_ratio=meta["mlp_ratio"],
+        decoder_dim=meta["decoder_dim"],
+        decoder_depth=meta["decoder_depth"],
+        decoder_heads=meta["decoder_heads"],
+        mask_ratio=meta["mask_ratio"],
+        mask_type="random",
+    )
 
 
 def test_convvit_encoder_with_convmae_weights_equals_official(convmae_golden, tmp_path) -> None:

@@ -83,8 +83,10 @@ def test_cmae_v_presets_follow_videomae_counts_and_decoder() -> None:
     assert ids_keep.shape == (1, 160)
     assert (config.decoder_dim, config.decoder_heads, config.decoder_depth) == (384, 6, 4)
     assert (config.feature_decoder_depth, config.mask_ratio) == (2, 0.9)
-    assert [(get_config(f"video_{n}").decoder_dim, get_config(f"video_{n}").decoder_heads)
-            for n in ("vit_small", "vit_large")] == [(192, 3), (512, 8)]  # fmt: skip
+    assert [
+        (get_config(f"video_{n}").decoder_dim, get_config(f"video_{n}").decoder_heads)
+        for n in ("vit_small", "vit_large")
+    ] == [(192, 3), (512, 8)]
     # images keep CMAE's count: int(49 units * 0.35) = 17 blocks of 2x2 -> 68 of 196
     assert CMAE(replace(get_config("vit_base"), depth=1, decoder_depth=1)).sample_mask(1, "cpu")[0].shape == (1, 68)
 
@@ -219,8 +221,14 @@ def test_classifier_layer_groups_cover_every_block() -> None:
     conv = CMAEClassifier(get_config("convvit_tiny"), num_classes=5)
     groups = param_groups_layer_decay(conv, 0.05, conv.no_weight_decay(), layer_decay=0.5)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    names = ["encoder.patch_embed1.proj.weight", "encoder.blocks1.0.conv1.weight", "encoder.blocks2.0.conv1.weight",
-             "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.1.attn.qkv.weight", "head.weight"]  # fmt: skip
+    names = [
+        "encoder.patch_embed1.proj.weight",
+        "encoder.blocks1.0.conv1.weight",
+        "encoder.blocks2.0.conv1.weight",
+        "encoder.blocks.0.attn.qkv.weight",
+        "encoder.blocks.1.attn.qkv.weight",
+        "head.weight",
+    ]
     params = dict(conv.named_parameters())
     ordered = [scale[id(params[n])] for n in names]
     assert ordered == sorted(ordered) and len(set(ordered)) == len(ordered) and ordered[-1] == 1.0

@@ -18,12 +18,28 @@ def test_predict_writes_top5_per_file_and_a_rerun_replaces_it(tmp_path: Path, mo
     monkeypatch.setattr(sys, "argv", ["lightning"])
     root = write_imagenet_folder(SyntheticWorld(seed=1, image_size=32), tmp_path / "in", 16, 8)
     classes = sorted(p.name for p in (root / "val").iterdir())
-    args = ["predict", "-c", str(CONFIG), "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1",
-            "--trainer.strategy=auto", "--trainer.precision=32-true", "--trainer.sync_batchnorm=false",
-            "--trainer.logger=false", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path}",
-            "--model.init_args.preset=tiny", f"--model.init_args.num_classes={len(classes)}", "--model.init_args.init_weights=null",
-            f"--model.init_args.results_dir={tmp_path / 'results'}", f"--data.init_args.root={root}",
-            "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--data.init_args.eval_batch_size=3"]  # fmt: skip
+    args = [
+        "predict",
+        "-c",
+        str(CONFIG),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        "--trainer.sync_batchnorm=false",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.init_args.preset=tiny",
+        f"--model.init_args.num_classes={len(classes)}",
+        "--model.init_args.init_weights=null",
+        f"--model.init_args.results_dir={tmp_path / 'results'}",
+        f"--data.init_args.root={root}",
+        "--data.init_args.image_size=32",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.eval_batch_size=3",
+    ]
     build_cli(args)
     path = tmp_path / "results" / "cmae_predictions.jsonl"
     first = [json.loads(line) for line in path.read_text().splitlines()]

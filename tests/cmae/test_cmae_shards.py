@@ -16,11 +16,24 @@ from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.classification_writers import write_imagenet_folder, write_kinetics400
 
 CONFIGS = Path(__file__).resolve().parents[2] / "packages" / "cmae" / "configs"
-CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto",
-       "--trainer.precision=32-true", "--trainer.sync_batchnorm=false", "--trainer.logger=false",
-       "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"]  # fmt: skip
-TINY_DATA = ["--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-             "--data.init_args.eval_batch_size=4", "--data.init_args.shuffle_buffer=8"]  # fmt: skip
+CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.num_nodes=1",
+    "--trainer.strategy=auto",
+    "--trainer.precision=32-true",
+    "--trainer.sync_batchnorm=false",
+    "--trainer.logger=false",
+    "--trainer.callbacks=[]",
+    "--trainer.enable_checkpointing=false",
+]
+TINY_DATA = [
+    "--data.init_args.image_size=32",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.eval_batch_size=4",
+    "--data.init_args.shuffle_buffer=8",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +59,22 @@ def test_imagenet_pretrain_shards_config_trains_two_epochs(tmp_path: Path) -> No
     assert [Path(n).suffix for n in first[:2]] + [Path(n).suffix for n in first[3:]] == [".cls", ".json", ".txt"]
     assert Path(first[2]).suffix.lstrip(".") in IMAGE_EXTENSIONS
     assert f'"class": "{datamodule.classes[label]}"' in meta
-    cli = build_cli(["fit", "-c", str(CONFIGS / "imagenet_pretrain_shards.yaml"), *CPU, *TINY_DATA,
-                     f"--data.init_args.root={root}", f"--data.init_args.train_shards={tmp_path / 'shards'}",
-                     "--model.init_args.preset=tiny", "--trainer.max_epochs=2", "--trainer.limit_val_batches=1",
-                     "--trainer.check_val_every_n_epoch=1", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(CONFIGS / "imagenet_pretrain_shards.yaml"),
+            *CPU,
+            *TINY_DATA,
+            f"--data.init_args.root={root}",
+            f"--data.init_args.train_shards={tmp_path / 'shards'}",
+            "--model.init_args.preset=tiny",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.check_val_every_n_epoch=1",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     loader = cli.trainer.train_dataloader
     assert isinstance(loader, ShardLoader)
     assert cli.trainer.global_step == 2 * len(loader) > 0
@@ -59,10 +84,22 @@ def test_imagenet_pretrain_shards_config_trains_two_epochs(tmp_path: Path) -> No
 def test_k400_pretrain_shards_config_reads_videos_from_shards(tmp_path: Path) -> None:
     root = write_kinetics400(SyntheticWorld(seed=2, image_size=32, num_frames=8), tmp_path / "k400", num_videos=12)
     _write("kinetics400", root, tmp_path / "shards", per_shard=3)
-    cli = build_cli(["fit", "-c", str(CONFIGS / "k400_pretrain_shards.yaml"), *CPU, *TINY_DATA,
-                     "--data.init_args.num_frames=4", "--data.init_args.sampling_rate=1",
-                     f"--data.init_args.root={root}", f"--data.init_args.train_shards={tmp_path / 'shards'}",
-                     "--model.init_args.preset=video_tiny", "--model.init_args.mask_ratio=0.75",
-                     "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(CONFIGS / "k400_pretrain_shards.yaml"),
+            *CPU,
+            *TINY_DATA,
+            "--data.init_args.num_frames=4",
+            "--data.init_args.sampling_rate=1",
+            f"--data.init_args.root={root}",
+            f"--data.init_args.train_shards={tmp_path / 'shards'}",
+            "--model.init_args.preset=video_tiny",
+            "--model.init_args.mask_ratio=0.75",
+            "--trainer.fast_dev_run=2",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     assert isinstance(cli.trainer.train_dataloader, ShardLoader)
     assert cli.trainer.global_step == 2

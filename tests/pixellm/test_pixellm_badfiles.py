@@ -33,9 +33,16 @@ def _write_muse(root: Path, broken: str) -> tuple[Path, Path]:
         h, w = photo.shape[:2]
         box = [w * 0.25, h * 0.25, w * 0.75, h * 0.25, w * 0.75, h * 0.75, w * 0.25, h * 0.75]
         target = {"category_name": "thing", "rephrased_name": "the thing", "segmentation": [box]}
-        records.append({"id": number, "file_name": f"{name}.jpg", "height": h, "width": w,
-                        "questions": [f"question {q} about {name}" for q in range(QUESTIONS)],
-                        "answers": [[target]] * QUESTIONS})  # fmt: skip
+        records.append(
+            {
+                "id": number,
+                "file_name": f"{name}.jpg",
+                "height": h,
+                "width": w,
+                "questions": [f"question {q} about {name}" for q in range(QUESTIONS)],
+                "answers": [[target]] * QUESTIONS,
+            }
+        )
     path = root / "muse_split.json"
     path.write_text(json.dumps(records))
     bad = root / "images" / f"{PHOTOS[2]}.jpg"
@@ -63,10 +70,21 @@ def test_one_bad_photo_is_skipped_counted_once_and_never_its_own_stand_in(tmp_pa
 
 def test_every_loader_of_the_data_module_skips_the_bad_photo(tmp_path: Path) -> None:
     path, bad = _write_muse(tmp_path, "truncated")
-    dm = PixelLMDataModule(muse_root=str(tmp_path), muse_image_dir="images", muse_image_layout="flat",
-                           muse_train=path.name, muse_val=[path.name], muse_test=[path.name], image_size=64,
-                           patch_size=8, batch_size=4, eval_batch_size=4, num_workers=0, samples_per_epoch=72,
-                           max_failure_fraction=0.2)  # the split is 6 files: one bad one is 17 %, over 1 %  # fmt: skip
+    dm = PixelLMDataModule(
+        muse_root=str(tmp_path),
+        muse_image_dir="images",
+        muse_image_layout="flat",
+        muse_train=path.name,
+        muse_val=[path.name],
+        muse_test=[path.name],
+        image_size=64,
+        patch_size=8,
+        batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        samples_per_epoch=72,
+        max_failure_fraction=0.2,
+    )  # the split is 6 files: one bad one is 17 %, over 1 %
     dm.setup("fit")
     dm.setup("test")
     loaders = {"train": [dm.train_dataloader()], "val": dm.val_dataloader(), "test": dm.test_dataloader()}
@@ -102,16 +120,32 @@ def test_a_training_run_with_the_bad_photo_completes_and_reports_it_once(tmp_pat
     monkeypatch.setattr(sys, "argv", ["lightning"])
     path, bad = _write_muse(tmp_path, "empty")
     demo = Path(__file__).resolve().parents[2] / "packages" / "pixellm" / "configs" / "demo.yaml"
-    cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.muse_root={tmp_path}",
-                     "--data.init_args.muse_image_dir=images", f"--data.init_args.muse_train={path.name}",
-                     f"--data.init_args.muse_val=[{path.name}]", "--data.init_args.synthetic_images=0",
-                     "--data.init_args.samples_per_epoch=16", "--data.init_args.batch_size=4",
-                     "--data.init_args.num_workers=0", "--data.init_args.max_failure_fraction=0.2",
-                     "--model.init_args.max_new_tokens=4", "--model.init_args.evaluate_before_training=false",
-                     "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.limit_val_batches=2",
-                     "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                     "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-                     "--trainer.callbacks=[{class_path: vislang.shared.data.robust.LoadFailureMonitor}]"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(demo),
+            f"--data.init_args.muse_root={tmp_path}",
+            "--data.init_args.muse_image_dir=images",
+            f"--data.init_args.muse_train={path.name}",
+            f"--data.init_args.muse_val=[{path.name}]",
+            "--data.init_args.synthetic_images=0",
+            "--data.init_args.samples_per_epoch=16",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.max_failure_fraction=0.2",
+            "--model.init_args.max_new_tokens=4",
+            "--model.init_args.evaluate_before_training=false",
+            "--trainer.max_epochs=2",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.limit_val_batches=2",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks=[{class_path: vislang.shared.callbacks.LoadFailureMonitor}]",
+        ]
+    )
     assert cli.trainer.state.finished and cli.trainer.current_epoch == 2
     assert cli.trainer.callback_metrics["data/load_failures"].item() == 1
     assert cli.trainer.train_dataloader.dataset.failed_files() == {str(bad)}

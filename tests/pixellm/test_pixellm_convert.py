@@ -25,8 +25,10 @@ def test_official_release_loads_strictly_from_shards_in_hf_model(tmp_path, golde
     directory = tmp_path / "PixelLM-small" / "hf_model"
     directory.mkdir(parents=True)
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # fmt: skip
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, names in shards.items():
         save_state_dict({k: state[k] for k in names}, directory / name)
     index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
@@ -63,8 +65,14 @@ def test_apply_llava_delta_command(tmp_path) -> None:
     """LLaVA = delta + base LLaMA, tensor by tensor; rows the delta adds (new tokens) and the projector are kept."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=20)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=20,
+    )
     torch.manual_seed(0)
     base = LlamaForCausalLM(config).state_dict()
     (tmp_path / "base").mkdir()
@@ -76,8 +84,17 @@ def test_apply_llava_delta_command(tmp_path) -> None:
     (tmp_path / "delta").mkdir()
     save_state_dict(delta, tmp_path / "delta" / "model.safetensors")
     (tmp_path / "delta" / "config.json").write_text("{}")
-    main(["apply-delta", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"),
-          "--out", str(tmp_path / "llava")])  # fmt: skip
+    main(
+        [
+            "apply-delta",
+            "--base",
+            str(tmp_path / "base"),
+            "--delta",
+            str(tmp_path / "delta"),
+            "--out",
+            str(tmp_path / "llava"),
+        ]
+    )
     merged = load_state_dict(tmp_path / "llava" / "model.safetensors")
     q = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(merged[q], delta[q] + base[q])
@@ -98,15 +115,19 @@ def test_llava_base_and_clip_weights(tmp_path) -> None:
     llava = {}
     for key, value in source.state_dict().items():
         if key.startswith("llm."):
-            llava[key.replace("llm.model.", "model.").replace("llm.lm_head.", "lm_head.")] = value[:BASE_VOCAB].clone() \
-                if "embed_tokens" in key or "lm_head" in key else value.clone()  # fmt: skip
+            llava[key.replace("llm.model.", "model.").replace("llm.lm_head.", "lm_head.")] = (
+                value[:BASE_VOCAB].clone() if "embed_tokens" in key or "lm_head" in key else value.clone()
+            )
     llava["model.mm_projector.weight"] = torch.randn(96, 64)  # LLaVA-v1's linear projector: not loaded
     llava["model.mm_projector.bias"] = torch.randn(96)
     (tmp_path / "llava").mkdir()
     save_state_dict(llava, tmp_path / "llava" / "model.safetensors")
     # an HF CLIP at a smaller resolution (6x6 grid, 37 positions) with its text tower
-    clip = {f"vision_model.{k.removeprefix('vision.')}": v.clone() for k, v in source.state_dict().items()
-            if k.startswith("vision.")}  # fmt: skip
+    clip = {
+        f"vision_model.{k.removeprefix('vision.')}": v.clone()
+        for k, v in source.state_dict().items()
+        if k.startswith("vision.")
+    }
     positions = clip["vision_model.embeddings.position_embedding.weight"]
     small = interpolate_clip_position_embeddings(positions, 6, "fixed")
     clip["vision_model.embeddings.position_embedding.weight"] = small

@@ -60,17 +60,37 @@ def test_muse_fallback_template_skip_and_coco_url(tmp_path, caplog) -> None:
     Image.new("RGB", (30, 20), (10, 200, 10)).save(tmp_path / "val2017" / "000000000042.jpg")
     square = [[0.0, 0.0, 10.0, 0.0, 10.0, 10.0, 0.0, 10.0]]
     rle = {"size": [20, 30], "counts": [0, 20 * 30]}  # uncompressed RLE, all foreground (column-major)
-    targets = [{"segmentation": square, "category_name": "cat", "rephrased_name": "the left cat"},
-               {"segmentation": rle, "category_name": "dog"}]  # fmt: skip
+    targets = [
+        {"segmentation": square, "category_name": "cat", "rephrased_name": "the left cat"},
+        {"segmentation": rle, "category_name": "dog"},
+    ]
     records = [
-        {"file_name": "a.jpg", "height": 20, "width": 30, "questions": ["where are the pets?", "bad one"],
-         "answers": [targets, targets], "text_answers": [None, f"only one {SEG_PLACEHOLDER}"]},
-        {"coco_url": "http://images.cocodataset.org/val2017/000000000042.jpg", "height": 20, "width": 30,
-         "questions": ["and here?"], "answers": [targets]},
-        {"file_name": "a.jpg", "height": 20, "width": 30,  # no questions: one category-name question per category
-         "ann_list": [{**targets[0], "category_id": 1}, {**targets[1], "category_id": 2},
-                      {"segmentation": square, "category_name": "cat", "category_id": 1}]},
-    ]  # fmt: skip
+        {
+            "file_name": "a.jpg",
+            "height": 20,
+            "width": 30,
+            "questions": ["where are the pets?", "bad one"],
+            "answers": [targets, targets],
+            "text_answers": [None, f"only one {SEG_PLACEHOLDER}"],
+        },
+        {
+            "coco_url": "http://images.cocodataset.org/val2017/000000000042.jpg",
+            "height": 20,
+            "width": 30,
+            "questions": ["and here?"],
+            "answers": [targets],
+        },
+        {
+            "file_name": "a.jpg",
+            "height": 20,
+            "width": 30,  # no questions: one category-name question per category
+            "ann_list": [
+                {**targets[0], "category_id": 1},
+                {**targets[1], "category_id": 2},
+                {"segmentation": square, "category_name": "cat", "category_id": 1},
+            ],
+        },
+    ]
     path = tmp_path / "muse_val.json"
     path.write_text(json.dumps(records))
     with caplog.at_level(logging.WARNING):
@@ -150,10 +170,16 @@ def test_llava_instruct_and_the_training_mixture(tmp_path, world) -> None:
     write_muse(world, tmp_path / "muse", "train", indices=range(6))
     Image.new("RGB", (24, 16)).save(tmp_path / "000000000001.jpg")
     conversations = [
-        {"id": "1", "image": "000000000001.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                                                   {"from": "gpt", "value": "A dark picture."}]},
+        {
+            "id": "1",
+            "image": "000000000001.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is it?"},
+                {"from": "gpt", "value": "A dark picture."},
+            ],
+        },
         {"id": "2", "image": "000000000001.jpg", "conversations": [{"from": "gpt", "value": "no question"}]},
-    ]  # fmt: skip
+    ]
     (tmp_path / "llava_instruct_150k.json").write_text(json.dumps(conversations))
     vqa = LlavaInstructDataset(tmp_path / "llava_instruct_150k.json", tmp_path, image_size=32, patch_size=8)
     assert len(vqa) == 1 and vqa.skipped == 1
@@ -161,9 +187,16 @@ def test_llava_instruct_and_the_training_mixture(tmp_path, world) -> None:
     assert sample["question"] == "What is it?" and sample["answer"] == "A dark picture."
     assert sample["masks"].shape == (0, 16, 24)
 
-    dm = PixelLMDataModule(muse_root=str(tmp_path / "muse"), vqa_json=str(tmp_path / "llava_instruct_150k.json"),
-                           vqa_image_dir=str(tmp_path), sample_rates={"muse": 4.0, "vqa": 2.0}, muse_val=[],
-                           image_size=48, patch_size=8, num_workers=0)  # fmt: skip
+    dm = PixelLMDataModule(
+        muse_root=str(tmp_path / "muse"),
+        vqa_json=str(tmp_path / "llava_instruct_150k.json"),
+        vqa_image_dir=str(tmp_path),
+        sample_rates={"muse": 4.0, "vqa": 2.0},
+        muse_val=[],
+        image_size=48,
+        patch_size=8,
+        num_workers=0,
+    )
     dm.setup("fit")
     muse_items = len(dm.train_set) - 1
     # per-source rates split evenly over each source's items: the sources' total weights are 4 : 2
@@ -175,8 +208,12 @@ def test_semantic_segmentation_sources_in_their_layouts(tmp_path, source) -> Non
     """The released mix's sem_seg sources, written by the synthetic writers in the real layouts and read back:
     up to 3 classes (or part instances) per question, one mask each, matching the written labels."""
     world = SyntheticWorld(seed=3, image_size=40)
-    writer = {"ade20k": write_ade20k, "cocostuff": write_cocostuff, "pascal_part": write_pascal_part,
-              "paco_lvis": write_paco_lvis}[source]  # fmt: skip
+    writer = {
+        "ade20k": write_ade20k,
+        "cocostuff": write_cocostuff,
+        "pascal_part": write_pascal_part,
+        "paco_lvis": write_paco_lvis,
+    }[source]
     writer(world, tmp_path, "train", indices=range(4))
     dataset = SemSegDataset(tmp_path, source, image_size=40, patch_size=8, seed=0)
     assert len(dataset) == 4
@@ -207,8 +244,16 @@ def test_sem_seg_joins_the_training_mix_with_the_released_rates(tmp_path) -> Non
     world = SyntheticWorld(seed=3, image_size=40)
     write_ade20k(world, tmp_path, "train", indices=range(3))
     write_muse(world, tmp_path / "muse", "train", indices=range(6))
-    dm = PixelLMDataModule(muse_root=str(tmp_path / "muse"), muse_image_layout="flat", sem_seg_root=str(tmp_path),
-                           sem_seg_sources=["ade20k"], muse_val=[], image_size=40, patch_size=8, num_workers=0)  # fmt: skip
+    dm = PixelLMDataModule(
+        muse_root=str(tmp_path / "muse"),
+        muse_image_layout="flat",
+        sem_seg_root=str(tmp_path),
+        sem_seg_sources=["ade20k"],
+        muse_val=[],
+        image_size=40,
+        patch_size=8,
+        num_workers=0,
+    )
     assert dm.sample_rates == {"sem_seg": 2.0, "refer": 9.0, "vqa": 2.0, "muse": 4.0}
     dm.setup("fit")
     sem_weight = sum(dm.weights[-3:])  # the ade20k items come after MUSE's

@@ -50,8 +50,13 @@ def run(golden_meta, golden_layout_model):
             pixels.expand(b, -1, -1, -1), patch_mask[None].expand(b, -1, -1)
         )
         embeds, llm_mask = model.embed_inputs(input_ids, attention, image_tokens, image_mask)
-        out = model.llm(inputs_embeds=embeds, attention_mask=llm_mask, position_ids=model.position_ids(attention),
-                        output_hidden_states=True, use_cache=False)  # fmt: skip
+        out = model.llm(
+            inputs_embeds=embeds,
+            attention_mask=llm_mask,
+            position_ids=model.position_ids(attention),
+            output_hidden_states=True,
+            use_cache=False,
+        )
         states, _ = codebook_hidden_states(out.hidden_states[-1], input_ids, meta["codebook_ids"], 6)
         states = torch.cat(states)  # the image's targets: question 1's then question 2's
         emb = model.text_hidden_fcs(states).reshape(states.shape[0], 2, 3, -1)

@@ -149,8 +149,16 @@ def test_kv_cached_generation_equals_full_recomputation(tiny, tokenizer) -> None
     pixels = torch.randn(2, 3, 64, 64)
     patch_mask = torch.ones(2, 8, 8, dtype=torch.bool)
     patch_mask[1, :, 5:] = False  # a padded image
-    args = (pixels, patch_mask, enc.input_ids, enc.attention_mask, torch.tensor([[64, 64], [64, 40]]),
-            [(64, 64), (64, 40)], 24, -1)  # fmt: skip
+    args = (
+        pixels,
+        patch_mask,
+        enc.input_ids,
+        enc.attention_mask,
+        torch.tensor([[64, 64], [64, 40]]),
+        [(64, 64), (64, 40)],
+        24,
+        -1,
+    )
     cached = tiny.generate(*args, use_cache=True)
     full = tiny.generate(*args, use_cache=False)
     assert [t.tolist() for t in cached.tokens] == [t.tolist() for t in full.tokens]
@@ -164,8 +172,10 @@ def test_single_pass_generation_masks_equal_a_teacher_forced_second_pass(tiny, t
     codes = tiny.codebook_ids.tolist()
     eos = tokenizer.convert_tokens_to_ids("[SEP]")
     # forced schedule (step -> token per row): row 0 a whole group, then 3 codebook tokens; row 1 a group, then end
-    plan = {0: {2 + k: codes[k] for k in range(6)} | {10: codes[0], 11: codes[1], 12: codes[2]},
-            1: {1 + k: codes[k] for k in range(6)} | {9: eos}}  # fmt: skip
+    plan = {
+        0: {2 + k: codes[k] for k in range(6)} | {10: codes[0], 11: codes[1], 12: codes[2]},
+        1: {1 + k: codes[k] for k in range(6)} | {9: eos},
+    }
 
     def force(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         step = ids.shape[1] - prompt.shape[1]

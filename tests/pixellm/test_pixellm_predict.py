@@ -25,11 +25,21 @@ def test_predict_twice_gives_the_same_rows_not_twice_as_many(tmp_path: Path, mon
     monkeypatch.setattr(sys, "argv", ["lightning"])
     out = tmp_path / "predictions"
     writer = json.dumps([{"class_path": "vislang.pixellm.module.OverlayWriter", "init_args": {"output_dir": str(out)}}])
-    args = ["predict", "-c", str(DEMO), f"--data.init_args.muse_root={tmp_path / 'muse'}",
-            "--data.init_args.synthetic_images=20", "--data.init_args.num_workers=0",
-            "--data.init_args.muse_test=[muse_test_less.json]", "--model.init_args.max_new_tokens=6",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", f"--trainer.callbacks={writer}",
-            "--trainer.enable_progress_bar=false", "--seed_everything=0"]  # fmt: skip
+    args = [
+        "predict",
+        "-c",
+        str(DEMO),
+        f"--data.init_args.muse_root={tmp_path / 'muse'}",
+        "--data.init_args.synthetic_images=20",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.muse_test=[muse_test_less.json]",
+        "--model.init_args.max_new_tokens=6",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+        f"--trainer.callbacks={writer}",
+        "--trainer.enable_progress_bar=false",
+        "--seed_everything=0",
+    ]
     build_cli(args)
     first = (out / "predictions.jsonl").read_text().splitlines()
     questions = json.loads((tmp_path / "muse" / "muse_test_less.json").read_text())
@@ -47,8 +57,9 @@ def test_predict_twice_gives_the_same_rows_not_twice_as_many(tmp_path: Path, mon
 
 @pytest.fixture(scope="module")
 def model() -> PixelLMModule:
-    return PixelLMModule(preset="tiny", tokenizer=str(TOKENIZER), prompt_template="<image> {question}",
-                         max_new_tokens=4).eval()  # fmt: skip
+    return PixelLMModule(
+        preset="tiny", tokenizer=str(TOKENIZER), prompt_template="<image> {question}", max_new_tokens=4
+    ).eval()
 
 
 def _pixels_seen(model: PixelLMModule, image: object, monkeypatch) -> np.ndarray:
@@ -71,8 +82,13 @@ def test_segment_accepts_every_image_form_with_the_same_pixels(model, tmp_path: 
     photo = skdata.coffee()  # (400, 600, 3) uint8
     Image.fromarray(photo).save(tmp_path / "coffee.png")
     reference = _pixels_seen(model, photo, monkeypatch)
-    for form in (photo / 255.0, (photo / 255.0).astype(np.float32), Image.fromarray(photo), tmp_path / "coffee.png",
-                 str(tmp_path / "coffee.png")):  # fmt: skip
+    for form in (
+        photo / 255.0,
+        (photo / 255.0).astype(np.float32),
+        Image.fromarray(photo),
+        tmp_path / "coffee.png",
+        str(tmp_path / "coffee.png"),
+    ):
         # (a float image in [0, 1] used to reach the model as near-black 0..1 "pixel values")
         assert np.array_equal(_pixels_seen(model, form, monkeypatch), reference), type(form)
 

@@ -81,18 +81,49 @@ def _data_overrides(package: str, init_args: dict[str, Any], work: Path, batch_s
             out["num_frames"] = 4
         return out
     if package == "vlab":
-        return {"root": str(data), "videos_dir": None, "synthetic_videos": 48, "image_size": 32, "num_frames": 2,
-                "eval_num_frames": 2, **common}  # fmt: skip
+        return {
+            "root": str(data),
+            "videos_dir": None,
+            "synthetic_videos": 48,
+            "image_size": 32,
+            "num_frames": 2,
+            "eval_num_frames": 2,
+            **common,
+        }
     if package in ("soho", "pixelbert"):
-        return {"root": str(data), "synthetic_images": 48, "image_size": 64, "max_size": 64, "train_sizes": None,
-                **common}  # fmt: skip
+        return {
+            "root": str(data),
+            "synthetic_images": 48,
+            "image_size": 64,
+            "max_size": 64,
+            "train_sizes": None,
+            **common,
+        }
     if package == "pixellm":  # the synthetic switch writes MUSE only: the mix becomes MUSE alone
-        return {"muse_root": str(data / "muse"), "muse_image_dir": "images", "muse_image_layout": "flat",
-                "muse_train": "muse_train.json", "muse_val": ["muse_val.json"], "muse_test": [],
-                "refer_root": None, "refer_train": [], "refer_val": [], "refer_test": [], "vqa_json": None,
-                "vqa_image_dir": None, "sem_seg_root": None, "sem_seg_sources": [], "sample_rates": None,
-                "synthetic_images": 48, "synthetic_image_size": 64, "image_size": 64, "patch_size": 8,
-                "samples_per_epoch": 40, "val_limit": 8, **common}  # fmt: skip
+        return {
+            "muse_root": str(data / "muse"),
+            "muse_image_dir": "images",
+            "muse_image_layout": "flat",
+            "muse_train": "muse_train.json",
+            "muse_val": ["muse_val.json"],
+            "muse_test": [],
+            "refer_root": None,
+            "refer_train": [],
+            "refer_val": [],
+            "refer_test": [],
+            "vqa_json": None,
+            "vqa_image_dir": None,
+            "sem_seg_root": None,
+            "sem_seg_sources": [],
+            "sample_rates": None,
+            "synthetic_images": 48,
+            "synthetic_image_size": 64,
+            "image_size": 64,
+            "patch_size": 8,
+            "samples_per_epoch": 40,
+            "val_limit": 8,
+            **common,
+        }
     raise ValueError(f"no rehearsal for package {package!r}")
 
 
@@ -158,7 +189,7 @@ class StepRecorder(Callback):
         self.grads.append(
             torch.cat(
                 [g if (g := self._pending.get(id(p))) is not None else p.new_zeros(p.numel()).double() for p in params]
-            )  # fmt: skip
+            )
         )
         self._pending = {}
         self.before = after
@@ -227,11 +258,19 @@ def main() -> None:
     trainer_cfg = cfg["trainer"]
     configured_precision = str(trainer_cfg.get("precision", "32-true"))
     precision = "32-true" if args.fp32 else configured_precision
-    trainer_cfg.update({"accelerator": "cpu", "devices": world, "num_nodes": 1, "num_sanity_val_steps": 0,
-                        "default_root_dir": str(args.work / "root"), "enable_progress_bar": False,
-                        # torch's SyncBatchNorm runs on CUDA only ("SyncBatchNorm layers only work with GPU
-                        # modules"): on CPU the BN statistics stay per process
-                        "sync_batchnorm": False})  # fmt: skip
+    trainer_cfg.update(
+        {
+            "accelerator": "cpu",
+            "devices": world,
+            "num_nodes": 1,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(args.work / "root"),
+            "enable_progress_bar": False,
+            # torch's SyncBatchNorm runs on CUDA only ("SyncBatchNorm layers only work with GPU
+            # modules"): on CPU the BN statistics stay per process
+            "sync_batchnorm": False,
+        }
+    )
     logger = trainer_cfg.get("logger")
     if isinstance(logger, dict):  # the config's logger, writing into the scratch folder
         logger.setdefault("init_args", {})["save_dir"] = str(args.work / "logs")
@@ -301,7 +340,7 @@ def main() -> None:
 
 
 def _fsdp() -> dict[str, Any]:
-    """The shared FSDP preset's strategy (shared/configs/trainer/fsdp.yaml), wrapping every tiny model's blocks."""
+    """The shared FSDP preset's strategy (the `fsdp` preset), wrapping every tiny model's blocks."""
     preset = yaml.safe_load((REPO / "shared/configs/trainer/fsdp.yaml").read_text())
     return preset["strategy"]
 

@@ -64,8 +64,9 @@ def _check(done: subprocess.CompletedProcess | list, what: str) -> None:
             raise AssertionError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def run(config: Path, work: Path, world: int, fp32: bool = False, launcher: str = "torchrun",
-        strategy: str = "config") -> list[dict[str, Any]]:  # fmt: skip
+def run(
+    config: Path, work: Path, world: int, fp32: bool = False, launcher: str = "torchrun", strategy: str = "config"
+) -> list[dict[str, Any]]:
     """Run the rehearsal; one result per process (its counts and its optimiser steps as `deltas`)."""
     out = work / ("fp32" if fp32 else "amp") / "out.json"
     args = [str(RUNNER), "--config", str(config), "--work", str(work), "--out", str(out), "--strategy", strategy]
@@ -116,7 +117,7 @@ def launch_as_slurm(args: list[str], world: int, env: dict[str, str]) -> list[su
                 text=True,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-            )  # fmt: skip
+            )
         )
     done = []
     for proc in procs:
@@ -144,8 +145,10 @@ def check_steps(
             size = f["deltas"][step].norm()
             assert size > 0, "the fp32 step moved nothing"
             distance, ratio = _distance(a["deltas"][step], f["deltas"][step])
-            print(f"rank {a['rank']} step {step} {precision}: gradient distance {grad:.4f} (norm ratio "
-                  f"{grad_ratio:.4f}), step distance {distance:.4f} (norm ratio {ratio:.4f})")  # fmt: skip
+            print(
+                f"rank {a['rank']} step {step} {precision}: gradient distance {grad:.4f} (norm ratio "
+                f"{grad_ratio:.4f}), step distance {distance:.4f} (norm ratio {ratio:.4f})"
+            )
             assert grad < GRAD_TOLERANCE[precision], f"rank {a['rank']} step {step}: gradients differ ({grad:.3f})"
             assert distance < STEP_TOLERANCE[precision] and abs(ratio - 1) < STEP_SIZE_TOLERANCE, (
                 f"rank {a['rank']} step {step}: the {precision} step differs from the fp32 step: relative distance "

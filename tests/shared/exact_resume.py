@@ -15,13 +15,22 @@ import yaml
 HERE = Path(__file__).parent
 
 
-def run_lightning(config: Path, args: list[str], workdir: Path, checkpoints: Path, kill: dict | None = None,
-                  resume: bool = False, timeout: int = 900) -> subprocess.CompletedProcess:  # fmt: skip
+def run_lightning(
+    config: Path,
+    args: list[str],
+    workdir: Path,
+    checkpoints: Path,
+    kill: dict | None = None,
+    resume: bool = False,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
     """`lightning fit` with a checkpoint after every optimiser step (and `KillAt(**kill)` if given)."""
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(checkpoints), "save_last": True, "every_n_train_steps": 1}},
-    ]  # fmt: skip
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(checkpoints), "save_last": True, "every_n_train_steps": 1},
+        },
+    ]
     if kill:
         callbacks.append({"class_path": "resume_killer.KillAt", "init_args": kill})
     overlay = workdir / f"overlay_{checkpoints.name}_{'resume' if resume else 'run'}.yaml"

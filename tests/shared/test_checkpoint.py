@@ -153,14 +153,26 @@ def test_mmengine_runner_checkpoint_loads_with_its_metadata(tmp_path: Path, monk
     hub's HistoryBuffers, optimizer and scheduler states -- read under weights_only, the weights unwrapped."""
     marker = tmp_path / "ran"
     weights = {"backbone.cls_token": torch.randn(1, 1, 4), "backbone.ln1.weight": torch.ones(4)}
-    meta = {"epoch": 1600, "iter": 500000, "seed": np.int64(60), "time": np.str_("20240101_000000"),
-            "mmengine_version": "0.10.7", "cfg": "model = dict(type='CMAE')", "experiment_name": "cmae",
-            "hook_msgs": {"best_score": np.float64(83.8), "scores": np.array([82.5, 83.8])},
-            "dataset_meta": {"classes": np.array(["a", "b"])}}  # fmt: skip
-    payload = {"meta": meta, "state_dict": OrderedDict(weights),
-               "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}},
-                             "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": [0]}]},
-               "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40, "_get_lr_called_within_step": False}]}  # fmt: skip
+    meta = {
+        "epoch": 1600,
+        "iter": 500000,
+        "seed": np.int64(60),
+        "time": np.str_("20240101_000000"),
+        "mmengine_version": "0.10.7",
+        "cfg": "model = dict(type='CMAE')",
+        "experiment_name": "cmae",
+        "hook_msgs": {"best_score": np.float64(83.8), "scores": np.array([82.5, 83.8])},
+        "dataset_meta": {"classes": np.array(["a", "b"])},
+    }
+    payload = {
+        "meta": meta,
+        "state_dict": OrderedDict(weights),
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}},
+            "param_groups": [{"lr": 2.4e-3, "betas": (0.9, 0.95), "params": [0]}],
+        },
+        "param_schedulers": [{"base_lrs": [2.4e-3], "last_step": 40, "_get_lr_called_within_step": False}],
+    }
     path = tmp_path / "epoch_1600.pth"
     _save_as_mmengine(path, payload, monkeypatch, marker)
     loaded = load_checkpoint(path)
@@ -176,12 +188,27 @@ def test_mmengine_runner_checkpoint_loads_with_its_metadata(tmp_path: Path, monk
 
 def test_mae_style_checkpoint_with_argparse_namespace_loads(tmp_path: Path) -> None:
     """MAE / VideoMAE / ConvMAE ``misc.save_model``: ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``."""
-    args = argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75, norm_pix_loss=True, blr=1.5e-4,
-                              input_size=224, output_dir=Path("out"), device="cuda")  # fmt: skip
+    args = argparse.Namespace(
+        model="mae_vit_base_patch16",
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+        blr=1.5e-4,
+        input_size=224,
+        output_dir=Path("out"),
+        device="cuda",
+    )
     weights = {"cls_token": torch.randn(1, 1, 4), "blocks.0.norm1.weight": torch.ones(4)}
     path = tmp_path / "checkpoint-799.pth"
-    torch.save({"model": weights, "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
-                "scaler": {"scale": 65536.0, "growth_factor": 2.0}, "args": args}, path)  # fmt: skip
+    torch.save(
+        {
+            "model": weights,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 799,
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0},
+            "args": args,
+        },
+        path,
+    )
     loaded = load_checkpoint(path)
     assert loaded["args"] == args and loaded["epoch"] == 799
     torch.testing.assert_close(load_state_dict(path), weights)

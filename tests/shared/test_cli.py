@@ -12,10 +12,10 @@ import torch
 import yaml
 from lightning.pytorch.demos import boring_classes
 
-from vislang.shared.cli import build_cli, one_line_error
+from vislang.shared.cli import build_cli, one_line_error, trainer_presets
 
 REPO = Path(__file__).resolve().parents[2]
-PRESETS = sorted((REPO / "shared" / "configs" / "trainer").glob("*.yaml"))
+PRESETS = sorted(trainer_presets())
 BIN = Path(sys.executable).parent
 
 
@@ -106,14 +106,15 @@ def test_one_line_error_reduces_nested_jsonargparse_messages() -> None:
     assert one_line_error(nested) == "model: class_path 'pkg.Model': hidden: Expected a <class 'int'>. Got value: abc"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_every_trainer_preset_parses_and_keeps_its_settings(preset: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_trainer_preset_parses_and_keeps_its_settings(preset: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # named, not given as a path: found as a package resource from any directory
     config = write_config(tmp_path / "config.yaml")
     with pytest.raises(SystemExit) as exit_info:
-        build_cli(["fit", "-c", str(config), "--trainer", str(preset), "--print_config"])
+        build_cli(["fit", "-c", str(config), "--trainer", preset, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
-    expected = yaml.safe_load(preset.read_text())
+    expected = yaml.safe_load(trainer_presets()[preset].read_text())
     for key, value in expected.items():
         if key == "strategy" and isinstance(value, dict):
             # the FSDP wrap policy is what Lightning's own strategy loses in printed configs
@@ -122,6 +123,39 @@ def test_every_trainer_preset_parses_and_keeps_its_settings(preset: Path, tmp_pa
                 assert printed["strategy"]["init_args"][arg] == arg_value
         else:
             assert printed[key] == value, key
+
+
+def test_a_config_names_its_trainer_preset_and_overrides_its_keys(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "config.yaml", accelerator="cpu", max_epochs=3)
+    config.write_text("trainer_preset: gpu_bf16\n" + config.read_text())
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "-c", str(config), "--trainer.max_epochs=5", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # the preset's precision; the config's accelerator over the preset's gpu; the command line over both
+    assert printed["trainer"]["precision"] == "bf16-mixed"
+    assert printed["trainer"]["accelerator"] == "cpu"
+    assert printed["trainer"]["max_epochs"] == 5
+    assert printed["trainer_preset"] == "gpu_bf16"
+
+
+def test_an_unknown_trainer_preset_is_one_line_naming_the_choices(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml")
+    config.write_text("trainer_preset: gpu_fp8\n" + config.read_text())
+    result = run(sys.executable, "-m", "vislang.shared", "fit", "-c", str(config), cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"lightning: error: {config}: trainer_preset: no trainer preset 'gpu_fp8'; one of {', '.join(PRESETS)}"
+    ]
+
+
+def test_a_config_interpolates_a_value_it_shares(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "config.yaml", max_epochs=4)
+    text = config.read_text().replace("learning_rate: 0.02", "learning_rate: ${trainer.max_epochs}")
+    config.write_text(text)
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "-c", str(config), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["learning_rate"] == 4
 
 
 def test_fsdp_strategy_resolves_import_paths() -> None:
@@ -137,9 +171,12 @@ def test_ckpt_path_file_keeps_config_arguments_and_warns(tmp_path: Path, monkeyp
     (tmp_path / "recorded_demo.py").write_text(MODEL_WITH_HPARAMS)
     monkeypatch.syspath_prepend(str(tmp_path))
     config = write_config(
-        tmp_path / "config.yaml", model="recorded_demo.RecordedDemoModel",
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-    )  # fmt: skip
+        tmp_path / "config.yaml",
+        model="recorded_demo.RecordedDemoModel",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
     first = build_cli(["fit", "-c", str(config), "--trainer.default_root_dir", str(tmp_path)])
     checkpoint = tmp_path / "first.ckpt"
     first.trainer.save_checkpoint(checkpoint)
@@ -180,10 +217,16 @@ def test_resume_with_ckpt_path_last(tmp_path: Path) -> None:
 def test_ddp_on_two_cpu_processes_from_the_console_script(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.yaml", max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     result = run(
-        str(BIN / "lightning"), "fit", "-c", str(config),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.default_root_dir", str(tmp_path),
+        str(BIN / "lightning"),
+        "fit",
+        "-c",
+        str(config),
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
 

@@ -65,8 +65,10 @@ def test_ranks_split_an_epoch_without_overlap_and_weighted_draws_are_seeded() ->
     shares = [_keys(ResumableSampler(dataset, seed=1, num_replicas=2, rank=r)) for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == 10 and not set(shares[0]) & set(shares[1])
     weights = [0.0] * 10 + [1.0] * 10
-    drawn = [_keys(ResumableSampler(dataset, seed=1, weights=weights, num_samples=50, num_replicas=1, rank=0))
-             for _ in range(2)]  # fmt: skip
+    drawn = [
+        _keys(ResumableSampler(dataset, seed=1, weights=weights, num_samples=50, num_replicas=1, rank=0))
+        for _ in range(2)
+    ]
     assert drawn[0] == drawn[1] and len(drawn[0]) == 50 and min(drawn[0]) >= 10
 
 
@@ -160,8 +162,9 @@ def test_a_kill_while_writing_last_ckpt_leaves_the_previous_one_intact(tmp_path:
     script = tmp_path / "run.py"
     script.write_text(_RUN)
     folder = tmp_path / "checkpoints"
-    result = subprocess.run([sys.executable, str(script), str(folder), "3"], capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), "3"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == -9, result.stderr[-2000:]
     last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2  # the third save (step 3) was cut short; the second is whole

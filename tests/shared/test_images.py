@@ -27,8 +27,13 @@ def _one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
 def test_rgb_photo_in_every_form_gives_the_same_pixels(tmp_path: Path) -> None:
     photo = skdata.astronaut()
     Image.fromarray(photo).save(tmp_path / "astronaut.png")
-    forms = [photo, photo.astype(np.float32) / 255.0, Image.fromarray(photo), tmp_path / "astronaut.png",
-             str(tmp_path / "astronaut.png")]  # fmt: skip
+    forms = [
+        photo,
+        photo.astype(np.float32) / 255.0,
+        Image.fromarray(photo),
+        tmp_path / "astronaut.png",
+        str(tmp_path / "astronaut.png"),
+    ]
     for form in forms:
         out = as_rgb(form)
         assert out.mode == "RGB" and out.size == (512, 512)

@@ -20,14 +20,18 @@ def test_generic_checks_name_weights_tokenizers_and_data_folders(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
-    ok = run_preflight("fit", _config({"init_weights": str(weights), "tokenizer": str(SYNTHETIC_TOKENIZER_DIR)},
-                                      {"root": str(tmp_path)}))  # fmt: skip
+    ok = run_preflight(
+        "fit",
+        _config({"init_weights": str(weights), "tokenizer": str(SYNTHETIC_TOKENIZER_DIR)}, {"root": str(tmp_path)}),
+    )
     assert ok == []
     found = run_preflight(
         "fit",
-        _config({"init_weights": str(tmp_path / "none.ckpt"), "tokenizer": "bert-base-uncased-not-cached"},
-                {"root": str(tmp_path / "data"), "synthetic_images": 0, "synthetic_image_size": 64}),
-    )  # fmt: skip
+        _config(
+            {"init_weights": str(tmp_path / "none.ckpt"), "tokenizer": "bert-base-uncased-not-cached"},
+            {"root": str(tmp_path / "data"), "synthetic_images": 0, "synthetic_image_size": 64},
+        ),
+    )
     assert [m.key for m in found] == ["model.init_weights", "model.tokenizer", "data.root"]
     # the layouts live in the paper's README, also when the data module is shared
     assert "packages/soho/README.md" in found[-1].fix

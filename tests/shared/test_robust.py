@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vislang.shared.callbacks import LoadFailureMonitor
 from vislang.shared.data.robust import (
     FAILURES_KEY,
-    LoadFailureMonitor,
     RobustDataset,
     SampleLoadError,
     TooManyLoadFailures,
@@ -194,13 +194,21 @@ class _Tiny(pl.LightningModule):
 
 def test_load_failure_monitor_logs_the_running_total(tmp_path: Path) -> None:
     def loader(bad: set[int]) -> DataLoader:
-        return DataLoader(RobustDataset(Flaky(16, bad), max_failure_fraction=0.5), batch_size=4,
-                          collate_fn=collate_with_failures())  # fmt: skip
+        return DataLoader(
+            RobustDataset(Flaky(16, bad), max_failure_fraction=0.5), batch_size=4, collate_fn=collate_with_failures()
+        )
 
     monitor = LoadFailureMonitor()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, callbacks=[monitor], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(_Tiny(), loader({2, 9, 10}), loader({5}))
     # three bad files, each found once in the first epoch and skipped without a retry in the second
     assert monitor.total == 3

@@ -55,8 +55,12 @@ def decode(sample: dict) -> dict:
     """A number from the caption and an 'augmentation' drawn from `random` (seeded per sample)."""
     if sample["__key__"] == "000000003" and sample.get("fail"):
         raise SampleLoadError(sample["__key__"], "test")
-    return {"key": sample["__key__"], "number": int(sample["txt"]), "draw": random.random(),
-            "torch_draw": float(torch.rand(()))}  # fmt: skip
+    return {
+        "key": sample["__key__"],
+        "number": int(sample["txt"]),
+        "draw": random.random(),
+        "torch_draw": float(torch.rand(())),
+    }
 
 
 def failing_decode(sample: dict) -> dict:

@@ -32,8 +32,15 @@ def _one_step(precision_plugin: MixedPrecision | None, tmp_path) -> tuple[dict, 
     from vislang.pixelbert.module import PixelBERTModule
 
     torch.manual_seed(0)
-    module = PixelBERTModule(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=8, grad_clip=CLIP,
-                             warmup_steps=0, cnn_weight_decay=0.0, weight_decay=0.0)  # fmt: skip
+    module = PixelBERTModule(
+        preset="tiny",
+        tokenizer=SYNTHETIC_TOKENIZER_DIR,
+        num_answers=8,
+        grad_clip=CLIP,
+        warmup_steps=0,
+        cnn_weight_decay=0.0,
+        weight_decay=0.0,
+    )
     for m in module.modules():  # dropout off: fp16 and fp32 runs then differ only by rounding
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -47,9 +54,17 @@ def _one_step(precision_plugin: MixedPrecision | None, tmp_path) -> tuple[dict, 
         return clip(optimizer, **kwargs)
 
     module.clip_gradients = recording_clip
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                      plugins=[precision_plugin] if precision_plugin else None)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        plugins=[precision_plugin] if precision_plugin else None,
+    )
     loader = torch.utils.data.DataLoader([_batch()], batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     after = {k: v.detach().clone() for k, v in module.named_parameters()}

@@ -45,12 +45,20 @@ def _photos(folder: Path, broken: str) -> tuple[list[Path], Path]:
 
 def _datasets(paths: list[Path]) -> dict[str, torch.utils.data.Dataset]:
     transform = ImageTransform(32, 32)
-    captioned = [CaptionedImage(k, p, tuple(f"caption {c} of {p.stem}" for c in range(PER_IMAGE)), "train")
-                 for k, p in enumerate(paths)]  # fmt: skip
-    questions = [VQAExample(10 * k + q, k, p, f"question {q}?", ("yes",) * 10, "yes", "is", "yes/no")
-                 for k, p in enumerate(paths) for q in range(PER_IMAGE)]  # fmt: skip
-    hypotheses = [EntailmentExample(f"{k}-{h}", p, f"hypothesis {h}", "entailment")
-                  for k, p in enumerate(paths) for h in range(PER_IMAGE)]  # fmt: skip
+    captioned = [
+        CaptionedImage(k, p, tuple(f"caption {c} of {p.stem}" for c in range(PER_IMAGE)), "train")
+        for k, p in enumerate(paths)
+    ]
+    questions = [
+        VQAExample(10 * k + q, k, p, f"question {q}?", ("yes",) * 10, "yes", "is", "yes/no")
+        for k, p in enumerate(paths)
+        for q in range(PER_IMAGE)
+    ]
+    hypotheses = [
+        EntailmentExample(f"{k}-{h}", p, f"hypothesis {h}", "entailment")
+        for k, p in enumerate(paths)
+        for h in range(PER_IMAGE)
+    ]
     return {
         "pretrain": CaptionPairDataset(captioned, transform),
         "vqa": VQADataset(questions, transform, ["yes", "no"]),
@@ -61,8 +69,15 @@ def _datasets(paths: list[Path]) -> dict[str, torch.utils.data.Dataset]:
 @pytest.mark.parametrize("broken", ["empty", "truncated"])
 def test_one_bad_photo_is_counted_once_per_split_and_never_stands_in(tmp_path: Path, broken: str) -> None:
     paths, bad = _photos(tmp_path / "images", broken)
-    dm = SingleStreamDataModule(str(tmp_path), task=None, pretrain_epochs=1, batch_size=4, eval_batch_size=4,
-                                num_workers=0, max_failure_fraction=0.2)  # fmt: skip
+    dm = SingleStreamDataModule(
+        str(tmp_path),
+        task=None,
+        pretrain_epochs=1,
+        batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        max_failure_fraction=0.2,
+    )
     torch.manual_seed(0)
     for task, dataset in _datasets(paths).items():
         for train in (True, False):

@@ -86,8 +86,12 @@ def test_text_weights_file_loads_values_and_old_names(tmp_path):
     torch.manual_seed(0)
     source = _random(BertForPreTraining(config).state_dict())
     # TF-era names (LayerNorm.gamma/beta) and BertModel saved without the "bert." prefix
-    old = {k.removeprefix("bert.").replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
-           "LayerNorm.beta"): v for k, v in source.items()}  # fmt: skip
+    old = {
+        k.removeprefix("bert.")
+        .replace("LayerNorm.weight", "LayerNorm.gamma")
+        .replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in source.items()
+    }
     save_file(old, str(tmp_path / "bert.safetensors"))
     model = SingleStreamModel(GridEncoder(build_cnn("tiny"), 64), VisualEmbedder(), config, 10)
     report = load_text_weights(model, tmp_path / "bert.safetensors")

@@ -21,12 +21,23 @@ skdata = pytest.importorskip("skimage.data")
 
 
 def _predict(paper: str, tmp_path: Path) -> object:
-    return build_cli(["predict", f"--config={REPO / 'packages' / paper / 'configs' / 'demo.yaml'}",
-                      f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]",
-                      "--trainer.enable_progress_bar=false", "--seed_everything=0",
-                      f"--model.init_args.tokenizer={TOKENIZER}", f"--model.init_args.results_dir={tmp_path / 'out'}",
-                      f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.synthetic_images=40",
-                      "--data.init_args.num_workers=0", "--data.init_args.eval_batch_size=4"])  # fmt: skip
+    return build_cli(
+        [
+            "predict",
+            f"--config={REPO / 'packages' / paper / 'configs' / 'demo.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_progress_bar=false",
+            "--seed_everything=0",
+            f"--model.init_args.tokenizer={TOKENIZER}",
+            f"--model.init_args.results_dir={tmp_path / 'out'}",
+            f"--data.init_args.root={tmp_path / 'data'}",
+            "--data.init_args.synthetic_images=40",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.eval_batch_size=4",
+        ]
+    )
 
 
 @pytest.mark.parametrize("paper", ["soho", "pixelbert"])

@@ -20,9 +20,14 @@ TASK_HEADS = ("model.vqa_head.", "model.nlvr2_head.", "model.snli_ve_head.")
 def _pretrain_batch() -> dict:
     g = torch.Generator().manual_seed(3)
     texts = ["a red circle on a striped background", "two blue squares", "a large green star", "a yellow cross"]
-    return {"task": ["pretrain"] * 4, "image": torch.randn(4, 3, 64, 64, generator=g), "text": texts,
-            "pixel_mask": torch.ones(4, 64, 64, dtype=torch.bool), "matched": torch.tensor([True, False, True, False]),
-            "index": torch.arange(4)}  # fmt: skip
+    return {
+        "task": ["pretrain"] * 4,
+        "image": torch.randn(4, 3, 64, 64, generator=g),
+        "text": texts,
+        "pixel_mask": torch.ones(4, 64, 64, dtype=torch.bool),
+        "matched": torch.tensor([True, False, True, False]),
+        "index": torch.arange(4),
+    }
 
 
 def _fit_steps(module, tmp_path):
@@ -40,8 +45,16 @@ def _fit_steps(module, tmp_path):
 
     module.task_losses = recording
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([_pretrain_batch()] * 2, batch_size=None))
     reached = {n: p for n, p in module.named_parameters() if p.requires_grad and not n.startswith(TASK_HEADS)}
     no_grad = [n for n, p in reached.items() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -55,8 +68,14 @@ def test_one_soho_pretraining_step_with_dictionary_mvm_mlm_itm(tmp_path):
     torch.manual_seed(0)
     # MVM with the official anchor (one position for the whole batch); every image masked at p = 1 so the
     # step has MVM targets (official 1.5 % per image would leave most batches without any)
-    module = SOHOModule(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4, mvm_anchor="batch",
-                        mvm_mask_prob=1.0, warmup_steps=0)  # fmt: skip
+    module = SOHOModule(
+        preset="tiny",
+        tokenizer=SYNTHETIC_TOKENIZER_DIR,
+        num_answers=4,
+        mvm_anchor="batch",
+        mvm_mask_prob=1.0,
+        warmup_steps=0,
+    )
     assert module.model.embedder.dictionary_downstream and module.hparams.mvm_anchor == "batch"
     table = module.model.embedder.dictionary.embed.clone()
     losses, no_grad, not_moved = _fit_steps(module, tmp_path)
@@ -71,8 +90,9 @@ def test_one_pixelbert_pretraining_step(tmp_path):
     from vislang.pixelbert.module import PixelBERTModule
 
     torch.manual_seed(0)
-    module = PixelBERTModule(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4, num_samples=10,
-                             warmup_steps=0)  # fmt: skip
+    module = PixelBERTModule(
+        preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4, num_samples=10, warmup_steps=0
+    )
     losses, no_grad, not_moved = _fit_steps(module, tmp_path)
     assert {"loss_mlm", "loss_itm"} <= set(losses) and all(losses[k] > 0 for k in ("loss_mlm", "loss_itm"))
     assert no_grad == [] and not_moved == []
@@ -99,9 +119,18 @@ def test_mvm_official_batch_anchor_masks_the_word_at_one_shared_position():
 
 
 def test_corrupt_jpeg_in_a_single_stream_dataset_is_skipped_and_counted(tmp_path):
-    dm = SingleStreamDataModule(str(tmp_path / "data"), pretrain_sources=["coco"], pretrain_epochs=1, task=None,
-                                image_size=32, max_size=32, batch_size=8, num_workers=0, synthetic_images=12,
-                                max_failure_fraction=0.5)  # fmt: skip
+    dm = SingleStreamDataModule(
+        str(tmp_path / "data"),
+        pretrain_sources=["coco"],
+        pretrain_epochs=1,
+        task=None,
+        image_size=32,
+        max_size=32,
+        batch_size=8,
+        num_workers=0,
+        synthetic_images=12,
+        max_failure_fraction=0.5,
+    )
     dm.prepare_data()
     dm.setup("fit")
     dataset = dm.datasets["pretrain"]

@@ -76,8 +76,12 @@ def test_pair_scores_equal_the_retrieval_evaluation_scores(tiny_module):
 
 def test_retrieval_loss_is_softmax_cross_entropy_with_the_positive_first(tiny_module):
     texts = [["a red circle", "a star", "a blue square"], ["a star", "a red circle", "a blue square"]]
-    batch = {"task": ["retrieval"] * 2, "image": torch.randn(2, 3, 64, 64), "texts": texts,
-             "pixel_mask": torch.ones(2, 64, 64, dtype=torch.bool)}  # fmt: skip
+    batch = {
+        "task": ["retrieval"] * 2,
+        "image": torch.randn(2, 3, 64, 64),
+        "texts": texts,
+        "pixel_mask": torch.ones(2, 64, 64, dtype=torch.bool),
+    }
     with torch.no_grad():
         out = tiny_module.task_losses(batch)
         scores = tiny_module.pair_scores(batch["image"], batch["pixel_mask"], texts)
@@ -130,8 +134,11 @@ def test_vqa_prior_baselines_by_hand():
     train = [Q(multiple_choice_answer="red", question_type="what color")] * 2 + [
         Q(multiple_choice_answer="yes", question_type="is there")
     ]
-    evaluated = [Q(question_type="what color", answers=["red"] * 10), Q(question_type="is there", answers=["yes"] * 10),
-                 Q(question_type="how many", answers=["red"] * 2 + ["2"] * 8)]  # fmt: skip
+    evaluated = [
+        Q(question_type="what color", answers=["red"] * 10),
+        Q(question_type="is there", answers=["yes"] * 10),
+        Q(question_type="how many", answers=["red"] * 2 + ["2"] * 8),
+    ]
     priors = vqa_prior_baselines(train, evaluated)
     # majority "red": 1 + 0 + 0.6 (2 of 10 annotators); per type: 1 + 1 + 0.6 (unseen type -> majority)
     assert priors["answer"] == "red"

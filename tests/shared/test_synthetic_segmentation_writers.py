@@ -52,8 +52,15 @@ def test_write_muse(tmp_path, mask_format: str) -> None:
 
 def test_write_muse_target_range_and_no_text_answers(tmp_path) -> None:
     world = SyntheticWorld(seed=1, image_size=40, max_objects=6)
-    path = write_muse(world, tmp_path, "test", indices=range(2_000_000, 2_000_020), min_targets=4,
-                      text_answers=False, json_name="muse_test_many.json")  # fmt: skip
+    path = write_muse(
+        world,
+        tmp_path,
+        "test",
+        indices=range(2_000_000, 2_000_020),
+        min_targets=4,
+        text_answers=False,
+        json_name="muse_test_many.json",
+    )
     records = json.loads(path.read_text())
     assert path.name == "muse_test_many.json" and records
     assert all(len(t) >= 4 for r in records for t in r["answers"])

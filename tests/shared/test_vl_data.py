@@ -112,8 +112,10 @@ def test_nlvr2_round_trip_and_labels_are_true(world: SyntheticWorld, tmp_path: P
     by_sentence_group = Counter(e.identifier.split("-")[1] for e in examples)
     assert max(by_sentence_group.values()) == 2
     # spot-check the truth of counting statements against the images' sources
-    left_ids = {e.identifier: int(json.loads(line)["left_url"].split("//")[1])
-                for e, line in zip(examples, path.read_text().splitlines(), strict=True)}  # fmt: skip
+    left_ids = {
+        e.identifier: int(json.loads(line)["left_url"].split("//")[1])
+        for e, line in zip(examples, path.read_text().splitlines(), strict=True)
+    }
     for e in examples:
         if e.sentence.startswith("the left image contains"):
             color, shape = e.sentence.split()[-2:]

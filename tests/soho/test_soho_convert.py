@@ -27,23 +27,36 @@ def _official_checkpoint(path: Path) -> tuple[dict, dict]:
     fx, meta = load_file(GOLDEN / "neck.safetensors"), json.loads((GOLDEN / "neck.json").read_text())
     torch.manual_seed(0)
     backbone = ResNet(BasicBlock, [1, 1, 1, 1], channels=(4, 4, 8, meta["in_channels"]), stem_width=4)
-    config = BertConfig(vocab_size=50, hidden_size=meta["out_channels"], num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16)  # fmt: skip
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=meta["out_channels"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
     bert = BertModel(config, add_pooling_layer=False)
-    state = {f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v
-             for k, v in backbone.state_dict().items() if not k.startswith("fc.")}  # fmt: skip
+    state = {
+        f"backbone.{k}": torch.randn(v.shape) if v.is_floating_point() else v
+        for k, v in backbone.state_dict().items()
+        if not k.startswith("fc.")
+    }
     state.update({f"neck.{k.removeprefix('after_train.')}": v for k, v in fx.items() if k.startswith("after_train.")})
     state.update({f"language.bert.{k}": torch.randn(v.shape) for k, v in bert.state_dict().items()})
     state["head.match_class.weight"] = torch.randn(2, meta["out_channels"])
     state["mask_l_fc.weight"] = state["language.bert.embeddings.word_embeddings.weight"]
     torch.save({"meta": {"epoch": 40, "mmcv_version": "0.4.3"}, "state_dict": state}, path)
     model = SingleStreamModel(
-        GridEncoder(ResNet(BasicBlock, [1, 1, 1, 1], channels=(4, 4, 8, meta["in_channels"]), stem_width=4),
-                    meta["out_channels"], valid_mask="official"),
-        SOHOEmbedder(meta["out_channels"], VisualDictionary(meta["num_tokens"], meta["out_channels"]),
-                     vd_statistics="all"),
-        config, num_answers=5,
-    )  # fmt: skip
+        GridEncoder(
+            ResNet(BasicBlock, [1, 1, 1, 1], channels=(4, 4, 8, meta["in_channels"]), stem_width=4),
+            meta["out_channels"],
+            valid_mask="official",
+        ),
+        SOHOEmbedder(
+            meta["out_channels"], VisualDictionary(meta["num_tokens"], meta["out_channels"]), vd_statistics="all"
+        ),
+        config,
+        num_answers=5,
+    )
     return state, {"model": model, "fx": fx, "meta": meta}
 
 
@@ -57,8 +70,10 @@ def test_official_release_layout_loads_and_runs_the_official_neck(tmp_path):
     assert not report.unexpected and not report.mismatched
     own = model.state_dict()
     assert torch.equal(own["encoder.trunk.6.0.conv1.weight"], state["backbone.layer3.0.conv1.weight"])
-    assert torch.equal(own["bert.encoder.layer.0.attention.self.query.weight"],
-                       state["language.bert.encoder.layer.0.attention.self.query.weight"])  # fmt: skip
+    assert torch.equal(
+        own["bert.encoder.layer.0.attention.self.query.weight"],
+        state["language.bert.encoder.layer.0.attention.self.query.weight"],
+    )
     assert torch.equal(own["itm_head.fc.weight"], state["head.match_class.weight"])
     assert model.mlm_head.word_embeddings.weight is model.bert.embeddings.word_embeddings.weight
     # the imported neck reproduces the official eval-mode tokens of the fixture
@@ -97,8 +112,13 @@ def test_modules_start_from_cnn_and_text_weights(package, tmp_path):
     text = {f"bert.{k}": torch.randn(v.shape) for k, v in donor.model.bert.state_dict().items()}
     text["cls.seq_relationship.weight"] = torch.randn(2, 64)
     save_file(text, str(tmp_path / "bert.safetensors"))
-    module = cls(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4,
-                 cnn_weights=str(tmp_path / "cnn.safetensors"), text_weights=str(tmp_path / "bert.safetensors"))  # fmt: skip
+    module = cls(
+        preset="tiny",
+        tokenizer=SYNTHETIC_TOKENIZER_DIR,
+        num_answers=4,
+        cnn_weights=str(tmp_path / "cnn.safetensors"),
+        text_weights=str(tmp_path / "bert.safetensors"),
+    )
     own = module.model.state_dict()
     assert torch.equal(own["encoder.trunk.7.0.conv2.weight"], cnn["layer4.0.conv2.weight"])
     assert torch.equal(

@@ -89,7 +89,7 @@ def test_two_process_ddp_step_keeps_copies_identical(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for r in range(2)
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]

@@ -65,8 +65,9 @@ def _official_neck(meta: dict) -> nn.Module:
     neck = nn.Module()
     neck.encoder = GridEncoder(cnn, dim, neck_relu=False, valid_mask="official")
     dictionary = VisualDictionary(meta["num_tokens"], dim, decay=meta["decay"], quantize_from="updated")
-    neck.embedder = SOHOEmbedder(dim, dictionary, visual_input="gate", gate_norm=True, mvm_mask_prob=1.0,
-                                 mvm_anchor="batch", vd_statistics="all")  # fmt: skip
+    neck.embedder = SOHOEmbedder(
+        dim, dictionary, visual_input="gate", gate_norm=True, mvm_mask_prob=1.0, mvm_anchor="batch", vd_statistics="all"
+    )
     return neck
 
 

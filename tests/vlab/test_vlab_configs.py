@@ -39,8 +39,15 @@ def test_msrvtt_config_trains_and_tests_on_a_fixture_tree(msrvtt_root: Path, tmp
     build_cli(["fit", *common, "--trainer.fast_dev_run=2", "--trainer.callbacks=[]"])
 
     results_dir = tmp_path / "results"
-    cli = build_cli(["test", *common, "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-                     f"--model.init_args.results_dir={results_dir}"])  # fmt: skip
+    cli = build_cli(
+        [
+            "test",
+            *common,
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+            f"--model.init_args.results_dir={results_dir}",
+        ]
+    )
     results = json.loads((results_dir / "vlab_test_results.json").read_text())["retrieval"]
     assert results["chance/R@1"] == pytest.approx(50.0)  # two test videos in the fixture
     assert set(results) >= {"t2v/R@1", "t2v/MdR", "v2t/R@1", "v2t/MnR"}
@@ -71,8 +78,17 @@ def test_msrvtt_config_trains_and_tests_on_a_fixture_tree(msrvtt_root: Path, tmp
 def test_missing_dataset_stops_with_the_file_names(tmp_path: Path, tiny_cli_args, capsys) -> None:
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt_qa")]
     with pytest.raises(SystemExit) as stop:
-        build_cli(["fit", "-c", str(config), *tiny_cli_args, f"--data.init_args.root={tmp_path}", "--trainer.fast_dev_run=1",
-                   "--trainer.callbacks=[]"])  # fmt: skip
+        build_cli(
+            [
+                "fit",
+                "-c",
+                str(config),
+                *tiny_cli_args,
+                f"--data.init_args.root={tmp_path}",
+                "--trainer.fast_dev_run=1",
+                "--trainer.callbacks=[]",
+            ]
+        )
     assert stop.value.code == 2
     error = capsys.readouterr().err
     assert "data.root: 2 annotation file(s) missing" in error
@@ -83,11 +99,18 @@ def test_missing_dataset_stops_with_the_file_names(tmp_path: Path, tiny_cli_args
 def test_demo_learns_far_above_chance(tmp_path: Path) -> None:
     """`make demo` as it is (1,000 videos, 3 epochs, ~3 min on 2 cores)."""
     demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
-    cli = build_cli([
-        "fit", "-c", str(demo), f"--data.init_args.root={tmp_path / 'msrvtt'}",
-        "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    ])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(demo),
+            f"--data.init_args.root={tmp_path / 'msrvtt'}",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     scores = cli.model.last_scores
     assert scores["retrieval"]["t2v/R@1"] > 10 * scores["retrieval"]["chance/R@1"]
     assert scores["qa"]["accuracy"] > 2 * scores["qa"]["chance/majority_answer"]
@@ -99,9 +122,19 @@ def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(
     demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
     tokenizer = demo.parents[3] / "shared/src/vislang/shared/assets/synthetic_wordpiece"
     monkeypatch.chdir(tmp_path)  # the demo's checkpoint and log paths are relative (demo_outputs/...)
-    cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.root={msrvtt_root}", "--data.init_args.synthetic_videos=0",
-                     "--data.init_args.num_workers=0", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
-                     f"--model.init_args.decoder_tokenizer={tokenizer}"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(demo),
+            f"--data.init_args.root={msrvtt_root}",
+            "--data.init_args.synthetic_videos=0",
+            "--data.init_args.num_workers=0",
+            "--trainer.fast_dev_run=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--model.init_args.decoder_tokenizer={tokenizer}",
+        ]
+    )
     assert cli.trainer.datamodule.eval_tasks == ["retrieval", "qa"]
     assert set(cli.model.last_scores) == {"retrieval", "qa"}
 
@@ -115,11 +148,26 @@ def test_msrvtt_config_under_two_process_ddp(msrvtt_root: Path, tmp_path: Path, 
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt")]
     lightning = Path(sys.executable).parent / "lightning"
     result = subprocess.run(
-        [str(lightning), "fit", "-c", str(config), *tiny_cli_args, f"--data.init_args.root={msrvtt_root}",
-         "--data.init_args.eval_batch_size=1", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(lightning),
+            "fit",
+            "-c",
+            str(config),
+            *tiny_cli_args,
+            f"--data.init_args.root={msrvtt_root}",
+            "--data.init_args.eval_batch_size=1",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "num_visual:     2.00" in result.stdout and "chance/R@1:    50.00" in result.stdout
 
@@ -139,10 +187,21 @@ def test_one_empty_video_in_the_qa_split_is_skipped_and_reported_once(tmp_path: 
     demo = CONFIGS[[c.stem for c in CONFIGS].index("demo")]
     tokenizer = demo.parents[3] / "shared/src/vislang/shared/assets/synthetic_wordpiece"
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["fit", "-c", str(demo), f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
-                     "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-                     "--trainer.enable_checkpointing=false", f"--model.init_args.decoder_tokenizer={tokenizer}",
-                     "--trainer.callbacks=[vislang.shared.data.robust.LoadFailureMonitor]"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(demo),
+            f"--data.init_args.root={root}",
+            "--data.init_args.synthetic_videos=0",
+            "--trainer.max_epochs=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            f"--model.init_args.decoder_tokenizer={tokenizer}",
+            "--trainer.callbacks=[vislang.shared.callbacks.LoadFailureMonitor]",
+        ]
+    )
     assert cli.trainer.current_epoch == 2  # trained to the end
     # the retrieval pairs and the QA pairs of the empty video: one file, counted once over both tasks and epochs
     assert cli.trainer.callback_metrics["data/load_failures"].item() == 1
@@ -155,8 +214,15 @@ def test_qa_predict_writes_answers_as_json_lines_and_replaces_them(
     msrvtt_root: Path, tmp_path: Path, tiny_cli_args
 ) -> None:
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt_qa")]
-    args = ["predict", "-c", str(config), *tiny_cli_args, f"--data.init_args.root={msrvtt_root}",
-            f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.results_dir={tmp_path}"]  # fmt: skip
+    args = [
+        "predict",
+        "-c",
+        str(config),
+        *tiny_cli_args,
+        f"--data.init_args.root={msrvtt_root}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--model.init_args.results_dir={tmp_path}",
+    ]
     questions = json.loads((msrvtt_root / "msrvtt_qa" / "test_qa.json").read_text())
     for _ in range(2):
         build_cli(args)

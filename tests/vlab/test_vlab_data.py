@@ -85,8 +85,18 @@ def test_datamodule_batches_and_skips_a_corrupt_video(msrvtt_root: Path, tmp_pat
     root = tmp_path / "copy"
     os.system(f"cp -r {msrvtt_root} {root}")
     (root / "videos" / "video3.mp4").write_bytes(b"")  # a zero-byte training video
-    data = VLABDataModule("msrvtt", str(root), tasks=["retrieval", "qa"], num_frames=4, eval_num_frames=4,
-                          image_size=32, batch_size=4, eval_batch_size=4, num_workers=0, max_failure_fraction=0.2)  # fmt: skip
+    data = VLABDataModule(
+        "msrvtt",
+        str(root),
+        tasks=["retrieval", "qa"],
+        num_frames=4,
+        eval_num_frames=4,
+        image_size=32,
+        batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        max_failure_fraction=0.2,
+    )
     data.setup("fit")
     loader = data._loader(data._dataset("retrieval", "train"), train=True)
     batches = list(loader)

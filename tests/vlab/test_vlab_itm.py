@@ -140,8 +140,15 @@ def test_itm_trains_and_reranks_through_the_cli(
 
     def test_results(name: str) -> dict[str, float]:
         results_dir = tmp_path / name
-        build_cli(["test", *common, "--trainer.enable_checkpointing=false", "--model.init_args.itm_rerank_k=2",
-                   f"--model.init_args.results_dir={results_dir}"])  # fmt: skip
+        build_cli(
+            [
+                "test",
+                *common,
+                "--trainer.enable_checkpointing=false",
+                "--model.init_args.itm_rerank_k=2",
+                f"--model.init_args.results_dir={results_dir}",
+            ]
+        )
         return json.loads((results_dir / "vlab_test_results.json").read_text())["retrieval"]
 
     # the real ITM head (untrained): every metric is there, the stored memories were all used

@@ -24,8 +24,13 @@ def tiny_eva(adapter: str = "attention") -> VLABConfig:
     """EVA-CLIP as open_clip builds EVA02-B-16 (a timm Eva trunk, RoPE, SwiGLU), shrunk to timm's
     smallest EVA-02 (`eva02_tiny_patch14_224`, width 192) and a 2-layer text tower. open_clip 3.3's
     `vision_cfg` has no timm model kwargs, so the trunk's depth and image size are timm's own."""
-    vision = dict(image_size=224, timm_model_name="eva02_tiny_patch14_224", timm_model_pretrained=False,
-                  timm_pool="token", timm_proj=None)  # fmt: skip
+    vision = dict(
+        image_size=224,
+        timm_model_name="eva02_tiny_patch14_224",
+        timm_model_pretrained=False,
+        timm_pool="token",
+        timm_proj=None,
+    )
     overrides = dict(embed_dim=64, vision_cfg=vision, text_cfg=PRESETS["tiny"].clip_overrides["text_cfg"])
     return VLABConfig(**{**tiny(adapter).__dict__, "clip_arch": "EVA02-B-16", "clip_overrides": overrides})
 

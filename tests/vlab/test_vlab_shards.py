@@ -65,14 +65,26 @@ def test_shards_hold_each_training_video_with_its_captions_and_qa(demo_shards: t
 
 
 def _fit_demo_from(shards: str, root: Path, tmp_path: Path, workers: int) -> object:
-    return build_cli([
-        "fit", "-c", str(DEMO), f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
-        f"--data.init_args.train_shards={shards}", f"--data.init_args.num_workers={workers}",
-        "--data.init_args.batch_size=4", "--data.init_args.shuffle_buffer=8", "--trainer.max_epochs=2",
-        "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.callbacks=[]",
-        "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}",
-        f"--model.init_args.decoder_tokenizer={TOKENIZER}",
-    ])  # fmt: skip
+    return build_cli(
+        [
+            "fit",
+            "-c",
+            str(DEMO),
+            f"--data.init_args.root={root}",
+            "--data.init_args.synthetic_videos=0",
+            f"--data.init_args.train_shards={shards}",
+            f"--data.init_args.num_workers={workers}",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.shuffle_buffer=8",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--model.init_args.decoder_tokenizer={TOKENIZER}",
+        ]
+    )
 
 
 def test_demo_trains_from_local_shards(demo_shards: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
@@ -121,11 +133,16 @@ def test_killed_and_resumed_shard_run_equals_the_uninterrupted_one(
     the uninterrupted run's, bit for bit."""
     root, shards = demo_shards
     args = [
-        f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
-        f"--data.init_args.train_shards={shards}", f"--data.init_args.num_workers={workers}",
-        "--data.init_args.batch_size=4", "--data.init_args.shuffle_buffer=8", "--trainer.max_epochs=2",
-        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+        f"--data.init_args.root={root}",
+        "--data.init_args.synthetic_videos=0",
+        f"--data.init_args.train_shards={shards}",
+        f"--data.init_args.num_workers={workers}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.shuffle_buffer=8",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
     check_exact_resume(DEMO, args, tmp_path, kill)
 
 
@@ -158,12 +175,31 @@ def test_demo_from_shards_under_two_process_ddp(demo_shards: tuple[Path, Path], 
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [record], "logger": False}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
-        [str(lightning), "fit", "-c", str(DEMO), f"--data.init_args.root={root}", "--data.init_args.synthetic_videos=0",
-         f"--data.init_args.train_shards={shards}", "--data.init_args.num_workers=1", "--data.init_args.batch_size=2",
-         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
-         "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}", "-c", str(overlay)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
-    )  # fmt: skip
+        [
+            str(lightning),
+            "fit",
+            "-c",
+            str(DEMO),
+            f"--data.init_args.root={root}",
+            "--data.init_args.synthetic_videos=0",
+            f"--data.init_args.train_shards={shards}",
+            "--data.init_args.num_workers=1",
+            "--data.init_args.batch_size=2",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "-c",
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [json.loads((tmp_path / "seen" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for task in ("retrieval", "qa"):

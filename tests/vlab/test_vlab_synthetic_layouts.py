@@ -33,8 +33,10 @@ def world() -> SyntheticWorld:
 def roots(world: SyntheticWorld, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, writer in (
-        ("msvd", writers.write_msvd), ("tgif", writers.write_tgif_frameqa), ("webvid", writers.write_webvid)
-    ):  # fmt: skip
+        ("msvd", writers.write_msvd),
+        ("tgif", writers.write_tgif_frameqa),
+        ("webvid", writers.write_webvid),
+    ):
         root = tmp_path_factory.mktemp(name)
         assert writer(world, root, num_videos=NUM_VIDEOS) == root
         out[name] = root
@@ -156,8 +158,18 @@ def test_webvid_rows_captions_and_videos(world: SyntheticWorld, roots: dict[str,
 def test_datamodule_writes_and_trains_on_each_layout(
     dataset: str, tasks: list[str], world: SyntheticWorld, roots: dict[str, Path], tmp_path: Path
 ) -> None:
-    data = VLABDataModule(dataset, str(tmp_path / dataset), tasks=tasks, num_frames=4, eval_num_frames=4,
-                          image_size=32, batch_size=4, eval_batch_size=4, num_workers=0, synthetic_videos=NUM_VIDEOS)  # fmt: skip
+    data = VLABDataModule(
+        dataset,
+        str(tmp_path / dataset),
+        tasks=tasks,
+        num_frames=4,
+        eval_num_frames=4,
+        image_size=32,
+        batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        synthetic_videos=NUM_VIDEOS,
+    )
     data.prepare_data()
     # the same files as the writer called directly (the manifest also makes a second call a no-op)
     written = sorted(p.relative_to(tmp_path / dataset) for p in (tmp_path / dataset).rglob("*") if p.is_file())

@@ -31,8 +31,14 @@ def test_every_trainable_parameter_gets_a_gradient(msrvtt_root: Path, tasks: lis
     data = VLABDataModule(
         "msrvtt", str(msrvtt_root), tasks=tasks, num_frames=4, image_size=32, batch_size=4, num_workers=0
     )
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
     grads: dict[str, bool] = {}
 
     original = module.on_after_backward

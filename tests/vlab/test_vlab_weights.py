@@ -82,8 +82,10 @@ def test_decoder_weights_load_hugging_face_bert_and_only_cross_attention_is_new(
             continue
         torch.testing.assert_close(value, source[name], rtol=0, atol=0, msg=name)
     # the same weights under TF-era names (LayerNorm gamma/beta) in a pickle file load identically
-    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-               for k, v in source.items()}  # fmt: skip
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in source.items()
+    }
     torch.save(renamed, tmp_path / "pytorch_model.bin")
     other = build_vlab("tiny", len(tokenizer), tokenizer.pad_token_id)
     load_bert_decoder(other, str(tmp_path / "pytorch_model.bin"))

@@ -43,9 +43,31 @@ def _photos(folder: Path, broken: dict[int, str]) -> dict[int, Path]:
 
 def _extract(images: Path, out: Path, *extra: str) -> Path:
     torch.manual_seed(0)
-    return extract.main(["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--min-size", "32",
-                         "--max-size", "64", "--representation-size", "16", "--shard-size", "4", "--batch-size", "3",
-                         "--min-boxes", "2", "--max-boxes", "4", *extra])  # fmt: skip
+    return extract.main(
+        [
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--backbone",
+            "resnet18",
+            "--min-size",
+            "32",
+            "--max-size",
+            "64",
+            "--representation-size",
+            "16",
+            "--shard-size",
+            "4",
+            "--batch-size",
+            "3",
+            "--min-boxes",
+            "2",
+            "--max-boxes",
+            "4",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("broken", ["empty", "truncated"])
@@ -60,8 +82,11 @@ def test_extraction_records_the_bad_photo_and_the_questions_skip_it_once(tmp_pat
     with pytest.raises(SampleLoadError, match="unreadable at feature extraction"):
         store[bad_id]
 
-    items = [QAItem(100 * i + q, i, f"question {q}?", ("yes",) * 10, "yes/no", "yes/no", "vqa")
-             for i in sorted(paths) for q in range(QUESTIONS)]  # fmt: skip
+    items = [
+        QAItem(100 * i + q, i, f"question {q}?", ("yes",) * 10, "yes/no", "yes/no", "vqa")
+        for i in sorted(paths)
+        for q in range(QUESTIONS)
+    ]
     dataset = VQAFeatureDataset(items, {"vqa": {"region": {i: store for i in store.image_ids}}})
     robust = RobustDataset(dataset, max_failure_fraction=0.2)
     assert robust.num_files == len(PHOTOS)
@@ -113,23 +138,39 @@ def test_validation_with_an_image_that_failed_at_extraction_completes_and_counts
 
     def features(chunk):
         for i in chunk:
-            yield (ImageFeatures.unreadable(f"val2014/{i}.jpg", "truncated") if i == bad else
-                   ImageFeatures(rng.standard_normal((3, 12), dtype=np.float32), np.full((3, 4), 0.5, np.float32)))  # fmt: skip
+            yield (
+                ImageFeatures.unreadable(f"val2014/{i}.jpg", "truncated")
+                if i == bad
+                else ImageFeatures(rng.standard_normal((3, 12), dtype=np.float32), np.full((3, 4), 0.5, np.float32))
+            )
 
-    store = write_store(tmp_path / "region_val", spec, ids, features, shard_size=5, progress=False,
-                        max_failure_fraction=0.5)  # fmt: skip
+    store = write_store(
+        tmp_path / "region_val", spec, ids, features, shard_size=5, progress=False, max_failure_fraction=0.5
+    )
     region = [vqa_world["features"]["region"][0], str(store), vqa_world["features"]["region"][2]]
     out = tmp_path / "results"
     config = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "configs" / "demo.yaml"
-    cli = build_cli(["validate", "-c", str(config), f"--data.init_args.root={vqa_world['root']}",
-                     f"--data.init_args.features={{region: [{', '.join(region)}]}}",
-                     f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", "--data.init_args.min_answer_count=2",
-                     "--data.init_args.heldout_fraction=0.0", "--data.init_args.eval_batch_size=4",
-                     "--data.init_args.max_failure_fraction=0.5", "--model.init_args.feature_set=region",
-                     f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--model.init_args.results_dir={out}",
-                     "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
-                     "--trainer.callbacks=[{class_path: vislang.shared.data.robust.LoadFailureMonitor}]",
-                     "--trainer.enable_progress_bar=false"])  # fmt: skip
+    cli = build_cli(
+        [
+            "validate",
+            "-c",
+            str(config),
+            f"--data.init_args.root={vqa_world['root']}",
+            f"--data.init_args.features={{region: [{', '.join(region)}]}}",
+            f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+            "--data.init_args.min_answer_count=2",
+            "--data.init_args.heldout_fraction=0.0",
+            "--data.init_args.eval_batch_size=4",
+            "--data.init_args.max_failure_fraction=0.5",
+            "--model.init_args.feature_set=region",
+            f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+            f"--model.init_args.results_dir={out}",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks=[{class_path: vislang.shared.callbacks.LoadFailureMonitor}]",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert cli.trainer.callback_metrics["data/val_load_failures"].item() == 1
     kept = [q.question_id for q in questions if q.image_id != bad]
     assert len(kept) < len(questions)

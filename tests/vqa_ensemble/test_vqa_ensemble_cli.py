@@ -29,18 +29,34 @@ def _plain_argv(monkeypatch) -> None:
 
 def _data_args(world) -> list[str]:
     f = world["features"]
-    return [f"--data.init_args.root={world['root']}",
-            f"--data.init_args.features={{region: [{', '.join(f['region'])}], grid: [{', '.join(f['grid'])}]}}",
-            f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", "--data.init_args.min_answer_count=2",
-            "--data.init_args.batch_size=8", "--data.init_args.eval_batch_size=16"]  # fmt: skip
+    return [
+        f"--data.init_args.root={world['root']}",
+        f"--data.init_args.features={{region: [{', '.join(f['region'])}], grid: [{', '.join(f['grid'])}]}}",
+        f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+        "--data.init_args.min_answer_count=2",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.eval_batch_size=16",
+    ]
 
 
 def _fit_member(world, tmp_path: Path, kind: str, seed: int, *extra: str):  # noqa: ANN202 (VislangCLI)
-    return build_cli(["fit", "-c", str(CONFIGS / "demo.yaml"), *_data_args(world), f"--seed_everything={seed}",
-                      f"--model.init_args.feature_set={kind}", f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
-                      f"--model.init_args.results_dir={tmp_path / kind}", "--trainer.max_epochs=1",
-                      "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / kind}",
-                      "--trainer.enable_progress_bar=false", *extra])  # fmt: skip
+    return build_cli(
+        [
+            "fit",
+            "-c",
+            str(CONFIGS / "demo.yaml"),
+            *_data_args(world),
+            f"--seed_everything={seed}",
+            f"--model.init_args.feature_set={kind}",
+            f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+            f"--model.init_args.results_dir={tmp_path / kind}",
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / kind}",
+            "--trainer.enable_progress_bar=false",
+            *extra,
+        ]
+    )
 
 
 def _stops(capsys, error: type[Exception], match: str, args: list[str]) -> None:
@@ -66,19 +82,37 @@ def test_members_ensemble_and_official_results_files(vqa_world, tmp_path: Path, 
         assert cli.trainer.callback_metrics["val/vqa_acc"] >= 0
 
     # a member tested from its checkpoint on a data module whose own vocabulary differs: the checkpoint's wins
-    cli = build_cli(["test", "-c", str(CONFIGS / "demo.yaml"), *_data_args(vqa_world), "--data.init_args.min_answer_count=1",
-                     f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--model.init_args.results_dir={tmp_path / 'again'}",
-                     f"--ckpt_path={checkpoints[0]}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
-                     "--trainer.enable_progress_bar=false"])  # fmt: skip
+    cli = build_cli(
+        [
+            "test",
+            "-c",
+            str(CONFIGS / "demo.yaml"),
+            *_data_args(vqa_world),
+            "--data.init_args.min_answer_count=1",
+            f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+            f"--model.init_args.results_dir={tmp_path / 'again'}",
+            f"--ckpt_path={checkpoints[0]}",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     train = read_vqa_v2(*vqa_v2_paths(vqa_world["root"], "train2014"))
     data_vocab = build_answer_vocab([{"multiple_choice_answer": e.multiple_choice_answer} for e in train], 1)
     assert data_vocab != cli.model.answers and cli.datamodule.answers == cli.model.answers
     test_ids = [i.question_id for i in cli.datamodule.splits["test"].items]
     assert set(read_vqa_results(tmp_path / "again" / "test_results.json", question_ids=test_ids)) == set(test_ids)
 
-    ens = ["-c", str(CONFIGS / "demo_ensemble.yaml"), *_data_args(vqa_world), f"--model.init_args.members=[{', '.join(checkpoints)}]",
-           f"--model.init_args.weights_path={tmp_path / 'weights.json'}", f"--model.init_args.results_dir={tmp_path / 'ens'}",
-           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    ens = [
+        "-c",
+        str(CONFIGS / "demo_ensemble.yaml"),
+        *_data_args(vqa_world),
+        f"--model.init_args.members=[{', '.join(checkpoints)}]",
+        f"--model.init_args.weights_path={tmp_path / 'weights.json'}",
+        f"--model.init_args.results_dir={tmp_path / 'ens'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
     _stops(capsys, FileNotFoundError, "run `lightning validate`", ["test", *ens])
     f = vqa_world["features"]
     swapped = f"--data.init_args.features={{region: [{', '.join(f['grid'])}], grid: [{', '.join(f['region'])}]}}"

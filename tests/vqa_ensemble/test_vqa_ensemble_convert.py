@@ -63,19 +63,22 @@ def test_bottom_up_caffe_r101_layout(tmp_path) -> None:
     shapes = _d2_resnet(101, (2, 3, 4), {1: "backbone.", 2: "backbone.", 3: "backbone.", 4: "backbone."})
     shapes |= _d2_resnet(101, (5,), {5: "roi_heads."})
     shapes |= {
-        "proposal_generator.rpn_head.conv.weight": (512, 1024, 3, 3), "proposal_generator.rpn_head.conv.bias": (512,),
+        "proposal_generator.rpn_head.conv.weight": (512, 1024, 3, 3),
+        "proposal_generator.rpn_head.conv.bias": (512,),
         "proposal_generator.rpn_head.objectness_logits.weight": (2 * anchors, 512, 1, 1),
         "proposal_generator.rpn_head.objectness_logits.bias": (2 * anchors,),
         "proposal_generator.rpn_head.anchor_deltas.weight": (4 * anchors, 512, 1, 1),
         "proposal_generator.rpn_head.anchor_deltas.bias": (4 * anchors,),
-        "roi_heads.box_predictor.cls_score.weight": (classes, 2048), "roi_heads.box_predictor.cls_score.bias": (classes,),
+        "roi_heads.box_predictor.cls_score.weight": (classes, 2048),
+        "roi_heads.box_predictor.cls_score.bias": (classes,),
         "roi_heads.box_predictor.bbox_pred.weight": (4 * classes, 2048),
         "roi_heads.box_predictor.bbox_pred.bias": (4 * classes,),
         "roi_heads.box_predictor.cls_embed.weight": (classes, 256),
         "roi_heads.box_predictor.attr_linear1.weight": (512, 2048 + 256),
         "roi_heads.box_predictor.attr_linear1.bias": (512,),
-        "roi_heads.box_predictor.attr_linear2.weight": (401, 512), "roi_heads.box_predictor.attr_linear2.bias": (401,),
-    }  # fmt: skip
+        "roi_heads.box_predictor.attr_linear2.weight": (401, 512),
+        "roi_heads.box_predictor.attr_linear2.bias": (401,),
+    }
     official = _random(shapes, 0)
     official["backbone.res2.0.conv1.norm.num_batches_tracked"] = torch.tensor(0)  # BN bookkeeping is dropped
     converted = detector_from_bottom_up_caffe({"model": official})
@@ -90,9 +93,10 @@ def test_bottom_up_caffe_r101_layout(tmp_path) -> None:
     hidden = torch.relu(detector.rpn.head.conv(x))
     ours = torch.sigmoid(detector.rpn.head.cls_logits(hidden))
     logits = torch.nn.functional.conv2d(
-        hidden, official["proposal_generator.rpn_head.objectness_logits.weight"],
+        hidden,
+        official["proposal_generator.rpn_head.objectness_logits.weight"],
         official["proposal_generator.rpn_head.objectness_logits.bias"],
-    )  # fmt: skip
+    )
     theirs = logits.view(1, 2, anchors, 3, 3).softmax(1)[:, 1]
     for size in range(4):
         for ratio in range(3):
@@ -119,22 +123,26 @@ def test_grid_feats_r50_layout() -> None:
     anchors, classes = 5 * 3, 1600
     shapes = _d2_resnet(50, (2, 3, 4, 5), dict.fromkeys(range(1, 6), "backbone."))
     shapes |= {
-        "proposal_generator.rpn_head.conv.weight": (2048, 2048, 3, 3), "proposal_generator.rpn_head.conv.bias": (2048,),
+        "proposal_generator.rpn_head.conv.weight": (2048, 2048, 3, 3),
+        "proposal_generator.rpn_head.conv.bias": (2048,),
         "proposal_generator.rpn_head.objectness_logits.weight": (anchors, 2048, 1, 1),
         "proposal_generator.rpn_head.objectness_logits.bias": (anchors,),
         "proposal_generator.rpn_head.anchor_deltas.weight": (4 * anchors, 2048, 1, 1),
         "proposal_generator.rpn_head.anchor_deltas.bias": (4 * anchors,),
-        "roi_heads.box_head.fc1.weight": (1024, 2048), "roi_heads.box_head.fc1.bias": (1024,),
-        "roi_heads.box_head.fc2.weight": (1024, 1024), "roi_heads.box_head.fc2.bias": (1024,),
+        "roi_heads.box_head.fc1.weight": (1024, 2048),
+        "roi_heads.box_head.fc1.bias": (1024,),
+        "roi_heads.box_head.fc2.weight": (1024, 1024),
+        "roi_heads.box_head.fc2.bias": (1024,),
         "roi_heads.box_predictor.cls_score.weight": (classes + 1, 1024),
         "roi_heads.box_predictor.cls_score.bias": (classes + 1,),
         "roi_heads.box_predictor.bbox_pred.weight": (4 * classes, 1024),
         "roi_heads.box_predictor.bbox_pred.bias": (4 * classes,),
         "roi_heads.attribute_predictor.obj_embed.weight": (classes + 1, 256),
-        "roi_heads.attribute_predictor.fc.0.weight": (512, 1024 + 256), "roi_heads.attribute_predictor.fc.0.bias": (512,),
+        "roi_heads.attribute_predictor.fc.0.weight": (512, 1024 + 256),
+        "roi_heads.attribute_predictor.fc.0.bias": (512,),
         "roi_heads.attribute_predictor.attr_score.weight": (400, 512),
         "roi_heads.attribute_predictor.attr_score.bias": (400,),
-    }  # fmt: skip
+    }
     official = {k: v.numpy() for k, v in _random(shapes, 1).items()}  # detectron2 .pkl files hold numpy arrays
     converted = detector_from_grid_feats({"model": official, "__author__": "FAIR"})
     with torch.device("meta"):

@@ -13,8 +13,16 @@ from vislang.vqa_ensemble.data import VQADataModule, image_files, read_vg_qa
 
 
 def _dm(world, **kw) -> VQADataModule:
-    args = dict(root=str(world["root"]), features=world["features"], tokenizer=str(SYNTHETIC_TOKENIZER_DIR),
-                vocab_subtypes=["train2014"], min_answer_count=2, batch_size=4, eval_batch_size=4, num_workers=0)  # fmt: skip
+    args = dict(
+        root=str(world["root"]),
+        features=world["features"],
+        tokenizer=str(SYNTHETIC_TOKENIZER_DIR),
+        vocab_subtypes=["train2014"],
+        min_answer_count=2,
+        batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+    )
     return VQADataModule(**{**args, **kw})
 
 
@@ -61,8 +69,10 @@ def test_missing_dataset_and_missing_features_fail_with_one_line(vqa_world, tmp_
 
 def test_visual_genome_qa_reader(tmp_path: Path) -> None:
     path = tmp_path / "question_answers.json"
-    qas = [{"qa_id": 7, "image_id": 1, "question": "What color is the car?", "answer": "A red car."},
-           {"qa_id": 8, "image_id": 1, "question": "How many dogs?", "answer": "Two"}]  # fmt: skip
+    qas = [
+        {"qa_id": 7, "image_id": 1, "question": "What color is the car?", "answer": "A red car."},
+        {"qa_id": 8, "image_id": 1, "question": "How many dogs?", "answer": "Two"},
+    ]
     path.write_text(json.dumps([{"id": 1, "qas": qas}, {"id": 2, "qas": []}]))
     items = read_vg_qa(path)
     assert [i.question_id for i in items] == [7, 8] and items[0].source == "vg"

@@ -65,14 +65,39 @@ def test_trained_detector_checkpoint_feeds_the_extractor(tmp_path: Path, monkeyp
     monkeypatch.setattr(sys, "argv", ["lightning"])
     world = SyntheticWorld(seed=4, image_size=32)
     instances = write_coco_instances(world, tmp_path / "coco", "train", split_indices("train", 8))
-    cli = build_cli(["fit", "-c", str(CONFIGS / "demo_detector.yaml"), f"--data.init_args.train_json={instances}",
-                     f"--data.init_args.image_dir={tmp_path / 'coco' / 'images' / 'train'}", "--trainer.max_steps=2",
-                     "--data.init_args.batch_size=4", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
-                     "--model.init_args.min_size=[28, 32]", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    cli = build_cli(
+        [
+            "fit",
+            "-c",
+            str(CONFIGS / "demo_detector.yaml"),
+            f"--data.init_args.train_json={instances}",
+            f"--data.init_args.image_dir={tmp_path / 'coco' / 'images' / 'train'}",
+            "--trainer.max_steps=2",
+            "--data.init_args.batch_size=4",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.init_args.min_size=[28, 32]",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     images = tmp_path / "coco" / "images" / "train"
-    store = FeatureStore(extract.main(["--images", str(images), "--out", str(tmp_path / "store"), "--detector", ckpt,
-                                       "--min-boxes", "2", "--max-boxes", "4"]))  # fmt: skip
+    store = FeatureStore(
+        extract.main(
+            [
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "store"),
+                "--detector",
+                ckpt,
+                "--min-boxes",
+                "2",
+                "--max-boxes",
+                "4",
+            ]
+        )
+    )
     spec = store.spec
     assert spec["backbone"] == "resnet18" and spec["head"] == cli.model.hparams.head and spec["min_size"] == [28, 32]
     assert len(spec["detector_weights"]) == 16 and store.feature_dim == cli.model.detector.feature_dim  # sha256 prefix

@@ -58,8 +58,10 @@ def test_preset_large_is_the_official_large_config(official) -> None:
 
 def test_large_member_matches_official_mcan_within_1e5(official) -> None:
     manifest, state, io = official
-    bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32), add_pooling_layer=False)  # fmt: skip
+    bert = BertModel(
+        BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+        add_pooling_layer=False,
+    )
     with torch.device("meta"):  # 2e8 parameters: skip their random init, the converted weights are assigned
         model = MCAN(bert, manifest["answer_size"], manifest["config"]["IMG_FEAT_SIZE"], PRESETS["large"], False)
     converted = mcan_from_official({"state_dict": {f"module.{k}": v for k, v in state.items()}})  # DataParallel

@@ -18,14 +18,25 @@ def test_member_predict_twice_gives_the_same_rows(vqa_world, tmp_path: Path, mon
     monkeypatch.setattr(sys, "argv", ["lightning"])
     f = vqa_world["features"]
     out = tmp_path / "results"
-    args = ["predict", "-c", str(CONFIGS / "demo.yaml"), f"--data.init_args.root={vqa_world['root']}",
-            f"--data.init_args.features={{region: [{', '.join(f['region'])}], grid: [{', '.join(f['grid'])}]}}",
-            f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", "--data.init_args.min_answer_count=2",
-            "--data.init_args.heldout_fraction=0.0", "--data.init_args.test_subtype=test2015",
-            "--data.init_args.eval_batch_size=4", "--model.init_args.feature_set=region",
-            f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}", f"--model.init_args.results_dir={out}",
-            "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-            "--seed_everything=0"]  # fmt: skip
+    args = [
+        "predict",
+        "-c",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.init_args.root={vqa_world['root']}",
+        f"--data.init_args.features={{region: [{', '.join(f['region'])}], grid: [{', '.join(f['grid'])}]}}",
+        f"--data.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+        "--data.init_args.min_answer_count=2",
+        "--data.init_args.heldout_fraction=0.0",
+        "--data.init_args.test_subtype=test2015",
+        "--data.init_args.eval_batch_size=4",
+        "--model.init_args.feature_set=region",
+        f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
+        f"--model.init_args.results_dir={out}",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--seed_everything=0",
+    ]
     cli = build_cli(args)
     question_ids = [item.question_id for item in cli.datamodule.splits["test"].items]
     first = (out / "predict_results.json").read_text()

@@ -106,8 +106,25 @@ def synthetic_images(tmp_path_factory) -> Path:
 
 
 def _cli(images: Path, out: Path, *extra: str) -> list[str]:
-    return ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--min-size", "32",
-            "--max-size", "64", "--representation-size", "16", "--shard-size", "2", "--batch-size", "2", *extra]  # fmt: skip
+    return [
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--min-size",
+        "32",
+        "--max-size",
+        "64",
+        "--representation-size",
+        "16",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
 
 
 def test_extraction_command_region_grid_and_ground_truth_boxes(synthetic_images: Path, tmp_path: Path) -> None:
@@ -130,8 +147,18 @@ def test_extraction_command_region_grid_and_ground_truth_boxes(synthetic_images:
         extract.main(_cli(images, tmp_path / "region", "--min-boxes", "3", "--max-boxes", "6"))
 
     instances = synthetic_images / "coco" / "annotations" / "instances_val.json"
-    gt = FeatureStore(extract.main(_cli(synthetic_images / "coco" / "images" / "val", tmp_path / "gt",
-                                        "--boxes", "ground_truth", "--instances", str(instances))))  # fmt: skip
+    gt = FeatureStore(
+        extract.main(
+            _cli(
+                synthetic_images / "coco" / "images" / "val",
+                tmp_path / "gt",
+                "--boxes",
+                "ground_truth",
+                "--instances",
+                str(instances),
+            )
+        )
+    )
     anns = json.loads(instances.read_text())["annotations"]
     for i in gt.image_ids:
         assert gt[i].num_boxes == sum(a["image_id"] == i for a in anns)

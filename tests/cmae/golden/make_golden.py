@@ -88,22 +88,51 @@ VIDEOMAE_FILES = ["modeling_pretrain.py", "modeling_finetune.py", "masking_gener
 
 # tiny CMAE: 32 px, patch 4 (8x8 grid, 2x2-block masking of 16 units), width 48 = 4*4*3 so the official
 # feature decoder's output (patch_size**2 * in_chans) equals the encoder width, as at ViT-B (16*16*3 = 768)
-CMAE_CFG = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, decoder_dim=32,
-                decoder_depth=2, decoder_heads=4, feature_decoder_depth=1, proj_hidden_dim=64, proj_dim=32,
-                mask_ratio=0.65, temperature=0.07, batch=4, num_classes=5)  # fmt: skip
-CONVMAE_CFG = dict(img_size=224, conv_dims=[16, 24], conv_depths=[1, 1], embed_dim=48, depth=2, num_heads=4,
-                   mlp_ratio=2.0, decoder_dim=16, decoder_depth=1, decoder_heads=2, mask_ratio=0.75, batch=2,
-                   num_classes=5)  # fmt: skip
+CMAE_CFG = dict(
+    img_size=32,
+    patch_size=4,
+    embed_dim=48,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=2.0,
+    decoder_dim=32,
+    decoder_depth=2,
+    decoder_heads=4,
+    feature_decoder_depth=1,
+    proj_hidden_dim=64,
+    proj_dim=32,
+    mask_ratio=0.65,
+    temperature=0.07,
+    batch=4,
+    num_classes=5,
+)
+CONVMAE_CFG = dict(
+    img_size=224,
+    conv_dims=[16, 24],
+    conv_depths=[1, 1],
+    embed_dim=48,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=2.0,
+    decoder_dim=16,
+    decoder_depth=1,
+    decoder_heads=2,
+    mask_ratio=0.75,
+    batch=2,
+    num_classes=5,
+)
 
 
 def git_show(repo: str, commit: str, name: str) -> str:
-    return subprocess.run(["git", "--git-dir", repo, "show", f"{commit}:{name}"], capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    return subprocess.run(
+        ["git", "--git-dir", repo, "show", f"{commit}:{name}"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def full_hash(repo: str, commit: str) -> str:
-    return subprocess.run(["git", "--git-dir", repo, "rev-parse", commit], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["git", "--git-dir", repo, "rev-parse", commit], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 REGISTRY = """
@@ -125,8 +154,14 @@ def import_cmae(repo: str, tmp: Path) -> types.SimpleNamespace:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_text(git_show(repo, CMAE_COMMIT, name))
     # stub package glue: empty __init__s, the registry, and the names the modules import from the packages
-    for pkg in ["cmae", "cmae/models", "cmae/models/algorithms", "cmae/models/backbones", "cmae/models/necks",
-                "cmae/models/heads"]:  # fmt: skip
+    for pkg in [
+        "cmae",
+        "cmae/models",
+        "cmae/models/algorithms",
+        "cmae/models/backbones",
+        "cmae/models/necks",
+        "cmae/models/heads",
+    ]:
         (tmp / pkg / "__init__.py").write_text("")
     (tmp / "cmae/registry.py").write_text(REGISTRY)
     (tmp / "cmae/models/utils/__init__.py").write_text(
@@ -159,9 +194,22 @@ def import_convmae(repo: str, tmp: Path) -> types.SimpleNamespace:
     return types.SimpleNamespace(convmae=models_convmae, convvit=models_convvit)
 
 
-VIDEOMAE_CFG = dict(img_size=32, patch_size=4, num_frames=16, tubelet_size=2, embed_dim=48, depth=2, num_heads=4,
-                    mlp_ratio=2.0, decoder_dim=32, decoder_depth=1, decoder_heads=4, mask_ratio=0.9, batch=2,
-                    num_classes=5)  # fmt: skip
+VIDEOMAE_CFG = dict(
+    img_size=32,
+    patch_size=4,
+    num_frames=16,
+    tubelet_size=2,
+    embed_dim=48,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=2.0,
+    decoder_dim=32,
+    decoder_depth=1,
+    decoder_heads=4,
+    mask_ratio=0.9,
+    batch=2,
+    num_classes=5,
+)
 
 
 def import_videomae(repo: str, tmp: Path) -> types.SimpleNamespace:
@@ -184,12 +232,21 @@ def make_videomae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, 
     norm = partial(torch.nn.LayerNorm, eps=1e-6)
     pixels = 3 * c["tubelet_size"] * c["patch_size"] ** 2
     model = ns.pretrain.PretrainVisionTransformer(
-        img_size=c["img_size"], patch_size=c["patch_size"], encoder_embed_dim=c["embed_dim"],
-        encoder_depth=c["depth"], encoder_num_heads=c["num_heads"], encoder_num_classes=0,
-        decoder_num_classes=pixels, decoder_embed_dim=c["decoder_dim"], decoder_depth=c["decoder_depth"],
-        decoder_num_heads=c["decoder_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, norm_layer=norm,
+        img_size=c["img_size"],
+        patch_size=c["patch_size"],
+        encoder_embed_dim=c["embed_dim"],
+        encoder_depth=c["depth"],
+        encoder_num_heads=c["num_heads"],
+        encoder_num_classes=0,
+        decoder_num_classes=pixels,
+        decoder_embed_dim=c["decoder_dim"],
+        decoder_depth=c["decoder_depth"],
+        decoder_num_heads=c["decoder_heads"],
+        mlp_ratio=c["mlp_ratio"],
+        qkv_bias=True,
+        norm_layer=norm,
         tubelet_size=c["tubelet_size"],
-    )  # fmt: skip
+    )
     # 16 frames: the pre-training encoder's PatchEmbed keeps its default num_frames=16 (only fine-tuning
     # passes ``all_frames``), so its sinusoid table has 16 / 2 x 8 x 8 rows
     randomise(model, g)
@@ -197,30 +254,48 @@ def make_videomae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, 
     generator = ns.masks.TubeMaskingGenerator(grid, c["mask_ratio"])
     np.random.seed(3)
     mask = torch.from_numpy(np.stack([generator() for _ in range(c["batch"])])).bool()
-    raw = torch.randint(0, 256, (c["batch"], 3, c["num_frames"], c["img_size"], c["img_size"]), generator=g,
-                        dtype=torch.uint8)  # fmt: skip
+    raw = torch.randint(
+        0, 256, (c["batch"], 3, c["num_frames"], c["img_size"], c["img_size"]), generator=g, dtype=torch.uint8
+    )
     video = (raw.float() - MEAN.unsqueeze(2)) / STD.unsqueeze(2)
     model.eval()
     with torch.no_grad():
         latent = model.encoder.forward_features(video, mask)
         pred = model(video, mask)
     ft = ns.finetune.VisionTransformer(
-        img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-        num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, norm_layer=norm,
-        num_classes=c["num_classes"], all_frames=c["num_frames"], tubelet_size=c["tubelet_size"],
+        img_size=c["img_size"],
+        patch_size=c["patch_size"],
+        embed_dim=c["embed_dim"],
+        depth=c["depth"],
+        num_heads=c["num_heads"],
+        mlp_ratio=c["mlp_ratio"],
+        qkv_bias=True,
+        norm_layer=norm,
+        num_classes=c["num_classes"],
+        all_frames=c["num_frames"],
+        tubelet_size=c["tubelet_size"],
         use_mean_pooling=True,
-    )  # fmt: skip
+    )
     randomise(ft, g)
     ft.eval()
     with torch.no_grad():
         logits = ft(video)
     weights = {**state(model, "model."), **state(ft, "ft.")}
     # every 4th of the 96 predicted values per masked token is kept (the file stays small)
-    io = {"clips_uint8": raw, "mask": mask, "latent": latent.contiguous(),
-          "pred_masked_every4": pred[..., ::4].contiguous(), "ft_logits": logits}  # fmt: skip
-    meta = {"repository": "MCG-NJU/VideoMAE", "commit": VIDEOMAE_COMMIT, **c,
-            "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
-            "visible_per_clip": int((~mask[0]).sum())}  # fmt: skip
+    io = {
+        "clips_uint8": raw,
+        "mask": mask,
+        "latent": latent.contiguous(),
+        "pred_masked_every4": pred[..., ::4].contiguous(),
+        "ft_logits": logits,
+    }
+    meta = {
+        "repository": "MCG-NJU/VideoMAE",
+        "commit": VIDEOMAE_COMMIT,
+        **c,
+        "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
+        "visible_per_clip": int((~mask[0]).sum()),
+    }
     return weights, io, meta
 
 
@@ -256,31 +331,72 @@ def images(g: torch.Generator, batch: int, size: int) -> tuple[torch.Tensor, tor
 
 def make_cmae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, dict, dict]:
     c = CMAE_CFG
-    arch = dict(embed_dims=c["embed_dim"], num_layers=c["depth"], num_heads=c["num_heads"],
-                feedforward_channels=int(c["embed_dim"] * c["mlp_ratio"]))  # fmt: skip
+    arch = dict(
+        embed_dims=c["embed_dim"],
+        num_layers=c["depth"],
+        num_heads=c["num_heads"],
+        feedforward_channels=int(c["embed_dim"] * c["mlp_ratio"]),
+    )
     num_patches = (c["img_size"] // c["patch_size"]) ** 2
 
     def decoder(depth: int) -> dict:
-        return dict(type="MAEPretrainDecoder", num_patches=num_patches, patch_size=c["patch_size"], in_chans=3,
-                    embed_dim=c["embed_dim"], decoder_embed_dim=c["decoder_dim"], decoder_depth=depth,
-                    decoder_num_heads=c["decoder_heads"], mlp_ratio=c["mlp_ratio"])  # fmt: skip
+        return dict(
+            type="MAEPretrainDecoder",
+            num_patches=num_patches,
+            patch_size=c["patch_size"],
+            in_chans=3,
+            embed_dim=c["embed_dim"],
+            decoder_embed_dim=c["decoder_dim"],
+            decoder_depth=depth,
+            decoder_num_heads=c["decoder_heads"],
+            mlp_ratio=c["mlp_ratio"],
+        )
 
     def neck(i: int) -> dict:  # the official projector / predictor settings
-        return dict(type="NonLinearNeck", in_channels=i, hid_channels=c["proj_hidden_dim"], out_channels=c["proj_dim"],
-                    num_layers=2, with_bias=True, with_last_bn=False, with_avg_pool=False)  # fmt: skip
+        return dict(
+            type="NonLinearNeck",
+            in_channels=i,
+            hid_channels=c["proj_hidden_dim"],
+            out_channels=c["proj_dim"],
+            num_layers=2,
+            with_bias=True,
+            with_last_bn=False,
+            with_avg_pool=False,
+        )
 
     model = ns.CMAE(
         backbone=dict(
-            online=dict(type="CMAEViT", arch=arch, img_size=c["img_size"], patch_size=c["patch_size"],
-                        mask_ratio=c["mask_ratio"]),
-            target=dict(type="CMAEViT", arch=arch, img_size=c["img_size"], patch_size=c["patch_size"],
-                        mask_ratio=0.0, final_norm=False),
+            online=dict(
+                type="CMAEViT",
+                arch=arch,
+                img_size=c["img_size"],
+                patch_size=c["patch_size"],
+                mask_ratio=c["mask_ratio"],
+            ),
+            target=dict(
+                type="CMAEViT",
+                arch=arch,
+                img_size=c["img_size"],
+                patch_size=c["patch_size"],
+                mask_ratio=0.0,
+                final_norm=False,
+            ),
         ),
-        neck=dict(pixel=decoder(c["decoder_depth"]), feature=decoder(c["feature_decoder_depth"]),
-                  projector=neck(c["embed_dim"])),
-        head=dict(type="CMAEPretrainHead", predictor=neck(c["proj_dim"]), temperature=c["temperature"], norm_pix=True,
-                  patch_size=c["patch_size"], ct_weight=1.0, rc_weight=1.0),
-    )  # fmt: skip
+        neck=dict(
+            pixel=decoder(c["decoder_depth"]),
+            feature=decoder(c["feature_decoder_depth"]),
+            projector=neck(c["embed_dim"]),
+        ),
+        head=dict(
+            type="CMAEPretrainHead",
+            predictor=neck(c["proj_dim"]),
+            temperature=c["temperature"],
+            norm_pix=True,
+            patch_size=c["patch_size"],
+            ct_weight=1.0,
+            rc_weight=1.0,
+        ),
+    )
     randomise(model, g)
     weights = state(model)
     raw, img = images(g, c["batch"], c["img_size"])
@@ -293,13 +409,23 @@ def make_cmae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, dict
     losses = model(img, img_t=img_t, mode="loss")
     loss = losses["loss_rc"] + losses["loss_ct"]
     loss.backward()
-    grads = {f"grad.{k}": p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None
-             and k in GRAD_KEYS}  # fmt: skip
+    grads = {
+        f"grad.{k}": p.grad.detach().clone()
+        for k, p in model.named_parameters()
+        if p.grad is not None and k in GRAD_KEYS
+    }
     mask = captured["mask"].bool()
     ids_keep = captured["ids_restore"].argsort(dim=1)[:, : int((~mask[0]).sum())]
-    io = {"online_uint8": raw, "target_uint8": raw_t, "mask": mask, "ids_keep": ids_keep.contiguous(),
-          "pred_pixel": captured["pred"].detach().contiguous(), "loss_rc": losses["loss_rc"].detach().reshape(1),
-          "loss_ct": losses["loss_ct"].detach().reshape(1), **grads}  # fmt: skip
+    io = {
+        "online_uint8": raw,
+        "target_uint8": raw_t,
+        "mask": mask,
+        "ids_keep": ids_keep.contiguous(),
+        "pred_pixel": captured["pred"].detach().contiguous(),
+        "loss_rc": losses["loss_rc"].detach().reshape(1),
+        "loss_ct": losses["loss_ct"].detach().reshape(1),
+        **grads,
+    }
 
     # fine-tuning: MIMVisionTransformer(final_norm=False) -> mean of patch tokens -> fc_norm -> head.head
     ft = ns.MIMVisionTransformer(arch=arch, img_size=c["img_size"], patch_size=c["patch_size"], final_norm=False)
@@ -310,9 +436,16 @@ def make_cmae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, dict
     with torch.no_grad():
         logits = head(ft(img))
     io.update({**state(ft, "ft.backbone."), **state(head, "ft.head.head."), "ft_logits": logits})
-    meta = {"repository": "ZhichengHuang/CMAE", "commit": FULL["cmae"], **c, "norm_pix": True,
-            "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
-            "grad_keys": sorted(grads), "loss_rc": losses["loss_rc"].item(), "loss_ct": losses["loss_ct"].item()}  # fmt: skip
+    meta = {
+        "repository": "ZhichengHuang/CMAE",
+        "commit": FULL["cmae"],
+        **c,
+        "norm_pix": True,
+        "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
+        "grad_keys": sorted(grads),
+        "loss_rc": losses["loss_rc"].item(),
+        "loss_ct": losses["loss_ct"].item(),
+    }
     return weights, io, meta
 
 
@@ -338,10 +471,18 @@ def make_convmae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, d
     depth = [*c["conv_depths"], c["depth"]]
     mlp = [c["mlp_ratio"]] * 3
     model = ns.convmae.MaskedAutoencoderConvViT(
-        img_size=[224, 56, 28], patch_size=[4, 2, 2], embed_dim=embed, depth=depth, num_heads=c["num_heads"],
-        decoder_embed_dim=c["decoder_dim"], decoder_depth=c["decoder_depth"], decoder_num_heads=c["decoder_heads"],
-        mlp_ratio=mlp, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), norm_pix_loss=True,
-    )  # fmt: skip
+        img_size=[224, 56, 28],
+        patch_size=[4, 2, 2],
+        embed_dim=embed,
+        depth=depth,
+        num_heads=c["num_heads"],
+        decoder_embed_dim=c["decoder_dim"],
+        decoder_depth=c["decoder_depth"],
+        decoder_num_heads=c["decoder_heads"],
+        mlp_ratio=mlp,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        norm_pix_loss=True,
+    )
     randomise(model, g)
     raw, img = images(g, c["batch"], c["img_size"])
     model.eval()  # no dropout / drop path anywhere; eval only fixes the mode
@@ -353,21 +494,39 @@ def make_convmae(ns: types.SimpleNamespace, g: torch.Generator) -> tuple[dict, d
     keep = int((mask[0] == 0).sum())
     ids_keep = ids_restore.argsort(dim=1)[:, :keep]  # the official visible order (ids_shuffle[:, :len_keep])
     # every 8th of the 768 predicted values per token is kept (the file stays small); the loss covers all
-    io = {"images_uint8": raw, "latent": latent.contiguous(), "mask": mask.bool(), "ids_keep": ids_keep.contiguous(),
-          "pred_every8": pred[..., ::8].contiguous(), "loss": loss.reshape(1)}  # fmt: skip
+    io = {
+        "images_uint8": raw,
+        "latent": latent.contiguous(),
+        "mask": mask.bool(),
+        "ids_keep": ids_keep.contiguous(),
+        "pred_every8": pred[..., ::8].contiguous(),
+        "loss": loss.reshape(1),
+    }
     ft = ns.convvit.ConvViT(
-        global_pool=True, img_size=[224, 56, 28], patch_size=[4, 2, 2], embed_dim=embed, depth=depth,
-        num_heads=c["num_heads"], mlp_ratio=mlp, qkv_bias=True, num_classes=c["num_classes"],
+        global_pool=True,
+        img_size=[224, 56, 28],
+        patch_size=[4, 2, 2],
+        embed_dim=embed,
+        depth=depth,
+        num_heads=c["num_heads"],
+        mlp_ratio=mlp,
+        qkv_bias=True,
+        num_classes=c["num_classes"],
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-    )  # fmt: skip
+    )
     randomise(ft, g)
     ft.eval()
     with torch.no_grad():
         logits = ft(img)
     io["ft_logits"] = logits
-    meta = {"repository": "Alpha-VL/ConvMAE", "commit": FULL["convmae"], **c, "norm_pix_loss": True,
-            "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
-            "loss": loss.item()}  # fmt: skip
+    meta = {
+        "repository": "Alpha-VL/ConvMAE",
+        "commit": FULL["convmae"],
+        **c,
+        "norm_pix_loss": True,
+        "img_norm_cfg": {"mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
+        "loss": loss.item(),
+    }
     return state(model), state(ft), io, meta
 
 

@@ -60,10 +60,24 @@ OFFICIAL_COMMIT = "ebf07922745a926517a9a1d16fddd392a7544bb0"
 HERE = Path(__file__).resolve().parent
 
 # sizes of the small model
-CLIP = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 12, "num_attention_heads": 2,
-        "patch_size": 14, "image_size": 336, "projection_dim": 16}  # fmt: skip
-LLM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-       "num_key_value_heads": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-6}  # fmt: skip
+CLIP = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 2,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 16,
+}
+LLM = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+}
 BASE_VOCAB = 32  # ids 0 unk, 1 bos, 2 eos, then "words"
 DECODER = {"dim": 32, "mlp_dim": 64, "heads": 4, "depth": 2}
 ORIGINAL_SIZE = (30, 42)  # (H, W) of the image; resized to (320, 448) on the longest side
@@ -84,8 +98,10 @@ def _stub_modules() -> None:
     peft = types.ModuleType("peft")
     peft.LoraConfig = peft.get_peft_model = None
     sys.modules["peft"] = peft
-    for name, attrs in {"utils.dataset": ("HybridDataset", "ValDataset", "collate_fn"),
-                        "utils.multi_reason_seg_val_dataset": ("MultiReasonSegValDataset",)}.items():  # fmt: skip
+    for name, attrs in {
+        "utils.dataset": ("HybridDataset", "ValDataset", "collate_fn"),
+        "utils.multi_reason_seg_val_dataset": ("MultiReasonSegValDataset",),
+    }.items():
         mod = types.ModuleType(name)
         for attr in attrs:
             setattr(mod, attr, None)
@@ -121,9 +137,18 @@ def _make_llava(directory: Path, clip_dir: Path, generator: torch.Generator) -> 
     """A LLaVA-Lightning-like directory: LlavaLlamaForCausalLM config + weights, vocabulary after added tokens."""
     from model.llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
-    config = LlavaConfig(**LLM, vocab_size=BASE_VOCAB + 8, mm_vision_tower=str(clip_dir), mm_hidden_size=16,
-                         mm_vision_select_layer=-2, mm_use_im_start_end=True, separate_mm_projector=True,
-                         mm_projector_hidden_dim=2, mm_projector_out_dim=1, tie_word_embeddings=False)  # fmt: skip
+    config = LlavaConfig(
+        **LLM,
+        vocab_size=BASE_VOCAB + 8,
+        mm_vision_tower=str(clip_dir),
+        mm_hidden_size=16,
+        mm_vision_select_layer=-2,
+        mm_use_im_start_end=True,
+        separate_mm_projector=True,
+        mm_projector_hidden_dim=2,
+        mm_projector_out_dim=1,
+        tie_word_embeddings=False,
+    )
     config.mm_vision_select_feature = "patch"
     model = LlavaLlamaForCausalLM(config)
     _randomise(model, generator, 0.3)
@@ -138,22 +163,37 @@ def _shrink(model) -> None:
         LayerNorm2d,
         MaskDecoderMultiScale,
         PromptEncoder,
-        TwoWayTransformer,  # fmt: skip
+        TwoWayTransformer,
     )
 
     d = DECODER["dim"]
     inner = model.get_model()
-    inner.prompt_encoder = PromptEncoder(embed_dim=d, image_embedding_size=(32, 32), input_image_size=(448, 448),
-                                         mask_in_chans=16)  # fmt: skip
-    transformer = TwoWayTransformer(depth=DECODER["depth"], embedding_dim=d, mlp_dim=DECODER["mlp_dim"],
-                                    num_heads=DECODER["heads"])  # fmt: skip
-    inner.mask_decoder = MaskDecoderMultiScale(num_multimask_outputs=3, transformer=transformer, transformer_dim=d,
-                                               iou_head_depth=3, iou_head_hidden_dim=d, image_feature_scale_num=2)  # fmt: skip
+    inner.prompt_encoder = PromptEncoder(
+        embed_dim=d, image_embedding_size=(32, 32), input_image_size=(448, 448), mask_in_chans=16
+    )
+    transformer = TwoWayTransformer(
+        depth=DECODER["depth"], embedding_dim=d, mlp_dim=DECODER["mlp_dim"], num_heads=DECODER["heads"]
+    )
+    inner.mask_decoder = MaskDecoderMultiScale(
+        num_multimask_outputs=3,
+        transformer=transformer,
+        transformer_dim=d,
+        iou_head_depth=3,
+        iou_head_hidden_dim=d,
+        image_feature_scale_num=2,
+    )
     layers = []
     for layer in inner.image_feature_neck:
         if isinstance(layer, torch.nn.Conv2d):
-            layers.append(torch.nn.Conv2d(layer.in_channels if layer.in_channels != 256 else d, d,
-                                          layer.kernel_size, padding=layer.padding, bias=layer.bias is not None))  # fmt: skip
+            layers.append(
+                torch.nn.Conv2d(
+                    layer.in_channels if layer.in_channels != 256 else d,
+                    d,
+                    layer.kernel_size,
+                    padding=layer.padding,
+                    bias=layer.bias is not None,
+                )
+            )
         else:
             assert isinstance(layer, LayerNorm2d)
             layers.append(LayerNorm2d(d))
@@ -183,20 +223,42 @@ def make_model_fixture(out: Path, generator: torch.Generator) -> None:
     _make_llava(llava_dir, clip_dir, generator)
     seg_ids = list(range(BASE_VOCAB, BASE_VOCAB + 6))  # train_ds.py: [SEG0..5] added first
     im_start, im_end = BASE_VOCAB + 6, BASE_VOCAB + 7  # then <im_start>, <im_end>
-    kwargs = {"train_mask_decoder": True, "out_dim": DECODER["dim"], "ce_loss_weight": 1.0, "dice_loss_weight": 0.5,
-              "bce_loss_weight": 2.0, "seg_token_idx": seg_ids, "vision_pretrained": None,
-              "vision_tower": str(clip_dir), "use_mm_start_end": True, "seg_token_num": 3, "logger": None,
-              "tokenizer": None, "local_rank": 0, "pad_train_clip_images": True, "resize_vision_tower": True,
-              "resize_vision_tower_size": 448, "vision_tower_for_mask": True, "separate_mm_projector": True,
-              "masks_process_with_clip": False, "image_feature_scale_num": 2}  # fmt: skip
+    kwargs = {
+        "train_mask_decoder": True,
+        "out_dim": DECODER["dim"],
+        "ce_loss_weight": 1.0,
+        "dice_loss_weight": 0.5,
+        "bce_loss_weight": 2.0,
+        "seg_token_idx": seg_ids,
+        "vision_pretrained": None,
+        "vision_tower": str(clip_dir),
+        "use_mm_start_end": True,
+        "seg_token_num": 3,
+        "logger": None,
+        "tokenizer": None,
+        "local_rank": 0,
+        "pad_train_clip_images": True,
+        "resize_vision_tower": True,
+        "resize_vision_tower_size": 448,
+        "vision_tower_for_mask": True,
+        "separate_mm_projector": True,
+        "masks_process_with_clip": False,
+        "image_feature_scale_num": 2,
+    }
     model = PixelLMForCausalLM.from_pretrained(llava_dir, torch_dtype=torch.float32, **kwargs)
     model.get_model().initialize_vision_modules(model.get_model().config)
     model.get_model().initialize_pixellm_modules(model.get_model().config)
     _shrink(model)
     # random values for the PixelLM parts (the LLM and CLIP already hold random "pretrained" weights), with
     # the LayerNorm gains around 1 so that the masks' logits keep a useful range
-    for name in ("prompt_encoder", "mask_decoder", "image_feature_neck", "text_hidden_fcs", "mm_projector",
-                 "out_mm_projector"):  # fmt: skip
+    for name in (
+        "prompt_encoder",
+        "mask_decoder",
+        "image_feature_neck",
+        "text_hidden_fcs",
+        "mm_projector",
+        "out_mm_projector",
+    ):
         part = getattr(model.get_model(), name)
         _randomise(part, generator, 0.3)
         with torch.no_grad():
@@ -252,25 +314,63 @@ def make_model_fixture(out: Path, generator: torch.Generator) -> None:
     msd.torch.repeat_interleave = _broadcast_previous_mask()
     with torch.no_grad():
         result = model.model_forward(
-            images=torch.zeros(1, 3, 8, 8), images_clip=image, input_ids=input_ids, labels=None,
-            attention_masks=attention, offset=torch.tensor([0, 2]), masks_list=[torch.zeros(3, *ORIGINAL_SIZE)],
-            label_list=[torch.zeros(ORIGINAL_SIZE)], resize_list=[RESIZED], inference=True,
+            images=torch.zeros(1, 3, 8, 8),
+            images_clip=image,
+            input_ids=input_ids,
+            labels=None,
+            attention_masks=attention,
+            offset=torch.tensor([0, 2]),
+            masks_list=[torch.zeros(3, *ORIGINAL_SIZE)],
+            label_list=[torch.zeros(ORIGINAL_SIZE)],
+            resize_list=[RESIZED],
+            inference=True,
             clip_resize_list=[RESIZED],
-        )  # fmt: skip
+        )
     masks = result["pred_masks"][0]
     assert masks.shape == (3, *ORIGINAL_SIZE), masks.shape
-    save_file({"small_image": small.contiguous(), "images_clip_shape": torch.tensor([448, 448]),
-               "input_ids": input_ids, "attention_mask": attention, "resized": torch.tensor(RESIZED),
-               "original": torch.tensor(ORIGINAL_SIZE)}, out / "inputs.safetensors")  # fmt: skip
-    save_file({"level0": levels[0].contiguous(), "level1": levels[1].contiguous(), "fused": fused[0].contiguous(),
-               "masks": masks.contiguous(), "mask_scores": result["mask_scores"][0].contiguous()},
-              out / "outputs.safetensors")  # fmt: skip
-    meta = {"repo": OFFICIAL_REPO, "commit": OFFICIAL_COMMIT, "clip": CLIP, "llm": LLM, "base_vocab": BASE_VOCAB,
-            "vocab_size": BASE_VOCAB + 8, "codebook_ids": seg_ids, "im_start_id": im_start, "im_end_id": im_end,
-            "decoder": DECODER, "image_token_index": -200, "mm_vision_select_layer": -2}  # fmt: skip
+    save_file(
+        {
+            "small_image": small.contiguous(),
+            "images_clip_shape": torch.tensor([448, 448]),
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "resized": torch.tensor(RESIZED),
+            "original": torch.tensor(ORIGINAL_SIZE),
+        },
+        out / "inputs.safetensors",
+    )
+    save_file(
+        {
+            "level0": levels[0].contiguous(),
+            "level1": levels[1].contiguous(),
+            "fused": fused[0].contiguous(),
+            "masks": masks.contiguous(),
+            "mask_scores": result["mask_scores"][0].contiguous(),
+        },
+        out / "outputs.safetensors",
+    )
+    meta = {
+        "repo": OFFICIAL_REPO,
+        "commit": OFFICIAL_COMMIT,
+        "clip": CLIP,
+        "llm": LLM,
+        "base_vocab": BASE_VOCAB,
+        "vocab_size": BASE_VOCAB + 8,
+        "codebook_ids": seg_ids,
+        "im_start_id": im_start,
+        "im_end_id": im_end,
+        "decoder": DECODER,
+        "image_token_index": -200,
+        "mm_vision_select_layer": -2,
+    }
     (out / "config.json").write_text(json.dumps(meta, indent=1))
-    print("model fixture:", {k: tuple(v.shape) for k, v in {"level0": levels[0], "level1": levels[1]}.items()},
-          "mask range", float(masks.min()), float(masks.max()))  # fmt: skip
+    print(
+        "model fixture:",
+        {k: tuple(v.shape) for k, v in {"level0": levels[0], "level1": levels[1]}.items()},
+        "mask range",
+        float(masks.min()),
+        float(masks.max()),
+    )
 
 
 def _eval_cases(generator: torch.Generator) -> list[dict]:
@@ -305,8 +405,10 @@ def _eval_cases(generator: torch.Generator) -> list[dict]:
             ([], [g[1]]),
         ],
     ]
-    return [{"questions": [(torch.stack(p) if p else torch.zeros(0, h, w), torch.stack(t)) for p, t in image]}
-            for image in images]  # fmt: skip
+    return [
+        {"questions": [(torch.stack(p) if p else torch.zeros(0, h, w), torch.stack(t)) for p, t in image]}
+        for image in images
+    ]
 
 
 def make_eval_fixture(out: Path, generator: torch.Generator) -> None:
@@ -353,14 +455,32 @@ def make_eval_fixture(out: Path, generator: torch.Generator) -> None:
         gts = torch.cat([t for _, t in image["questions"]])
         counts = [t.shape[0] for _, t in image["questions"]]
         names = [[f"(object{k} [0, 0, 1, 1])" for k in range(c)] for c in counts]
-        loader.append({"image_paths": [f"image{number}.jpg"], "images": torch.zeros(1, 3, 4, 4),
-                       "images_clip": torch.full((1, 3, 4, 4), float(number)), "resize_list": [(24, 32)],
-                       "clip_resize_list": [(24, 32)], "label_list": [torch.zeros(24, 32)],
-                       "input_ids": torch.zeros(len(counts), 4, dtype=torch.long), "masks_list": [gts],
-                       "questions_list": [(["q"] * len(counts), counts, names, "prompt")]})  # fmt: skip
+        loader.append(
+            {
+                "image_paths": [f"image{number}.jpg"],
+                "images": torch.zeros(1, 3, 4, 4),
+                "images_clip": torch.full((1, 3, 4, 4), float(number)),
+                "resize_list": [(24, 32)],
+                "clip_resize_list": [(24, 32)],
+                "label_list": [torch.zeros(24, 32)],
+                "input_ids": torch.zeros(len(counts), 4, dtype=torch.long),
+                "masks_list": [gts],
+                "questions_list": [(["q"] * len(counts), counts, names, "prompt")],
+            }
+        )
     args = types.SimpleNamespace(log_dir=tempfile.mkdtemp(), local_rank=0, precision="fp32")
-    train_ds.ar_validate([loader], Engine(), 0, Writer(), args, Logger(), ["muse_constructed"], Tokenizer(),
-                         seg_token_num=3, image_feature_scale_num=2)  # fmt: skip
+    train_ds.ar_validate(
+        [loader],
+        Engine(),
+        0,
+        Writer(),
+        args,
+        Logger(),
+        ["muse_constructed"],
+        Tokenizer(),
+        seg_token_num=3,
+        image_feature_scale_num=2,
+    )
     tensors, image_ids = {}, []
     for number, image in enumerate(cases):
         for q, (pred, gt) in enumerate(image["questions"]):
@@ -368,8 +488,14 @@ def make_eval_fixture(out: Path, generator: torch.Generator) -> None:
             tensors[f"image{number}_q{q}_gt"] = gt.contiguous()
             image_ids.append(number)
     save_file(tensors, out / "cases.safetensors")
-    result = {"repo": OFFICIAL_REPO, "commit": OFFICIAL_COMMIT, "function": "train_ds.ar_validate",
-              "image_of_question": image_ids, "giou": scalars["val/giou"], "ciou": scalars["val/ciou"]}  # fmt: skip
+    result = {
+        "repo": OFFICIAL_REPO,
+        "commit": OFFICIAL_COMMIT,
+        "function": "train_ds.ar_validate",
+        "image_of_question": image_ids,
+        "giou": scalars["val/giou"],
+        "ciou": scalars["val/ciou"],
+    }
     (out / "scores.json").write_text(json.dumps(result, indent=1))
     print("eval fixture:", result)
 

@@ -79,8 +79,13 @@ def evaluate(world: tuple[int, int] | None) -> dict[str, dict[str, float]]:
     seg, top, nlvr, ve = SegmentationIoU(), TopKAccuracy(), NLVR2Metric(), SNLIVEAccuracy()
     for b in _batches(unpadded):
         idx = torch.tensor(b)
-        vqa.update([data["vqa_pred"][i] for i in b], [data["answers"][i] for i in b], idx,
-                   [data["answer_type"][i] for i in b], [data["question_type"][i] for i in b])  # fmt: skip
+        vqa.update(
+            [data["vqa_pred"][i] for i in b],
+            [data["answers"][i] for i in b],
+            idx,
+            [data["answer_type"][i] for i in b],
+            [data["question_type"][i] for i in b],
+        )
         ret.update(data["text"][idx], data["text_key"][idx], idx, data["visual"][idx], data["text_key"][idx])
         cap.update([data["caption"][i] for i in b], [data["references"][i] for i in b], idx)
     for b in _batches(padded):

@@ -38,7 +38,7 @@ def test_two_process_gloo_evaluation_is_exact(tmp_path):
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         for r in range(2)
     ]
     single = json.loads(json.dumps(_load_worker().evaluate(None)))  # same float -> JSON round trip

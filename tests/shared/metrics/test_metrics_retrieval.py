@@ -123,8 +123,10 @@ def test_metric_both_directions_with_duplicates():
     expected_v2t = retrieval_metrics(sim.T, transpose_positives(pos, 4))
     assert {k[4:]: v for k, v in out.items() if k.startswith("t2v/")} == pytest.approx(expected_t2v)
     assert {k[4:]: v for k, v in out.items() if k.startswith("v2t/")} == pytest.approx(expected_v2t)
-    assert out["rsum"] == pytest.approx(sum(v for k, v in {**expected_t2v}.items() if k.startswith("R@")) +
-                                        sum(v for k, v in expected_v2t.items() if k.startswith("R@")))  # fmt: skip
+    assert out["rsum"] == pytest.approx(
+        sum(v for k, v in {**expected_t2v}.items() if k.startswith("R@"))
+        + sum(v for k, v in expected_v2t.items() if k.startswith("R@"))
+    )
     dsl = RetrievalMetric(dual_softmax_temperature=0.05)
     dsl.update(text, text_key, torch.arange(8), video[text_key], text_key)
     expected_dsl = retrieval_metrics(sim * torch.softmax(sim / 0.05, dim=0) * 8, pos)

@@ -118,13 +118,25 @@ def test_accuracy_equals_soft_score_and_is_permutation_invariant(answers, pick, 
 
 def _annotations():
     return [
-        {"question_id": 1, "question_type": "what color", "answer_type": "other",
-         "answers": [{"answer": "red", "answer_id": i + 1} for i in range(10)]},
-        {"question_id": 2, "question_type": "is the", "answer_type": "yes/no",
-         "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["yes"] * 9 + ["no"])]},
-        {"question_id": 3, "question_type": "how many", "answer_type": "number",
-         "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["2"] * 8 + ["3"] * 2)]},
-    ]  # fmt: skip
+        {
+            "question_id": 1,
+            "question_type": "what color",
+            "answer_type": "other",
+            "answers": [{"answer": "red", "answer_id": i + 1} for i in range(10)],
+        },
+        {
+            "question_id": 2,
+            "question_type": "is the",
+            "answer_type": "yes/no",
+            "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["yes"] * 9 + ["no"])],
+        },
+        {
+            "question_id": 3,
+            "question_type": "how many",
+            "answer_type": "number",
+            "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["2"] * 8 + ["3"] * 2)],
+        },
+    ]
 
 
 def test_evaluate_aggregates_like_vqaeval():
@@ -180,10 +192,20 @@ def test_metric_dedups_padding_and_matches_evaluate():
     anns = _annotations()
     preds = {1: "red", 2: "no", 3: "three"}
     metric = VQAAccuracy()
-    metric.update(["three", "red"], [[a["answer"] for a in anns[2]["answers"]], [a["answer"] for a in anns[0]["answers"]]],
-                  torch.tensor([2, 0]), ["number", "other"], ["how many", "what color"])  # fmt: skip
-    metric.update(["no", "three"], [[a["answer"] for a in anns[1]["answers"]], [a["answer"] for a in anns[2]["answers"]]],
-                  torch.tensor([1, 2]), ["yes/no", "number"], ["is the", "how many"])  # fmt: skip  # index 2 repeated
+    metric.update(
+        ["three", "red"],
+        [[a["answer"] for a in anns[2]["answers"]], [a["answer"] for a in anns[0]["answers"]]],
+        torch.tensor([2, 0]),
+        ["number", "other"],
+        ["how many", "what color"],
+    )
+    metric.update(
+        ["no", "three"],
+        [[a["answer"] for a in anns[1]["answers"]], [a["answer"] for a in anns[2]["answers"]]],
+        torch.tensor([1, 2]),
+        ["yes/no", "number"],
+        ["is the", "how many"],
+    )  # index 2 repeated
     out = metric.compute()
     ref = evaluate_vqa(preds, anns)
     assert out["overall"] == ref["overall"] == 63.33

@@ -63,8 +63,9 @@ FILES = [
 def import_official(repo: str, tmp: Path) -> types.ModuleType:
     """Write the official files at COMMIT under ``tmp`` (with stub package glue) and import the necks module."""
     for name in FILES:
-        text = subprocess.run(["git", "--git-dir", repo, "show", f"{COMMIT}:{name}"], capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
+        text = subprocess.run(
+            ["git", "--git-dir", repo, "show", f"{COMMIT}:{name}"], capture_output=True, text=True, check=True
+        ).stdout
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_text(text)
     # stubs: package __init__s, the registry and commons.cnn (framework glue only)
@@ -162,9 +163,16 @@ def make_neck(necks: types.ModuleType, g: torch.Generator) -> tuple[dict, dict]:
     w = torch.randn(tokens.shape, generator=g)
     (tokens * w).sum().backward()
     tokens = tokens.detach().contiguous()
-    tensors.update({"c5": c5.detach().clone(), "train.tokens": tokens, "train.weight": w,
-                    "train.c5_grad": c5.grad.clone(), "train.visual_mask": visual_mask.clone(),
-                    "train.labels": labels.clone()})  # fmt: skip
+    tensors.update(
+        {
+            "c5": c5.detach().clone(),
+            "train.tokens": tokens,
+            "train.weight": w,
+            "train.c5_grad": c5.grad.clone(),
+            "train.visual_mask": visual_mask.clone(),
+            "train.labels": labels.clone(),
+        }
+    )
     tensors.update(state(neck, "after_train."))
     neck.eval()
     neck.mask_prob = 0.0
@@ -172,9 +180,18 @@ def make_neck(necks: types.ModuleType, g: torch.Generator) -> tuple[dict, dict]:
         tokens, visual_mask, labels = neck([c5.detach()], img_meta)
     tensors.update({"eval.tokens": tokens.contiguous(), "eval.visual_mask": visual_mask.clone()})
     np.random.randint = randint
-    meta = {"commit": COMMIT, "in_channels": c_in, "out_channels": dim, "num_tokens": k, "decay": 0.4,
-            "pad_shape": [256, 384], "img_shapes": img_shapes, "train_mask_prob": 1.0, "train_anchor": drawn[0],
-            "norm_cfg": "BN (SyncBN in the official config; the same in one process)"}  # fmt: skip
+    meta = {
+        "commit": COMMIT,
+        "in_channels": c_in,
+        "out_channels": dim,
+        "num_tokens": k,
+        "decay": 0.4,
+        "pad_shape": [256, 384],
+        "img_shapes": img_shapes,
+        "train_mask_prob": 1.0,
+        "train_anchor": drawn[0],
+        "norm_cfg": "BN (SyncBN in the official config; the same in one process)",
+    }
     return tensors, meta
 
 

@@ -104,7 +104,7 @@ def main() -> None:
                 "WORD_EMBED_SIZE",
                 "DROPOUT_R",
             )
-        },  # fmt: skip
+        },
         "token_size": TOKENS,
         "answer_size": ANSWERS,
         "seed": SEED,

@@ -21,8 +21,20 @@ Three traps of a plain LightningCLI are closed here (see shared/reference/lightn
   tokenizers, the accelerator) and lists everything missing at once, each with its fix
   (`VISLANG_SKIP_PREFLIGHT=1` skips it).
 * No argument links are declared: a link whose source attribute is missing on the chosen data
-  module is skipped silently by jsonargparse, and one CLI serves six packages. A module reads what
-  it needs from `self.trainer.datamodule` in `setup()` instead.
+  module is skipped silently by jsonargparse, and one CLI serves six packages. A value that model and
+  data must agree on is written once in the config and interpolated: configs are parsed in
+  jsonargparse's ``omegaconf`` mode, so ``image_size: ${data.init_args.image_size}`` resolves within
+  a config file. A module reads the rest from its data module's typed contract in `setup()`.
+
+Two kinds of repetition are taken out of the configs:
+
+* **Trainer presets** are package resources (`vislang/shared/configs/trainer/*.yaml`: ``cpu``,
+  ``gpu_bf16``, ``ddp``, ``ddp_multinode``, ``fsdp``, ``deepspeed_stage2``). A config names one with
+  ``trainer_preset: gpu_bf16`` and writes only the trainer keys particular to it; on the command
+  line ``--trainer ddp`` stacks one on any config, from any working directory. The config's own
+  ``trainer:`` keys and later command-line keys win over the preset's.
+* **Callbacks every run needs** (`vislang.shared.callbacks`: exact resume, the load-failure count) are
+  added to every trainer; a config lists only its own (checkpointing, writers, evaluations).
 """
 
 from __future__ import annotations
@@ -31,19 +43,31 @@ import os
 import re
 import sys
 import warnings
+from importlib.resources import files
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from vislang.shared.callbacks import add_default_callbacks
 from vislang.shared.checkpoint import CheckpointError, load_checkpoint
-from vislang.shared.data.resume import add_exact_resume, newest_checkpoint
+from vislang.shared.data.resume import newest_checkpoint
 from vislang.shared.data.robust import TooManyLoadFailures
 from vislang.shared.preflight import format_missing, run_preflight
 from vislang.shared.text import HubModelUnavailableError
 
-__all__ = ["VislangCLI", "VislangArgumentParser", "build_cli", "main", "one_line_error"]
+__all__ = [
+    "VislangCLI",
+    "VislangArgumentParser",
+    "build_cli",
+    "main",
+    "one_line_error",
+    "trainer_presets",
+    "with_trainer_presets",
+]
 
 
 _BOILERPLATE = re.compile(
@@ -106,8 +130,18 @@ class VislangCLI(LightningCLI):
         # must not guess what a misspelled key meant.
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         for name in (None, *self.subcommands()):
-            (parser_kwargs.setdefault(name, {}) if name else parser_kwargs).setdefault("allow_abbrev", False)
+            group = parser_kwargs.setdefault(name, {}) if name else parser_kwargs
+            group.setdefault("allow_abbrev", False)
+            group.setdefault("parser_mode", "omegaconf")  # ${...} interpolation inside a config file
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--trainer_preset",
+            type=str | None,
+            default=None,
+            help=f"A trainer preset the config's trainer keys are stacked on: one of {', '.join(trainer_presets())}.",
+        )
 
     def _stop(self, message: str) -> NoReturn:
         """One line on stderr, exit status 2 (`--debug` shows the traceback instead)."""
@@ -124,7 +158,7 @@ class VislangCLI(LightningCLI):
         """
         try:
             super().instantiate_classes()
-            add_exact_resume(self.trainer)
+            add_default_callbacks(self.trainer)
         except Exception as err:
             if DEBUG:
                 raise
@@ -222,6 +256,55 @@ def _last_line(message: str) -> str:
     return (lines[-1] if lines else message)[:500]
 
 
+def trainer_presets() -> dict[str, Path]:
+    """The trainer presets shipped in vislang-shared, by name (``ddp`` -> its YAML file)."""
+    folder = files("vislang.shared") / "configs" / "trainer"
+    return {
+        entry.name.removesuffix(".yaml"): Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")
+    }
+
+
+def _config_files(argv: list[str]) -> list[tuple[int, str]]:
+    """(position, path) of every ``--config``/``-c`` file on the command line."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            found.append((i, argv[i + 1]))
+        elif arg.startswith("--config="):
+            found.append((i, arg.split("=", 1)[1]))
+    return found
+
+
+def with_trainer_presets(argv: list[str]) -> list[str]:
+    """The command line with trainer presets named by their files: ``--trainer ddp`` becomes the
+    preset's path, and a config's ``trainer_preset: NAME`` puts ``--trainer <path>`` just before that
+    config, so the config's own trainer keys (and everything after it) override the preset's."""
+    presets = trainer_presets()
+
+    def path_of(name: str, where: str) -> str:
+        if name not in presets:
+            raise SystemExit(
+                f"lightning: error: {where}: no trainer preset {name!r}; one of {', '.join(sorted(presets))}"
+            )
+        return str(presets[name])
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--trainer" and i + 1 < len(out) and out[i + 1] in presets:
+            out[i + 1] = path_of(out[i + 1], "--trainer")
+        elif arg.startswith("--trainer=") and arg.split("=", 1)[1] in presets:
+            out[i] = "--trainer=" + path_of(arg.split("=", 1)[1], "--trainer")
+    for position, config in reversed(_config_files(out)):
+        try:
+            content = yaml.safe_load(Path(config).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # jsonargparse reports an unreadable config in its own words
+        name = content.get("trainer_preset") if isinstance(content, dict) else None
+        if name:
+            out[position:position] = ["--trainer", path_of(str(name), f"{config}: trainer_preset")]
+    return out
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the `lightning` console script and of `python -m vislang.shared`.
 
@@ -247,6 +330,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VislangCLI:
     DEBUG = isinstance(argv, list) and "--debug" in argv
     if DEBUG:
         args = [arg for arg in argv if arg != "--debug"]
+    if isinstance(argv, list):
+        args = with_trainer_presets([arg for arg in argv if arg != "--debug"])
     return VislangCLI(
         LightningModule,
         LightningDataModule,

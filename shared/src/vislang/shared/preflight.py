@@ -148,7 +148,7 @@ def check_accelerator(trainer: Mapping[str, Any]) -> list[Missing]:
     import torch
 
     accelerator = str(trainer.get("accelerator") or "auto")
-    fix = "run on the CPU with `--trainer shared/configs/trainer/cpu.yaml` (or `--trainer.accelerator cpu`)"
+    fix = "run on the CPU with `--trainer cpu` (or `--trainer.accelerator cpu`)"
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             return [Missing("trainer.accelerator", f"{accelerator!r}, but this machine has no CUDA device", fix)]

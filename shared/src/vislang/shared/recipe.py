@@ -430,8 +430,14 @@ _SS_FT = dict(
 def _finetune(paper: tuple[str, str], task: str, items: int, item: str) -> Paper:
     """A single-stream downstream task without official code: batch, epochs and schedule are ours."""
     source, lr_note = paper
-    return Paper(**_SS_FT, lr="not published", items={task: items}, item=item, source=source,
-                 notes={**_SS_FT_NOTES, "lr": lr_note})  # fmt: skip
+    return Paper(
+        **_SS_FT,
+        lr="not published",
+        items={task: items},
+        item=item,
+        source=source,
+        notes={**_SS_FT_NOTES, "lr": lr_note},
+    )
 
 
 _SOHO_FT = ("no official code (reference §1)", "SOHO's pre-training lr")

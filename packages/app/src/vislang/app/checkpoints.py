@@ -39,7 +39,7 @@ DEMOS: dict[str, Demo] = {
     "vqa": Demo("--vqa-ckpt", ("demo_outputs/vqa_ensemble/ensemble/weights.json",), "make demo-vqa_ensemble"),
     "vqa_detector": Demo(
         "--vqa-detector", ("demo_outputs/vqa_ensemble/detector/demo/checkpoints/last.ckpt",), "make demo-vqa_ensemble"
-    ),  # fmt: skip
+    ),
     # packages/cmae/configs/demo.yaml sets `enable_checkpointing: false`: `make demo-cmae` keeps no weights.
     # With checkpointing on, Lightning's default ModelCheckpoint saves into the CSV logger's version folder.
     "cmae": Demo(
@@ -47,7 +47,7 @@ DEMOS: dict[str, Demo] = {
         ("demo_outputs/cmae/version_*/checkpoints/*.ckpt",),
         "lightning fit --config packages/cmae/configs/demo.yaml --trainer.enable_checkpointing=true",
         note="`make demo-cmae` alone keeps no checkpoint (its config sets enable_checkpointing: false)",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -67,8 +67,11 @@ def resolve_checkpoint(
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            return Resolved(None, f"{demo.flag} {path}: no such file; pass an existing checkpoint or run "
-                                  f"`{demo.command}` and start the app without {demo.flag}")  # fmt: skip
+            return Resolved(
+                None,
+                f"{demo.flag} {path}: no such file; pass an existing checkpoint or run "
+                f"`{demo.command}` and start the app without {demo.flag}",
+            )
         return Resolved(path, f"checkpoint from {demo.flag}: {path}")
     root = Path(demo_root)
     found: list[Path] = []
@@ -79,8 +82,11 @@ def resolve_checkpoint(
         return Resolved(path, f"no {demo.flag} given: using the checkpoint `{demo.command}` wrote, {path}")
     where = ", ".join(str(root / p) for p in demo.paths)
     note = f" ({demo.note})" if demo.note else ""
-    return Resolved(None, f"no checkpoint: pass {demo.flag} PATH, or run `{demo.command}` in {root.resolve()} "
-                          f"to make one (looked for {where}){note}")  # fmt: skip
+    return Resolved(
+        None,
+        f"no checkpoint: pass {demo.flag} PATH, or run `{demo.command}` in {root.resolve()} "
+        f"to make one (looked for {where}){note}",
+    )
 
 
 def resolve_relative(value: str | None, anchor: str | os.PathLike[str]) -> str | None:

@@ -43,8 +43,10 @@ def load_cmae(path: str | Path) -> CMAEPretrainModule:
     """A CMAE pre-training checkpoint for inference on the CPU (image presets only)."""
     hparams = checkpoint_hparams(path)
     if "preset" not in hparams or "base_momentum" not in hparams:
-        raise ValueError(f"{path}: not a CMAE pre-training checkpoint (CMAEPretrainModule); fine-tuned "
-                         "classifiers have no pixel decoder to reconstruct with")  # fmt: skip
+        raise ValueError(
+            f"{path}: not a CMAE pre-training checkpoint (CMAEPretrainModule); fine-tuned "
+            "classifiers have no pixel decoder to reconstruct with"
+        )
     module = CMAEPretrainModule.load_from_checkpoint(path, map_location="cpu", init_weights=None, compile=False)
     if module.model.config.is_video:
         raise ValueError(f"{path}: a CMAE-V (video) checkpoint; this tab reconstructs images")
@@ -65,9 +67,15 @@ def reconstruct(module: CMAEPretrainModule, image: CheckedImage, ratio: float, s
     if not 0.0 < float(ratio) < 1.0:
         raise InputError(f"mask ratio {ratio}: choose a value between 0 and 1 (CMAE trains at 0.65, MAE at 0.75)")
     c = module.model.config
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(c.img_size, interpolation=v2.InterpolationMode.BICUBIC,
-                            antialias=True), v2.CenterCrop(c.img_size), v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(c.img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(c.img_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     x = transform(Image.fromarray(image.array))[None]
     generator = torch.Generator().manual_seed(int(seed))
     try:
@@ -80,6 +88,8 @@ def reconstruct(module: CMAEPretrainModule, image: CheckedImage, ratio: float, s
     side = c.img_size
     cells = [grid[:, 1 : 1 + side, 1 + k * (side + 1) : 1 + k * (side + 1) + side] for k in range(3)]
     notes = list(image.notes)
-    notes.append(f"image centre-cropped and resized to {side}x{side} px, the checkpoint's input size; "
-                 f"{int(mask.sum())} of {mask.numel()} patches of {c.patch_size} px masked ({c.mask_type} masking)")  # fmt: skip
+    notes.append(
+        f"image centre-cropped and resized to {side}x{side} px, the checkpoint's input size; "
+        f"{int(mask.sum())} of {mask.numel()} patches of {c.patch_size} px masked ({c.mask_type} masking)"
+    )
     return Reconstruction(_display(cells[1]), _display(cells[2]), _display(cells[0]), float(mask.float().mean()), notes)

@@ -75,18 +75,23 @@ def load_image(path: str | os.PathLike[str] | None) -> CheckedImage:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise InputError(f"{name}: {width}x{height} px is over the {MAX_PIXELS // 1_000_000} MP limit; "
-                                 f"downscale it (e.g. to {MAX_SIDE} px on the long side) and upload again")  # fmt: skip
+                raise InputError(
+                    f"{name}: {width}x{height} px is over the {MAX_PIXELS // 1_000_000} MP limit; "
+                    f"downscale it (e.g. to {MAX_SIDE} px on the long side) and upload again"
+                )
             if min(width, height) < MIN_SIDE:
-                raise InputError(f"{name}: {width}x{height} px is too small to show anything; upload an image "
-                                 f"of at least {MIN_SIDE}x{MIN_SIDE} px")  # fmt: skip
+                raise InputError(
+                    f"{name}: {width}x{height} px is too small to show anything; upload an image "
+                    f"of at least {MIN_SIDE}x{MIN_SIDE} px"
+                )
             image.seek(0)  # the first frame of an animated GIF / multi-page TIFF
             rgb = as_rgb(image, notes)  # the shared normaliser: other modes to RGB, transparency on white
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"{name}: not an image Pillow can read ({type(error).__name__}); upload a PNG, "
-                         "JPEG, WebP or BMP file") from None  # fmt: skip
+        raise InputError(
+            f"{name}: not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG, WebP or BMP file"
+        ) from None
     if max(rgb.size) > MAX_SIDE:
         scale = MAX_SIDE / max(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))

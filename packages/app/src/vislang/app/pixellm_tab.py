@@ -70,8 +70,10 @@ class PixelLMResult:
                 words, stripped = target.words, text.rstrip()
                 head = stripped[: len(stripped) - len(words)] if words and stripped.endswith(words) else text
                 spans.append(html.escape(head))
-                spans.append(f'<span class="seg" style="background:{target.hex};color:#fff;padding:0 4px;'
-                             f'border-radius:4px">{html.escape(words or "?")} [mask {target.number}]</span>')  # fmt: skip
+                spans.append(
+                    f'<span class="seg" style="background:{target.hex};color:#fff;padding:0 4px;'
+                    f'border-radius:4px">{html.escape(words or "?")} [mask {target.number}]</span>'
+                )
             else:
                 spans.append(html.escape(text) + (html.escape(SEG) if k < len(parts) - 1 else ""))
         rows = "".join(
@@ -84,9 +86,12 @@ class PixelLMResult:
         if not self.targets:
             rows = "<li>no mask: the answer has no complete segmentation-token group</li>"
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return (f'<div id="pixellm-answer"><p><b>Answer:</b> {"".join(spans)}</p>'
-                f'<ul id="pixellm-legend" style="list-style:none;padding-left:0">{rows}</ul>'
-                + (f"<ul><small>{notes}</small></ul>" if notes else "") + "</div>")  # fmt: skip
+        return (
+            f'<div id="pixellm-answer"><p><b>Answer:</b> {"".join(spans)}</p>'
+            f'<ul id="pixellm-legend" style="list-style:none;padding-left:0">{rows}</ul>'
+            + (f"<ul><small>{notes}</small></ul>" if notes else "")
+            + "</div>"
+        )
 
 
 def answer_phrases(answer: str, count: int) -> list[str]:
@@ -140,9 +145,16 @@ def load_pixellm(path: str | Path) -> PixelLMModule:
     if "tokenizer" not in hparams or "max_new_tokens" not in hparams:
         raise ValueError(f"{path}: not a PixelLM checkpoint (PixelLMModule); pass one to --pixellm-ckpt")
     tokenizer = resolve_relative(hparams.get("tokenizer"), path)
-    model = PixelLMModule.load_from_checkpoint(path, map_location="cpu", tokenizer=tokenizer, llava_weights=None,
-                                               clip_weights=None, pixellm_weights=None, init_weights=None,
-                                               results_dir=None)  # fmt: skip
+    model = PixelLMModule.load_from_checkpoint(
+        path,
+        map_location="cpu",
+        tokenizer=tokenizer,
+        llava_weights=None,
+        clip_weights=None,
+        pixellm_weights=None,
+        init_weights=None,
+        results_dir=None,
+    )
     return model.eval()
 
 
@@ -155,8 +167,10 @@ def run_pixellm(model: PixelLMModule, image: CheckedImage, question: str, out_di
     overlay = write_overlay_png(image.array, masks, out_dir / f"pixellm_overlay_{uuid.uuid4().hex[:12]}.png")
     outline_masks(overlay, masks)
     words = answer_phrases(result.answer, len(masks))
-    targets = [Target(k + 1, PALETTE[k % len(PALETTE)], words[k], float(result.scores[k]), float(masks[k].mean()))
-               for k in range(len(masks))]  # fmt: skip
+    targets = [
+        Target(k + 1, PALETTE[k % len(PALETTE)], words[k], float(result.scores[k]), float(masks[k].mean()))
+        for k in range(len(masks))
+    ]
     notes = list(image.notes)
     if result.dropped_tokens:
         notes.append(f"{result.dropped_tokens} segmentation tokens of an incomplete group were dropped")

@@ -128,8 +128,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
         choices = [(r.path.name, str(r.path)) for r in ranking.videos]
         return gallery, table, gr.update(choices=choices, value=choices[0][1]), _ok(notes)
 
-    def describe(picked: str | None, uploaded: str | None, task: str, question: str,
-                 progress: Any = PROGRESS) -> tuple[str, str]:  # fmt: skip
+    def describe(
+        picked: str | None, uploaded: str | None, task: str, question: str, progress: Any = PROGRESS
+    ) -> tuple[str, str]:
         try:
             model = vlab.get(progress)
             video = uploaded or picked
@@ -155,14 +156,20 @@ def build_app(config: AppConfig) -> gr.Blocks:
         lines = [f"## {html.escape(result.answer)}", "", "| ensemble | score |", "|---|---|"]
         lines += [f"| {html.escape(a)} | {s:.3f} |" for a, s in result.ensemble_top]
         for member in result.members:
-            lines += ["", f"**{member['name']}**, ensemble weight {member['weight']:.2f}", "",
-                      "| answer | sigmoid score |", "|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"**{member['name']}**, ensemble weight {member['weight']:.2f}",
+                "",
+                "| answer | sigmoid score |",
+                "|---|---|",
+            ]
             lines += [f"| {html.escape(a)} | {s:.3f} |" for a, s in member["top"]]
         weights = " / ".join(f"{w:.2f}" for w in result.weights)
         return "\n".join(lines), _ok([f"ensemble weights {weights} (fitted on validation)", *result.notes])
 
-    def reconstruct_image(image_file: str | None, ratio: float, seed: float,
-                          progress: Any = PROGRESS) -> tuple[Any, Any, Any, str]:  # fmt: skip
+    def reconstruct_image(
+        image_file: str | None, ratio: float, seed: float, progress: Any = PROGRESS
+    ) -> tuple[Any, Any, Any, str]:
         try:
             module = cmae.get(progress)
             image = load_image(image_file)
@@ -172,8 +179,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
         return result.masked, result.reconstruction, result.target, _ok(result.notes)
 
     with gr.Blocks(title="vislang", analytics_enabled=False) as app:
-        gr.Markdown("# vislang\nTry the re-implemented models on your own pictures and videos. Everything runs "
-                    "on this computer (CPU); uploads stay in a temporary folder deleted when the app stops.")  # fmt: skip
+        gr.Markdown(
+            "# vislang\nTry the re-implemented models on your own pictures and videos. Everything runs "
+            "on this computer (CPU); uploads stay in a temporary folder deleted when the app stops."
+        )
         with gr.Tab("PixelLM", id="pixellm"):
             gr.Markdown(_status(pixellm.resolved), elem_id="pixellm-checkpoint")
             with gr.Row():
@@ -181,25 +190,30 @@ def build_app(config: AppConfig) -> gr.Blocks:
                     p_image = gr.File(
                         label="Image (PNG, JPEG, WebP, BMP, ...)", type="filepath", elem_id="pixellm-image"
                     )
-                    p_question = gr.Textbox(label="Question", placeholder="which shapes are red?",
-                                            elem_id="pixellm-question")  # fmt: skip
+                    p_question = gr.Textbox(
+                        label="Question", placeholder="which shapes are red?", elem_id="pixellm-question"
+                    )
                     p_button = gr.Button("Segment", variant="primary", elem_id="pixellm-run")
                 with gr.Column():
-                    p_overlay = gr.Image(label="Masks over the image", type="filepath", interactive=False,
-                                         elem_id="pixellm-overlay")  # fmt: skip
+                    p_overlay = gr.Image(
+                        label="Masks over the image", type="filepath", interactive=False, elem_id="pixellm-overlay"
+                    )
                     p_legend = gr.HTML(elem_id="pixellm-legend-box")
             p_status = gr.Markdown(elem_id="pixellm-status")
             p_button.click(segment, [p_image, p_question], [p_overlay, p_legend, p_status])
         with gr.Tab("VLAB", id="vlab"):
             gr.Markdown(_status(vlab.resolved), elem_id="vlab-checkpoint")
             with gr.Row():
-                v_folder = gr.Textbox(label="Folder of videos on this computer", value=videos_default,
-                                      elem_id="vlab-folder")  # fmt: skip
-                v_sentence = gr.Textbox(label="Sentence", placeholder="a red circle moves left",
-                                        elem_id="vlab-sentence")  # fmt: skip
+                v_folder = gr.Textbox(
+                    label="Folder of videos on this computer", value=videos_default, elem_id="vlab-folder"
+                )
+                v_sentence = gr.Textbox(
+                    label="Sentence", placeholder="a red circle moves left", elem_id="vlab-sentence"
+                )
             v_rank = gr.Button("Rank the videos", variant="primary", elem_id="vlab-run")
-            v_gallery = gr.Gallery(label="Best match first (middle frame, cosine)", columns=6, height=260,
-                                   elem_id="vlab-gallery")  # fmt: skip
+            v_gallery = gr.Gallery(
+                label="Best match first (middle frame, cosine)", columns=6, height=260, elem_id="vlab-gallery"
+            )
             v_table = gr.Markdown(elem_id="vlab-table")
             with gr.Row():
                 v_pick = gr.Dropdown(label="Video from the ranking", choices=[], elem_id="vlab-pick")
@@ -216,8 +230,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     q_image = gr.File(label="Image", type="filepath", elem_id="vqa-image")
-                    q_question = gr.Textbox(label="Question", placeholder="how many circles are there?",
-                                            elem_id="vqa-question")  # fmt: skip
+                    q_question = gr.Textbox(
+                        label="Question", placeholder="how many circles are there?", elem_id="vqa-question"
+                    )
                     q_button = gr.Button("Answer", variant="primary", elem_id="vqa-run")
                 q_answer = gr.Markdown(elem_id="vqa-answer")
             q_status = gr.Markdown(elem_id="vqa-status")

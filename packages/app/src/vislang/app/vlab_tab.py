@@ -57,8 +57,15 @@ def load_vlab(path: str | Path) -> VLABModel:
         raise ValueError(f"{path}: not a VLAB checkpoint (VLABModule); pass one to --vlab-ckpt")
     data = checkpoint_hparams(path, "datamodule_hyper_parameters")
     tokenizer = resolve_relative(hparams.get("decoder_tokenizer"), path)
-    module = VLABModule.load_from_checkpoint(path, map_location="cpu", decoder_tokenizer=tokenizer, clip_weights=None,
-                                             init_weights=None, results_dir=None, compile=False)  # fmt: skip
+    module = VLABModule.load_from_checkpoint(
+        path,
+        map_location="cpu",
+        decoder_tokenizer=tokenizer,
+        clip_weights=None,
+        init_weights=None,
+        results_dir=None,
+        compile=False,
+    )
     tasks = tuple(data.get("tasks") or ("retrieval", "caption", "qa"))
     return VLABModel(module.eval(), int(data.get("eval_num_frames") or 8), tasks)
 
@@ -76,8 +83,9 @@ def thumbnail(video: Path, out_dir: Path) -> Path:
     return path
 
 
-def rank_videos(model: VLABModel, folder: str, sentence: str, out_dir: Path,
-                progress: Callable[[float, str], None] | None = None) -> Ranking:  # fmt: skip
+def rank_videos(
+    model: VLABModel, folder: str, sentence: str, out_dir: Path, progress: Callable[[float, str], None] | None = None
+) -> Ranking:
     """Every decodable video of `folder`, best match for `sentence` first; undecodable ones are listed."""
     sentence = check_question(sentence, "sentence")
     videos, notes = list_videos(folder)

@@ -64,15 +64,19 @@ class VQAPredictor:
             info = json.loads(weights_json.read_text(encoding="utf-8"))
             weights, members = [float(w) for w in info["weights"]], list(info["members"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{weights_json}: not an ensemble weights file ({{'weights': [...], 'members': "
-                             f"[...]}} as `lightning validate` writes it): {type(error).__name__} {error}") from None  # fmt: skip
+            raise ValueError(
+                f"{weights_json}: not an ensemble weights file ({{'weights': [...], 'members': "
+                f"[...]}} as `lightning validate` writes it): {type(error).__name__} {error}"
+            ) from None
         if len(weights) != len(members) or not members:
             raise ValueError(f"{weights_json}: {len(weights)} weights for {len(members)} members")
         self.weights = weights
         self.member_paths = [Path(resolve_relative(m, weights_json)) for m in members]
         self.members = [_load_member(p) for p in self.member_paths]
-        self.extractors = [self._extractor(path, member, Path(detector_ckpt)) for path, member in
-                           zip(self.member_paths, self.members, strict=True)]  # fmt: skip
+        self.extractors = [
+            self._extractor(path, member, Path(detector_ckpt))
+            for path, member in zip(self.member_paths, self.members, strict=True)
+        ]
         vocab: dict[str, int] = {}
         for member in self.members:
             for answer in member.answers:
@@ -96,8 +100,10 @@ class VQAPredictor:
                 hint = (
                     " (pass the detector its features came from: --vqa-detector)" if key == "detector_weights" else ""
                 )
-                raise ValueError(f"{path}: the member was trained on features with {key}={spec[key]!r} but "
-                                 f"{detector} gives {key}={rebuilt.get(key)!r}{hint}")  # fmt: skip
+                raise ValueError(
+                    f"{path}: the member was trained on features with {key}={spec[key]!r} but "
+                    f"{detector} gives {key}={rebuilt.get(key)!r}{hint}"
+                )
         return extractor.eval()
 
     def features(self, image: CheckedImage) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,23 +120,35 @@ class VQAPredictor:
     @torch.no_grad()
     def predict(self, image: CheckedImage, question: str) -> VQAAnswer:
         question = check_question(question)
-        tokens = self.tokenizer([question], padding=True, truncation=True, max_length=MAX_QUESTION_TOKENS,
-                                return_tensors="pt")  # fmt: skip
+        tokens = self.tokenizer(
+            [question], padding=True, truncation=True, max_length=MAX_QUESTION_TOKENS, return_tensors="pt"
+        )
         probabilities, members = [], []
         for k, (member, (features, boxes)) in enumerate(zip(self.members, self.features(image), strict=True)):
-            visual = {"features": features[None], "boxes": boxes[None],
-                      "mask": torch.ones(1, len(features), dtype=torch.bool)}  # fmt: skip
-            batch = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
-                     "visual": {member.hparams.feature_set: visual}}  # fmt: skip
+            visual = {
+                "features": features[None],
+                "boxes": boxes[None],
+                "mask": torch.ones(1, len(features), dtype=torch.bool),
+            }
+            batch = {
+                "input_ids": tokens["input_ids"],
+                "attention_mask": tokens["attention_mask"],
+                "visual": {member.hparams.feature_set: visual},
+            }
             p = torch.sigmoid(member(batch))[0]
             full = p.new_zeros(len(self.answers))
             full[self._maps[k]] = p
             probabilities.append(full)
             top = p.topk(min(TOP_K, len(p)))
-            members.append({"name": f"member {k + 1}: {member.hparams.feature_set} features ({len(features)} "
-                                    f"{'cells' if member.feature_spec.get('kind') == 'grid' else 'boxes'})",
-                            "weight": self.weights[k], "checkpoint": str(self.member_paths[k]),
-                            "top": [(member.answers[i], float(s)) for i, s in zip(top.indices, top.values, strict=True)]})  # fmt: skip
+            members.append(
+                {
+                    "name": f"member {k + 1}: {member.hparams.feature_set} features ({len(features)} "
+                    f"{'cells' if member.feature_spec.get('kind') == 'grid' else 'boxes'})",
+                    "weight": self.weights[k],
+                    "checkpoint": str(self.member_paths[k]),
+                    "top": [(member.answers[i], float(s)) for i, s in zip(top.indices, top.values, strict=True)],
+                }
+            )
         mixed = combine(torch.stack(probabilities)[:, None], self.weights)[0]
         top = mixed.topk(min(TOP_K, len(mixed)))
         ranked = [(self.answers[i], float(s)) for i, s in zip(top.indices, top.values, strict=True)]

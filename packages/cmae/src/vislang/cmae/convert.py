@@ -97,8 +97,15 @@ _RUNNER_RULES: list[tuple[str, str | None]] = [
     (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."),
     (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
 ]
-_CMAE_MODULES = ("backbone.", "target_backbone.", "pixel_decoder.", "feature_decoder.", "projector.",
-                 "target_projector.", "head.predictor.")  # fmt: skip
+_CMAE_MODULES = (
+    "backbone.",
+    "target_backbone.",
+    "pixel_decoder.",
+    "feature_decoder.",
+    "projector.",
+    "target_projector.",
+    "head.predictor.",
+)
 # MAE (`_full`, `visualize`) and ConvMAE pre-training files: the pixel decoder under MAE's names, which are ours
 _MAE_DECODER = re.compile(r"^(decoder_embed|decoder_blocks|decoder_norm|decoder_pred|decoder_pos_embed|mask_token)\b")
 
@@ -243,16 +250,17 @@ def load_classifier(
     """
     state = to_timm(_read(path_or_state), layout)
     head = {k: v for k, v in state.items() if _HEAD.match(k)}
-    encoder_report = load_encoder(classifier.encoder, {k: v for k, v in state.items() if not _HEAD.match(k)},
-                                  layout="timm", strict=strict)  # fmt: skip
+    encoder_report = load_encoder(
+        classifier.encoder, {k: v for k, v in state.items() if not _HEAD.match(k)}, layout="timm", strict=strict
+    )
     # the encoder is loaded above; fc_norm / head may be absent (pre-trained file) or of another class count
     head_report = load_into(classifier, head, strict=strict, allowed_missing=[r".*"])
     return LoadReport(
-        missing=[f"encoder.{k}" for k in encoder_report.missing] + [k for k in head_report.missing
-                                                                    if not k.startswith("encoder.")],
+        missing=[f"encoder.{k}" for k in encoder_report.missing]
+        + [k for k in head_report.missing if not k.startswith("encoder.")],
         unexpected=[f"encoder.{k}" for k in encoder_report.unexpected] + head_report.unexpected,
         mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched] + head_report.mismatched,
-    )  # fmt: skip
+    )
 
 
 def load_cmae(
@@ -292,9 +300,11 @@ def load_cmae(
     if decoder:  # VideoMAE's decoder table is not stored: ours is the same sinusoid
         load_into(model.pixel_decoder, decoder, strict=strict, allowed_missing=[r"decoder_pos_embed"])
         loaded |= {f"pixel_decoder.{k}" for k in decoder}
-    return LoadReport(missing=[k for k in model.state_dict() if k not in loaded],
-                      unexpected=[f"encoder.{k}" for k in encoder_report.unexpected],
-                      mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched])  # fmt: skip
+    return LoadReport(
+        missing=[k for k in model.state_dict() if k not in loaded],
+        unexpected=[f"encoder.{k}" for k in encoder_report.unexpected],
+        mismatched=[(f"encoder.{k}", a, b) for k, a, b in encoder_report.mismatched],
+    )
 
 
 def _videomae_decoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -303,8 +313,11 @@ def _videomae_decoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     -> ``decoder_norm``, ``decoder.head`` -> ``decoder_pred``. Its decoder predicts only the masked tokens;
     attention does not depend on the token order, so ours, which predicts every position, agrees on them."""
     weight = state["encoder_to_decoder.weight"]
-    out = {"decoder_embed.weight": weight, "decoder_embed.bias": weight.new_zeros(weight.shape[0]),
-           "mask_token": state["mask_token"]}  # fmt: skip
+    out = {
+        "decoder_embed.weight": weight,
+        "decoder_embed.bias": weight.new_zeros(weight.shape[0]),
+        "mask_token": state["mask_token"],
+    }
     blocks = _fold_qv_bias({k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")})
     rules = [(r"^blocks\.", "decoder_blocks."), (r"^norm\.", "decoder_norm."), (r"^head\.", "decoder_pred.")]
     return {**out, **rename_keys(blocks, rules)}

@@ -208,11 +208,13 @@ def _normalize() -> v2.Transform:
 
 def _target_colour(size: int) -> v2.Transform:
     """CMAE's target-view augmentation: colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.5)."""
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
 
 
 class PixelShiftViews:
@@ -225,15 +227,19 @@ class PixelShiftViews:
         colour: apply the colour augmentation to the target view (the official pipeline does).
     """
 
-    def __init__(self, size: int, max_shift: int = 31, scale: tuple[float, float] = (0.2, 1.0),
-                 colour: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, size: int, max_shift: int = 31, scale: tuple[float, float] = (0.2, 1.0), colour: bool = True
+    ) -> None:
         self.size, self.max_shift = size, max_shift
-        self.base = v2.Compose([
-            v2.PILToTensor(),
-            v2.RandomResizedCrop(size + max_shift + 1, scale=scale, interpolation=v2.InterpolationMode.BICUBIC,
-                                 antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])  # fmt: skip
+        self.base = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(
+                    size + max_shift + 1, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
         self.colour = _target_colour(size) if colour else v2.Identity()
         self.normalize = _normalize()
 
@@ -276,8 +282,15 @@ class TemporalShiftViews:
 class PretrainDataset(Dataset):
     """Two views per sample: ``{"online", "target", "label", "index"}`` (images or clips)."""
 
-    def __init__(self, items: Sequence[Item], transform: PixelShiftViews | TemporalShiftViews, num_frames: int = 1,
-                 sampling_rate: int = 4, max_temporal_shift: int = 4, train: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        items: Sequence[Item],
+        transform: PixelShiftViews | TemporalShiftViews,
+        num_frames: int = 1,
+        sampling_rate: int = 4,
+        max_temporal_shift: int = 4,
+        train: bool = True,
+    ) -> None:
         self.items, self.transform = list(items), transform
         self.num_frames, self.sampling_rate, self.max_temporal_shift = num_frames, sampling_rate, max_temporal_shift
         self.train = train
@@ -298,8 +311,9 @@ class PretrainDataset(Dataset):
         """The (online, target) views of one image or video file (an image may be an open file)."""
         if isinstance(self.transform, TemporalShiftViews):
             reader = VideoReader(path)
-            clips = temporal_shift_indices(len(reader), self.num_frames, self.sampling_rate,
-                                           self.max_temporal_shift, train=self.train)  # fmt: skip
+            clips = temporal_shift_indices(
+                len(reader), self.num_frames, self.sampling_rate, self.max_temporal_shift, train=self.train
+            )
             frames = torch.from_numpy(reader.get_frames([*clips.online, *clips.target]))
             return self.transform(frames[: self.num_frames], frames[self.num_frames :])
         return self.transform(load_image(path))
@@ -309,9 +323,19 @@ class ClassificationDataset(Dataset):
     """``{"input", "label", "index"}``; videos in evaluation carry ``num_clips * num_crops`` views
     ``(V, 3, T, S, S)`` (VideoMAE's multi-view testing)."""
 
-    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor], video: bool = False,
-                 num_frames: int = 16, sampling_rate: int = 4, sampling: Literal["dense", "tsn"] = "dense",
-                 train: bool = True, num_clips: int = 1, num_crops: int = 1, size: int = 224) -> None:  # fmt: skip
+    def __init__(
+        self,
+        items: Sequence[Item],
+        transform: Callable[[Any], Tensor],
+        video: bool = False,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: Literal["dense", "tsn"] = "dense",
+        train: bool = True,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        size: int = 224,
+    ) -> None:
         self.items, self.transform, self.video = list(items), transform, video
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.train, self.num_clips, self.num_crops, self.size = train, num_clips, num_crops, size
@@ -330,8 +354,9 @@ class ClassificationDataset(Dataset):
             return [dense_indices(length, self.num_frames, self.sampling_rate, train=True)]
         span = (self.num_frames - 1) * self.sampling_rate + 1
         room = max(length - span, 0)
-        starts = [round(room * (k + 0.5) / self.num_clips) if self.num_clips > 1 else room // 2
-                  for k in range(self.num_clips)]  # fmt: skip
+        starts = [
+            round(room * (k + 0.5) / self.num_clips) if self.num_clips > 1 else room // 2 for k in range(self.num_clips)
+        ]
         return [[min(s + self.sampling_rate * j, length - 1) for j in range(self.num_frames)] for s in starts]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -357,8 +382,16 @@ class ClassificationDataset(Dataset):
         return {"input": views[0] if self.train else torch.stack(views), "label": item.label, "index": index}
 
 
-def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int, seed: int,
-                max_objects: int = 4, style: str = "scenes") -> None:  # fmt: skip
+def _synthesise(
+    dataset: str,
+    root: Path,
+    count: int,
+    size: int,
+    num_frames: int,
+    seed: int,
+    max_objects: int = 4,
+    style: str = "scenes",
+) -> None:
     from vislang.shared.data.synthetic import SyntheticWorld
     from vislang.shared.data.synthetic import classification_writers as cw
 
@@ -372,8 +405,9 @@ def _synthesise(dataset: str, root: Path, count: int, size: int, num_frames: int
     if marker.exists() and marker.read_text() == wanted:
         return
     if marker.exists():
-        raise FileExistsError(f"{root} holds synthetic images written with other settings ({marker.read_text()}); "
-                              "use another root")  # fmt: skip
+        raise FileExistsError(
+            f"{root} holds synthetic images written with other settings ({marker.read_text()}); use another root"
+        )
     world = SyntheticWorld(seed=seed, image_size=max(size, 24), num_images=count, max_objects=max_objects)
     writer = cw.write_cmae_json if dataset == "cmae_json" else cw.write_imagenet_folder
     writer(world, root, num_train=count, num_val=max(count // 5, 1), style=style)
@@ -389,8 +423,16 @@ class _Base(LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.synthetic_samples:
-            _synthesise(hp.dataset, Path(hp.root), hp.synthetic_samples, hp.image_size, max(hp.num_frames * 2, 8),
-                        hp.seed, hp.synthetic_max_objects, hp.synthetic_style)  # fmt: skip
+            _synthesise(
+                hp.dataset,
+                Path(hp.root),
+                hp.synthetic_samples,
+                hp.image_size,
+                max(hp.num_frames * 2, 8),
+                hp.seed,
+                hp.synthetic_max_objects,
+                hp.synthetic_style,
+            )
 
     @property
     def is_video(self) -> bool:
@@ -491,8 +533,9 @@ class CMAEPretrainDataModule(_Base):
             hp = self.hparams
             video = self.is_video
             transform = _eval_transform(hp.image_size, 1.0, video)
-            dataset = ClassificationDataset(self._items(split), transform, video, hp.num_frames, hp.sampling_rate,
-                                            train=False, size=hp.image_size)  # fmt: skip
+            dataset = ClassificationDataset(
+                self._items(split), transform, video, hp.num_frames, hp.sampling_rate, train=False, size=hp.image_size
+            )
             self._datasets[key] = RobustDataset(dataset, hp.max_failure_fraction)
         return self._datasets[key]
 
@@ -509,10 +552,16 @@ class CMAEPretrainDataModule(_Base):
     def _shard_loader(self) -> ShardLoader:
         hp = self.hparams
         dataset = ShardDataset(
-            hp.train_shards, ShardViews(self._views([], train=True)), default_collate, hp.batch_size, hp.num_workers,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), shuffle_buffer=hp.shuffle_buffer,
-            samples_per_epoch=hp.shard_samples_per_epoch, max_failure_fraction=hp.max_failure_fraction,
-        )  # fmt: skip
+            hp.train_shards,
+            ShardViews(self._views([], train=True)),
+            default_collate,
+            hp.batch_size,
+            hp.num_workers,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            shuffle_buffer=hp.shuffle_buffer,
+            samples_per_epoch=hp.shard_samples_per_epoch,
+            max_failure_fraction=hp.max_failure_fraction,
+        )
         return ShardLoader(dataset, self.trainer)
 
     def shard_samples(self, split: str = "train") -> tuple[Iterator[dict[str, Any]], int]:
@@ -528,9 +577,13 @@ class CMAEPretrainDataModule(_Base):
                     raise FileNotFoundError(f"{item.path}: listed by the {split} split but missing")
                 name = str(item.path.relative_to(root)) if item.path.is_relative_to(root) else str(item.path)
                 label_name = self.classes[item.label] if 0 <= item.label < len(self.classes) else ""
-                yield {"__key__": f"{number:09d}", item.path.suffix.lower().lstrip("."): item.path.read_bytes(),
-                       "cls": item.label, "txt": label_name,
-                       "json": {"path": name, "label": item.label, "class": label_name}}  # fmt: skip
+                yield {
+                    "__key__": f"{number:09d}",
+                    item.path.suffix.lower().lstrip("."): item.path.read_bytes(),
+                    "cls": item.label,
+                    "txt": label_name,
+                    "json": {"path": name, "label": item.label, "class": label_name},
+                }
 
         return samples(), len(items)
 
@@ -545,7 +598,7 @@ class CMAEPretrainDataModule(_Base):
                 batch_size=self.hparams.eval_batch_size,
                 num_workers=self.hparams.num_workers,
                 collate_fn=collate_with_failures(),
-            )  # fmt: skip
+            )
             for s in ("train", "val")
         )
 
@@ -553,12 +606,14 @@ class CMAEPretrainDataModule(_Base):
 def _eval_transform(size: int, crop_pct: float, video: bool) -> Callable[[Any], Tensor]:
     if video:  # frames come decoded at `size` short side; crops are taken by the dataset
         return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), _normalize()])
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(int(round(size / crop_pct)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        _normalize(),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(int(round(size / crop_pct)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+            _normalize(),
+        ]
+    )
 
 
 class CMAEClassificationDataModule(_Base):
@@ -627,20 +682,36 @@ class CMAEClassificationDataModule(_Base):
                             _normalize(),
                             v2.RandomErasing(hp.re_prob, value=0) if hp.re_prob > 0 else v2.Identity(),
                         ]
-                    )  # fmt: skip
+                    )
                     if train
                     else _eval_transform(hp.image_size, 1.0, True)
                 )
             elif train:
-                transform = create_transform(hp.image_size, is_training=True, scale=tuple(hp.scale),
-                                             auto_augment=hp.auto_augment, re_prob=hp.re_prob, re_mode="pixel",
-                                             interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)  # fmt: skip
+                transform = create_transform(
+                    hp.image_size,
+                    is_training=True,
+                    scale=tuple(hp.scale),
+                    auto_augment=hp.auto_augment,
+                    re_prob=hp.re_prob,
+                    re_mode="pixel",
+                    interpolation="bicubic",
+                    mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD,
+                )
             else:
                 transform = _eval_transform(hp.image_size, hp.crop_pct, False)
             dataset = ClassificationDataset(
-                self._items(split), transform, self.is_video, hp.num_frames, hp.sampling_rate, hp.sampling, train,
-                hp.num_clips, hp.num_crops, hp.image_size,
-            )  # fmt: skip
+                self._items(split),
+                transform,
+                self.is_video,
+                hp.num_frames,
+                hp.sampling_rate,
+                hp.sampling,
+                train,
+                hp.num_clips,
+                hp.num_crops,
+                hp.image_size,
+            )
             self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
         return self._datasets[split]
 

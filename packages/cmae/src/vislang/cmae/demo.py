@@ -45,14 +45,22 @@ def _run_name(seed: int, method: str) -> str:
 
 def _command(seed: int, method: str, ct_weight: float, out: Path, root: Path, extra: Sequence[str]) -> list[str]:
     return [
-        sys.executable, "-m", "vislang.shared", "fit", "--config", str(CONFIG),
-        f"--seed_everything={seed}", f"--model.init_args.ct_weight={ct_weight}",
-        f"--data.init_args.root={root}", f"--trainer.logger.init_args.save_dir={out}",
-        f"--trainer.logger.init_args.name={_run_name(seed, method)}", "--trainer.enable_progress_bar=false",
+        sys.executable,
+        "-m",
+        "vislang.shared",
+        "fit",
+        "--config",
+        str(CONFIG),
+        f"--seed_everything={seed}",
+        f"--model.init_args.ct_weight={ct_weight}",
+        f"--data.init_args.root={root}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.logger.init_args.name={_run_name(seed, method)}",
+        "--trainer.enable_progress_bar=false",
         # the random-init encoder depends on the seed only: the CMAE run of the seed evaluates it
         f"--trainer.callbacks.random_init={str(method == 'cmae').lower()}",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def _latest_results(out: Path, name: str) -> dict:
@@ -86,10 +94,14 @@ def run_all(seeds: Sequence[int], out: Path, root: Path, jobs: int, extra: Seque
             seed, method, ct = pending.pop(0)
             name = _run_name(seed, method)
             log = (out / f"{name}.log").open("w")
-            print(f"[{time.strftime('%H:%M:%S')}] start {name}: pre-train ({method.upper()}) + evaluation "
-                  f"(log: {out / (name + '.log')})", flush=True)  # fmt: skip
-            process = subprocess.Popen(_command(seed, method, ct, out, root, extra), stdout=log,
-                                       stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            print(
+                f"[{time.strftime('%H:%M:%S')}] start {name}: pre-train ({method.upper()}) + evaluation "
+                f"(log: {out / (name + '.log')})",
+                flush=True,
+            )
+            process = subprocess.Popen(
+                _command(seed, method, ct, out, root, extra), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             running.append((name, process, time.time()))
         time.sleep(0.5)
         for entry in list(running):
@@ -149,8 +161,10 @@ def summary(seeds: Sequence[int], out: Path) -> tuple[str, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Other arguments are passed to "
-                                     "every `lightning fit` run, e.g. --trainer.max_epochs=4.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are passed to every `lightning fit` run, e.g. --trainer.max_epochs=4.",
+    )
     parser.add_argument("--out", type=Path, default=Path("demo_outputs/cmae_demo"), help="runs, logs, images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each when > 1)")
@@ -161,9 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = run_all(args.seeds, args.out, root, max(args.jobs, 1), extra)
     table, _ = summary(args.seeds, args.out)
     print(table, flush=True)
-    print(f"wall time {time.time() - start:.0f} s ({args.jobs} run(s) at a time; runs "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"); load average {os.getloadavg()[0]:.1f}",
-          flush=True)  # fmt: skip
+    print(
+        f"wall time {time.time() - start:.0f} s ({args.jobs} run(s) at a time; runs "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + f"); load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return 0
 
 

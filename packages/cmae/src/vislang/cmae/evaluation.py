@@ -88,8 +88,9 @@ def few_label_indices(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
 # ---- probes ---------------------------------------------------------------------------------------
 
 
-def knn_accuracy(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, k: int = 20,
-                 temperature: float = 0.07) -> float:  # fmt: skip
+def knn_accuracy(
+    train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, k: int = 20, temperature: float = 0.07
+) -> float:
     """Top-1 % of a weighted kNN vote on cosine similarity (InstDisc / DINO's ``knn_classifier``)."""
     train_x, val_x = F.normalize(train_x.float(), dim=1), F.normalize(val_x.float(), dim=1)
     num_classes = int(max(train_y.max(), val_y.max())) + 1
@@ -98,8 +99,16 @@ def knn_accuracy(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
     return float((votes.argmax(1) == val_y).float().mean() * 100)
 
 
-def train_linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, num_classes: int,
-                       epochs: int = 100, lr: float = 0.01, seed: int = 0) -> float:  # fmt: skip
+def train_linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> float:
     """MAE's linear probe on frozen features: BatchNorm without affine + linear layer, full-batch AdamW.
 
     Returns the validation top-1 accuracy in percent.
@@ -165,8 +174,12 @@ def finetune_accuracy(
         warmup = max(steps // 10, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1))),
-        )  # fmt: skip
+            lambda s: (
+                (s + 1) / warmup
+                if s < warmup
+                else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1)))
+            ),
+        )
         size = train_x.shape[-1]
         augment = v2.Compose([v2.RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
         model.train()
@@ -226,10 +239,20 @@ class FewLabelEvaluation(Callback):
         seed: of the subset, the random-init encoder, heads and batches; default the run's ``seed_everything``.
     """
 
-    def __init__(self, label_fraction: float = 0.1, finetune_steps: int = 300, finetune_lr: float = 1e-3,
-                 layer_decay: float = 0.75, batch_size: int = 64, knn_k: int = 20, knn_temperature: float = 0.07,
-                 probe_epochs: int = 300, probe_lr: float = 0.01, random_init: bool = True,
-                 seed: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label_fraction: float = 0.1,
+        finetune_steps: int = 300,
+        finetune_lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        batch_size: int = 64,
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        probe_epochs: int = 300,
+        probe_lr: float = 0.01,
+        random_init: bool = True,
+        seed: int | None = None,
+    ) -> None:
         if not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         self.label_fraction, self.finetune_steps, self.finetune_lr = label_fraction, finetune_steps, finetune_lr
@@ -239,8 +262,14 @@ class FewLabelEvaluation(Callback):
         self.random_init, self.seed = random_init, seed
         self.results: dict[str, Any] = {}
 
-    def evaluate(self, config: CMAEConfig, encoders: dict[str, nn.Module], train: tuple[Tensor, Tensor],
-                 val: tuple[Tensor, Tensor], seed: int) -> dict[str, Any]:  # fmt: skip
+    def evaluate(
+        self,
+        config: CMAEConfig,
+        encoders: dict[str, nn.Module],
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        seed: int,
+    ) -> dict[str, Any]:
         """The three evaluations of every encoder on ``train``'s labelled subset, scored on ``val``."""
         (train_x, train_y), (val_x, val_y) = train, val
         subset = few_label_indices(train_y, self.label_fraction, seed)
@@ -250,14 +279,23 @@ class FewLabelEvaluation(Callback):
         for name, encoder in encoders.items():
             feats_train, feats_val = encoder_features(encoder, few_x), encoder_features(encoder, val_x)
             results["knn"][name] = knn_accuracy(feats_train, few_y, feats_val, val_y, self.knn_k, self.knn_temperature)
-            results["linear_probe"][name] = train_linear_probe(feats_train, few_y, feats_val, val_y, num_classes,
-                                                               self.probe_epochs, self.probe_lr, seed)  # fmt: skip
+            results["linear_probe"][name] = train_linear_probe(
+                feats_train, few_y, feats_val, val_y, num_classes, self.probe_epochs, self.probe_lr, seed
+            )
             state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
             results["finetune"][name] = finetune_accuracy(
-                config, state if name != "random_init" else None, few_x, few_y, val_x, val_y,
-                steps=self.finetune_steps, batch_size=self.batch_size, lr=self.finetune_lr,
-                layer_decay=self.layer_decay, seed=seed,
-            )  # fmt: skip
+                config,
+                state if name != "random_init" else None,
+                few_x,
+                few_y,
+                val_x,
+                val_y,
+                steps=self.finetune_steps,
+                batch_size=self.batch_size,
+                lr=self.finetune_lr,
+                layer_decay=self.layer_decay,
+                seed=seed,
+            )
         counts = torch.bincount(val_y, minlength=num_classes).float()
         results["majority_class"] = float(counts.max() / counts.sum() * 100)
         results["labels"] = {"train": len(few_y), "of": len(train_y), "val": len(val_y)}
@@ -278,8 +316,14 @@ class FewLabelEvaluation(Callback):
             encoders["random_init"] = _random_encoder(config, seed, pl_module.device)
         self.results = results = self.evaluate(config, encoders, train, val, seed)
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{metric}/{name}": v for metric in ("finetune", "knn", "linear_probe")
-                                for name, v in results[metric].items()}, step=trainer.global_step)  # fmt: skip
+            logger.log_metrics(
+                {
+                    f"eval/{metric}/{name}": v
+                    for metric in ("finetune", "knn", "linear_probe")
+                    for name, v in results[metric].items()
+                },
+                step=trainer.global_step,
+            )
         _write_json(trainer, "evaluation.json", results)
         print(format_evaluation(results, datamodule.classes), flush=True)
 
@@ -294,8 +338,11 @@ def format_evaluation(results: dict[str, Any], classes: list[str] | None = None)
         f"labels (seed {results['seed']}); majority class {results['majority_class']:.1f}",
         f"  {'evaluation':<44}" + "".join(f"{n:>13}" for n in names),
     ]
-    rows = {"finetune": "fine-tuning (end to end)", "knn": "kNN probe (frozen features)",
-            "linear_probe": "linear probe (frozen features)"}  # fmt: skip
+    rows = {
+        "finetune": "fine-tuning (end to end)",
+        "knn": "kNN probe (frozen features)",
+        "linear_probe": "linear probe (frozen features)",
+    }
     for key, label in rows.items():
         lines.append(f"  {label:<44}" + "".join(f"{results[key][n]:>13.1f}" for n in names))
     return "\n".join(lines) + "\n"
@@ -357,8 +404,9 @@ class LinearProbeCallback(Callback):
         synthetic_attributes: extra label sets read from the synthetic world (only for synthetic data).
     """
 
-    def __init__(self, epochs: int = 300, lr: float = 0.01, seed: int = 0,
-                 synthetic_attributes: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, epochs: int = 300, lr: float = 0.01, seed: int = 0, synthetic_attributes: list[str] | None = None
+    ) -> None:
         self.epochs, self.lr, self.seed = epochs, lr, seed
         self.synthetic_attributes = list(synthetic_attributes or [])
         self.results: dict[str, dict[str, float]] = {}
@@ -393,8 +441,10 @@ class LinearProbeCallback(Callback):
             results[task]["majority_class"] = float(counts.max() / counts.sum() * 100)
         self.results = results
         for logger in trainer.loggers:
-            logger.log_metrics({f"probe/{task}/{name}_top1": v for task, row in results.items() for name, v in row.items()},
-                               step=trainer.global_step)  # fmt: skip
+            logger.log_metrics(
+                {f"probe/{task}/{name}_top1": v for task, row in results.items() for name, v in row.items()},
+                step=trainer.global_step,
+            )
             if getattr(logger, "log_dir", None):
                 Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
                 (Path(logger.log_dir) / "linear_probe.json").write_text(json.dumps(results, indent=2))

@@ -144,28 +144,54 @@ class CMAEConfig:
 
 _IMAGE = {
     # tiny: what the demo and the tests train on CPU (32 px images, 4 px patches, 8x8 tokens)
-    "tiny": CMAEConfig(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, decoder_dim=64,
-                       decoder_depth=1, decoder_heads=4, feature_decoder_depth=1, proj_hidden_dim=256, proj_dim=64),
+    "tiny": CMAEConfig(
+        img_size=32,
+        patch_size=4,
+        embed_dim=64,
+        depth=3,
+        num_heads=4,
+        decoder_dim=64,
+        decoder_depth=1,
+        decoder_heads=4,
+        feature_decoder_depth=1,
+        proj_hidden_dim=256,
+        proj_dim=64,
+    ),
     "vit_small": CMAEConfig(embed_dim=384, depth=12, num_heads=6),
     "vit_base": CMAEConfig(),
     "vit_large": CMAEConfig(embed_dim=1024, depth=24, num_heads=16),
     # ConvMAE's ConvViT-B: stages 256-d x2 (stride 4), 384-d x2 (stride 2), 768-d x11 transformer (stride 2)
     "convvit_base": CMAEConfig(backbone="convvit", depth=11),
-    "convvit_tiny": CMAEConfig(backbone="convvit", img_size=32, patch_size=4, conv_strides=(1, 2, 2),
-                               conv_dims=(32, 48), conv_depths=(1, 1), embed_dim=64, depth=2, num_heads=4,
-                               decoder_dim=64, decoder_depth=1, decoder_heads=4, feature_decoder_depth=1,
-                               proj_hidden_dim=256, proj_dim=64),
-}  # fmt: skip
+    "convvit_tiny": CMAEConfig(
+        backbone="convvit",
+        img_size=32,
+        patch_size=4,
+        conv_strides=(1, 2, 2),
+        conv_dims=(32, 48),
+        conv_depths=(1, 1),
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_dim=64,
+        decoder_depth=1,
+        decoder_heads=4,
+        feature_decoder_depth=1,
+        proj_hidden_dim=256,
+        proj_dim=64,
+    ),
+}
 # CMAE-V: VideoMAE's 16 frames, 2x16x16 tubelets, tube masking 0.9 (the ratio used with the contrastive
 # branch is not given in the report: a hyper-parameter) and VideoMAE's pixel decoder (depth 4; width 192 /
 # 384 / 512 with 3 / 6 / 8 heads for S / B / L). The feature decoder keeps CMAE's depth 2 at that width
 # (an assumption: the report gives no video decoder sizes).
 _VIDEO_DECODERS = {"vit_small": (192, 3), "vit_base": (384, 6), "vit_large": (512, 8), "convvit_base": (384, 6)}
 _VIDEO = {
-    f"video_{name}": replace(cfg, num_frames=16 if name != "tiny" else 4, mask_ratio=0.9, mask_type="random",
-                             mask_block=1)
-    for name, cfg in _IMAGE.items() if name != "convvit_tiny"
-}  # fmt: skip
+    f"video_{name}": replace(
+        cfg, num_frames=16 if name != "tiny" else 4, mask_ratio=0.9, mask_type="random", mask_block=1
+    )
+    for name, cfg in _IMAGE.items()
+    if name != "convvit_tiny"
+}
 for _name, (_dim, _heads) in _VIDEO_DECODERS.items():
     _VIDEO[f"video_{_name}"] = replace(
         _VIDEO[f"video_{_name}"], decoder_dim=_dim, decoder_heads=_heads, decoder_depth=4
@@ -749,10 +775,12 @@ class CMAEClassifier(nn.Module):
             return {
                 "stem": r"^encoder\.(?:patch_embed1|pos_embed)",
                 "stage1": [(r"^encoder\.blocks1\.(\d+)", None), (r"^encoder\.(?:patch_embed2|stage1_output)", (99,))],
-                "stage2": [(r"^encoder\.blocks2\.(\d+)", None),
-                           (r"^encoder\.(?:patch_embed[34]|stage2_output)", (99,))],
+                "stage2": [
+                    (r"^encoder\.blocks2\.(\d+)", None),
+                    (r"^encoder\.(?:patch_embed[34]|stage2_output)", (99,)),
+                ],
                 "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))],
-            }  # fmt: skip
+            }
         return {
             "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
             "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))],

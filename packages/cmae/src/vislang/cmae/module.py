@@ -63,8 +63,9 @@ def _cpu_full_precision_matmuls(module: LightningModule) -> None:
         torch.set_float32_matmul_precision("highest")
 
 
-def _scheduler(module: LightningModule, optimizer: torch.optim.Optimizer, warmup_epochs: float, min_lr: float,
-               lr: float) -> dict[str, Any]:  # fmt: skip
+def _scheduler(
+    module: LightningModule, optimizer: torch.optim.Optimizer, warmup_epochs: float, min_lr: float, lr: float
+) -> dict[str, Any]:
     total = int(module.trainer.estimated_stepping_batches)
     epochs = max(module.trainer.max_epochs or 1, 1)
     warmup = int(round(warmup_epochs * total / epochs))
@@ -113,8 +114,14 @@ class CMAEPretrainModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        config = get_config(preset, mask_ratio=mask_ratio, mask_type=mask_type, temperature=temperature,
-                            rc_weight=rc_weight, ct_weight=ct_weight)  # fmt: skip
+        config = get_config(
+            preset,
+            mask_ratio=mask_ratio,
+            mask_type=mask_type,
+            temperature=temperature,
+            rc_weight=rc_weight,
+            ct_weight=ct_weight,
+        )
         self.model = CMAE(config)
         if init_weights:  # a whole runner checkpoint fills every module; an encoder file the encoder and target
             load_cmae(self.model, init_weights)
@@ -125,8 +132,10 @@ class CMAEPretrainModule(LightningModule):
         _cpu_full_precision_matmuls(self)
         if stage == "fit" and type(self.trainer.strategy).__name__.startswith("FSDP"):
             # the EMA target update reads the online encoder's full parameters, which FSDP shards
-            raise ValueError("CMAE pre-training does not run under FSDP (the EMA target update needs the online "
-                             "encoder's full parameters): use trainer.strategy=ddp")  # fmt: skip
+            raise ValueError(
+                "CMAE pre-training does not run under FSDP (the EMA target update needs the online "
+                "encoder's full parameters): use trainer.strategy=ddp"
+            )
 
     def on_train_start(self) -> None:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
@@ -154,8 +163,11 @@ class CMAEPretrainModule(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.model(batch["online"], batch["target"])
         size = batch["online"].shape[0]
-        self.log_dict({"val/loss": out["loss"], "val/loss_rc": out["loss_rc"], "val/loss_ct": out["loss_ct"]},
-                      batch_size=size, sync_dist=True)  # fmt: skip
+        self.log_dict(
+            {"val/loss": out["loss"], "val/loss_rc": out["loss_rc"], "val/loss_ct": out["loss_ct"]},
+            batch_size=size,
+            sync_dist=True,
+        )
         if batch_idx == 0 and self.hparams.log_images and self.trainer.is_global_zero:
             self.log_reconstructions(batch["online"][: self.hparams.log_images], out["pred"], out["mask"])
 
@@ -266,8 +278,14 @@ class CMAEClassificationModule(LightningModule):
             load_classifier(self.model, init_weights, strict=True)
         self.mixup = None
         if not linear_probe and (mixup > 0 or cutmix > 0):
-            self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                               label_smoothing=label_smoothing, num_classes=num_classes)  # fmt: skip
+            self.mixup = Mixup(
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
             self.train_loss: nn.Module = SoftTargetCrossEntropy()
         elif label_smoothing > 0:
             self.train_loss = LabelSmoothingCrossEntropy(label_smoothing)
@@ -327,8 +345,10 @@ class CMAEClassificationModule(LightningModule):
         if scores.ndim == 3:
             scores = scores.mean(1)
         top = scores.topk(min(5, scores.shape[-1]), dim=-1)
-        rows = [{"index": int(i), "top5": p.tolist(), "top5_scores": s.tolist()}
-                for i, p, s in zip(batch["index"], top.indices, top.values, strict=True)]  # fmt: skip
+        rows = [
+            {"index": int(i), "top5": p.tolist(), "top5_scores": s.tolist()}
+            for i, p, s in zip(batch["index"], top.indices, top.values, strict=True)
+        ]
         self._predictions.extend(rows)
         return rows
 
@@ -343,10 +363,14 @@ class CMAEClassificationModule(LightningModule):
         items, classes = datamodule.predict_items(), datamodule.classes
         rows = {row["index"]: row for part in gathered for row in part}
         lines = [
-            {"file": str(items[i].path), "label": classes[items[i].label],
-             "top5": [classes[c] for c in rows[i]["top5"]], "top5_scores": rows[i]["top5_scores"]}
+            {
+                "file": str(items[i].path),
+                "label": classes[items[i].label],
+                "top5": [classes[c] for c in rows[i]["top5"]],
+                "top5_scores": rows[i]["top5_scores"],
+            }
             for i in sorted(rows)
-        ]  # fmt: skip
+        ]
         directory = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
         path = write_json_lines(directory / "cmae_predictions.jsonl", lines)
@@ -358,10 +382,12 @@ class CMAEClassificationModule(LightningModule):
             groups: list[dict[str, Any]] = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         else:
             # timm: lr scale layer_decay ** (num_layers - layer_id), no decay for 1-D params, pos_embed, cls_token
-            groups = param_groups_layer_decay(self.model, hp.weight_decay, self.model.no_weight_decay(),
-                                              layer_decay=hp.layer_decay)  # fmt: skip
+            groups = param_groups_layer_decay(
+                self.model, hp.weight_decay, self.model.no_weight_decay(), layer_decay=hp.layer_decay
+            )
             for group in groups:
                 group["lr"] = hp.lr * group.pop("lr_scale", 1.0)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
-                                      weight_decay=0.0 if hp.linear_probe else hp.weight_decay)  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=0.0 if hp.linear_probe else hp.weight_decay
+        )
         return _scheduler(self, optimizer, hp.warmup_epochs, hp.min_lr, hp.lr)

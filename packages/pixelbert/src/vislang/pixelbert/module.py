@@ -58,14 +58,29 @@ class PixelBERTModule(SingleStreamModule):
         results_dir: str | None = None,
     ) -> None:
         super().__init__(
-            tokenizer=tokenizer, num_answers=num_answers, init_weights=init_weights, cnn_weights=cnn_weights,
-            text_weights=text_weights, max_text_len=max_text_len,
-            mlm_probability=mlm_probability, mlm_on_negatives=mlm_on_negatives, lr=lr, cnn_lr=cnn_lr,
-            cnn_optimizer=cnn_optimizer, weight_decay=weight_decay, cnn_weight_decay=cnn_weight_decay,
-            momentum=momentum, warmup_steps=warmup_steps, warmup_start=warmup_start, lr_milestones=lr_milestones,
-            lr_gamma=lr_gamma, grad_clip=grad_clip, eval_text_chunk=eval_text_chunk, vqa_version=vqa_version,
+            tokenizer=tokenizer,
+            num_answers=num_answers,
+            init_weights=init_weights,
+            cnn_weights=cnn_weights,
+            text_weights=text_weights,
+            max_text_len=max_text_len,
+            mlm_probability=mlm_probability,
+            mlm_on_negatives=mlm_on_negatives,
+            lr=lr,
+            cnn_lr=cnn_lr,
+            cnn_optimizer=cnn_optimizer,
+            weight_decay=weight_decay,
+            cnn_weight_decay=cnn_weight_decay,
+            momentum=momentum,
+            warmup_steps=warmup_steps,
+            warmup_start=warmup_start,
+            lr_milestones=lr_milestones,
+            lr_gamma=lr_gamma,
+            grad_clip=grad_clip,
+            eval_text_chunk=eval_text_chunk,
+            vqa_version=vqa_version,
             results_dir=results_dir,
-        )  # fmt: skip
+        )
         self.model = build_pixelbert(preset, self.tokenizer, num_answers, num_samples, sample_per, position_2d, neck)
         self.load_pretrained_starts()
         self.load_init_weights(init_weights)

@@ -144,8 +144,10 @@ def _fit_to_model(
         if key in ("llm.model.embed_tokens.weight", "llm.lm_head.weight") and key in own:
             rows = own[key].shape[0]
             if value.shape[0] > rows:
-                raise ValueError(f"{key}: checkpoint vocabulary {value.shape[0]} > model vocabulary {rows}; "
-                                 "use the checkpoint's tokenizer")  # fmt: skip
+                raise ValueError(
+                    f"{key}: checkpoint vocabulary {value.shape[0]} > model vocabulary {rows}; "
+                    "use the checkpoint's tokenizer"
+                )
             if value.shape[0] < rows:  # rows the checkpoint lacks (e.g. <image>) keep their initial values
                 value = torch.cat([value, own[key][value.shape[0] :].to(value.dtype)])
         out[key] = value
@@ -208,8 +210,9 @@ def load_clip_weights(
     """An HF CLIP (`openai/clip-vit-large-patch14-336` layout) vision tower into `model.vision`; its position grid
     is interpolated to the model's as the released code did (`official`) or with CLS at index 0 (`fixed`)."""
     state = rename_keys(read_hf_directory(directory), [(r"^(?!vision_model\.)", None), (r"^vision_model\.", "vision.")])
-    return load_into(model, _fit_to_model(model, state, clip_positions), strict=True,
-                     allowed_missing=[r"(?!vision\.).*"])  # fmt: skip
+    return load_into(
+        model, _fit_to_model(model, state, clip_positions), strict=True, allowed_missing=[r"(?!vision\.).*"]
+    )
 
 
 def apply_llava_delta(base: str | os.PathLike[str], delta: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:

@@ -140,10 +140,18 @@ class _SegmentationDataset(Dataset):
         except (ValueError, TypeError, KeyError) as error:
             raise SampleLoadError(path, f"bad segmentation: {error}") from None
         pixels, patch_mask, resized = preprocess_image(image, self.image_size, self.patch_size, self.normalisation)
-        return {"pixel_values": pixels, "patch_mask": patch_mask, "resized_size": torch.tensor(resized),
-                "original_size": (h, w), "question": question, "answer": answer,
-                "masks": torch.from_numpy(masks), "index": index, "image_path": str(path),
-                "image_id": index if image_id is None else image_id}  # fmt: skip
+        return {
+            "pixel_values": pixels,
+            "patch_mask": patch_mask,
+            "resized_size": torch.tensor(resized),
+            "original_size": (h, w),
+            "question": question,
+            "answer": answer,
+            "masks": torch.from_numpy(masks),
+            "index": index,
+            "image_path": str(path),
+            "image_id": index if image_id is None else image_id,
+        }
 
 
 class MuseDataset(_SegmentationDataset):
@@ -155,10 +163,16 @@ class MuseDataset(_SegmentationDataset):
     """
 
     def __init__(
-        self, json_path: str | Path, image_root: str | Path, image_size: int, patch_size: int,
-        normalisation: str = "sam", name: str | None = None, question_template: str = MUSE_QUESTION,
+        self,
+        json_path: str | Path,
+        image_root: str | Path,
+        image_size: int,
+        patch_size: int,
+        normalisation: str = "sam",
+        name: str | None = None,
+        question_template: str = MUSE_QUESTION,
         image_layout: Literal["official", "flat"] = "official",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(image_size, patch_size, normalisation)
         json_path, self.image_root, self.image_layout = Path(json_path), Path(image_root), image_layout
         self.name = name or json_path.stem
@@ -182,8 +196,14 @@ class MuseDataset(_SegmentationDataset):
                 if answer.count(SEG_PLACEHOLDER) != len(targets) or not targets:
                     self.skipped += 1
                     continue
-                self.items.append({"record": number, "question": question_template.format(question=question),
-                                   "answer": answer, "segs": [t["segmentation"] for t in targets]})  # fmt: skip
+                self.items.append(
+                    {
+                        "record": number,
+                        "question": question_template.format(question=question),
+                        "answer": answer,
+                        "segs": [t["segmentation"] for t in targets],
+                    }
+                )
         self.records = records
         if self.skipped:
             log.warning(
@@ -202,8 +222,14 @@ class MuseDataset(_SegmentationDataset):
         for targets in by_category.values():
             name = targets[0].get("category_name", "object")
             answer = _composed_answer([{"category_name": t.get("rephrased_name") or name} for t in targets])
-            self.items.append({"record": number, "question": CATEGORY_QUESTION.format(class_name=name),
-                               "answer": answer, "segs": [t["segmentation"] for t in targets]})  # fmt: skip
+            self.items.append(
+                {
+                    "record": number,
+                    "question": CATEGORY_QUESTION.format(class_name=name),
+                    "answer": answer,
+                    "segs": [t["segmentation"] for t in targets],
+                }
+            )
 
     def image_path(self, record: dict[str, Any]) -> Path:
         """`file_name` under `<image root>/train2014` (official layout) or the image root (`flat`), or a
@@ -220,8 +246,9 @@ class MuseDataset(_SegmentationDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        return self._sample(index, self._image_path(index), item["question"], item["answer"], item["segs"],
-                            image_id=item["record"])  # fmt: skip
+        return self._sample(
+            index, self._image_path(index), item["question"], item["answer"], item["segs"], image_id=item["record"]
+        )
 
 
 def _composed_answer(targets: Sequence[dict[str, Any]]) -> str:
@@ -260,17 +287,25 @@ class ReferDataset(_SegmentationDataset):
     matching = "ordered"
 
     def __init__(
-        self, root: str | Path, dataset: str, split_by: str, split: str, image_size: int, patch_size: int,
-        normalisation: str = "sam", expressions_per_question: int = 1,
-    ) -> None:  # fmt: skip
+        self,
+        root: str | Path,
+        dataset: str,
+        split_by: str,
+        split: str,
+        image_size: int,
+        patch_size: int,
+        normalisation: str = "sam",
+        expressions_per_question: int = 1,
+    ) -> None:
         super().__init__(image_size, patch_size, normalisation)
         root = Path(root)
         self.name = f"{dataset}_{split_by}_{split}"
         refs_path, inst_path = root / dataset / f"refs({split_by}).p", root / dataset / "instances.json"
         for path in (refs_path, inst_path):
             if not path.is_file():
-                raise FileNotFoundError(f"refer file not found: {path} (expected {root}/<dataset>/refs(<split_by>).p "
-                                        "and instances.json)")  # fmt: skip
+                raise FileNotFoundError(
+                    f"refer file not found: {path} (expected {root}/<dataset>/refs(<split_by>).p and instances.json)"
+                )
         with open(refs_path, "rb") as handle:
             refs = _RefsUnpickler(handle, encoding="latin1").load()
         instances = json.loads(inst_path.read_text())
@@ -289,8 +324,15 @@ class ReferDataset(_SegmentationDataset):
             for start in range(0, len(pairs), expressions_per_question):
                 chunk = pairs[start : start + expressions_per_question]
                 question, answer = _multi_target_qa([sent for sent, _ in chunk])
-                self.items.append({"file_name": images[image_id]["file_name"], "image_id": image_id,
-                                   "question": question, "answer": answer, "segs": [seg for _, seg in chunk]})  # fmt: skip
+                self.items.append(
+                    {
+                        "file_name": images[image_id]["file_name"],
+                        "image_id": image_id,
+                        "question": question,
+                        "answer": answer,
+                        "segs": [seg for _, seg in chunk],
+                    }
+                )
         if not self.items:
             raise ValueError(f"{refs_path}: no refs in split {split!r}")
 
@@ -299,8 +341,9 @@ class ReferDataset(_SegmentationDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        return self._sample(index, self._image_path(index), item["question"], item["answer"], item["segs"],
-                            image_id=item["image_id"])  # fmt: skip
+        return self._sample(
+            index, self._image_path(index), item["question"], item["answer"], item["segs"], image_id=item["image_id"]
+        )
 
 
 def _multi_target_qa(names: Sequence[str]) -> tuple[str, str]:
@@ -335,9 +378,15 @@ class SemSegDataset(_SegmentationDataset):
     """
 
     def __init__(
-        self, root: str | Path, source: str, image_size: int, patch_size: int, normalisation: str = "sam",
-        classes_per_question: int = 3, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        root: str | Path,
+        source: str,
+        image_size: int,
+        patch_size: int,
+        normalisation: str = "sam",
+        classes_per_question: int = 3,
+        seed: int = 0,
+    ) -> None:
         super().__init__(image_size, patch_size, normalisation)
         if source not in SEM_SEG_SOURCES:
             raise ValueError(f"sem_seg source {source!r}: choose from {list(SEM_SEG_SOURCES)}")
@@ -376,9 +425,15 @@ class SemSegDataset(_SegmentationDataset):
         anns: dict[int, list[dict[str, Any]]] = {}
         for ann in data["annotations"]:
             anns.setdefault(ann["image_id"], []).append(ann)
-        self.items = [{"image": image_dir / image["file_name"], "size": (image["height"], image["width"]),
-                       "anns": [(names[a["category_id"]], a["segmentation"]) for a in anns[image["id"]]]}
-                      for image in data["images"] if anns.get(image["id"])]  # fmt: skip
+        self.items = [
+            {
+                "image": image_dir / image["file_name"],
+                "size": (image["height"], image["width"]),
+                "anns": [(names[a["category_id"]], a["segmentation"]) for a in anns[image["id"]]],
+            }
+            for image in data["images"]
+            if anns.get(image["id"])
+        ]
 
     def _init_paco_lvis(self) -> None:
         self._init_parts(self.root / "vlpart" / "paco" / "annotations" / "paco_lvis_v1_train.json", self.root / "coco")
@@ -560,8 +615,9 @@ class PixelLMDataModule(LightningDataModule):
         if hp.synthetic_images > 0 and hp.muse_root and not (Path(hp.muse_root) / hp.muse_train).exists():
             from vislang.shared.data.synthetic.segmentation_writers import write_muse
 
-            world = SyntheticWorld(seed=hp.synthetic_seed, image_size=hp.synthetic_image_size,
-                                   num_images=hp.synthetic_images)  # fmt: skip
+            world = SyntheticWorld(
+                seed=hp.synthetic_seed, image_size=hp.synthetic_image_size, num_images=hp.synthetic_images
+            )
             image_root = Path(hp.muse_root)
             write_muse(world, image_root, "val", json_name=self.muse_val[0] if self.muse_val else "muse_val.json")
             # MUSE's test split is cut into few-target (<= 3) and many-target (> 3) questions
@@ -571,8 +627,9 @@ class PixelLMDataModule(LightningDataModule):
 
     def _muse(self, name: str) -> MuseDataset:
         root = Path(self.hparams.muse_root)
-        return MuseDataset(root / name, root / self.hparams.muse_image_dir, image_layout=self.hparams.muse_image_layout,
-                           **self._kw())  # fmt: skip
+        return MuseDataset(
+            root / name, root / self.hparams.muse_image_dir, image_layout=self.hparams.muse_image_layout, **self._kw()
+        )
 
     def _refer(self, spec: str) -> ReferDataset:
         parts = spec.split("|")
@@ -590,8 +647,14 @@ class PixelLMDataModule(LightningDataModule):
                 weights += [self.sample_rates["muse"] / max(len(muse), 1)] * len(muse)
             for spec in (hp.refer_train or []) if hp.refer_root else []:
                 dataset, split_by = spec.split("|")
-                refer = ReferDataset(hp.refer_root, dataset, split_by, "train",
-                                     expressions_per_question=hp.refer_expressions_per_question, **self._kw())  # fmt: skip
+                refer = ReferDataset(
+                    hp.refer_root,
+                    dataset,
+                    split_by,
+                    "train",
+                    expressions_per_question=hp.refer_expressions_per_question,
+                    **self._kw(),
+                )
                 sources.append(refer)
                 count = sum(1 for _ in refer.items)
                 weights += [self.sample_rates["refer"] / len(hp.refer_train) / count] * count
@@ -636,8 +699,16 @@ class PixelLMDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         hp = self.hparams
         if train:  # `samples_per_epoch` draws per process, weighted by the sources' sample rates
-            return train_loader(dataset, hp.batch_size, self.trainer, collate=collate, num_workers=hp.num_workers,
-                                drop_last=False, weights=self.weights, num_samples=hp.samples_per_epoch or len(dataset))  # fmt: skip
+            return train_loader(
+                dataset,
+                hp.batch_size,
+                self.trainer,
+                collate=collate,
+                num_workers=hp.num_workers,
+                drop_last=False,
+                weights=self.weights,
+                num_samples=hp.samples_per_epoch or len(dataset),
+            )
         return eval_loader(dataset, hp.eval_batch_size, collate=collate, num_workers=hp.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -132,14 +132,34 @@ class PixelLMConfig:
         return self.image_size // int(self.vision["patch_size"])
 
 
-_CLIP_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-             "patch_size": 14, "projection_dim": 768}  # fmt: skip
-_VICUNA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-              "num_key_value_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
-              "vocab_size": 32000}  # fmt: skip
-_LLAMA2_13B = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
-               "num_key_value_heads": 40, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-               "vocab_size": 32000}  # fmt: skip
+_CLIP_L14 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+_VICUNA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "vocab_size": 32000,
+}
+_LLAMA2_13B = {
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 32000,
+}
 
 PRESETS: dict[str, PixelLMConfig] = {
     # LLaVA-Lightning-7B-v1-1 (Vicuna-7B v1.1) + CLIP ViT-L/14-336 resized to 448 (32x32 patches)
@@ -202,7 +222,7 @@ PRESETS: dict[str, PixelLMConfig] = {
         decoder_mlp_dim=128,
         lora_r=8,
         lora_alpha=16,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -325,7 +345,7 @@ class PixelDecoder(nn.Module):
         self.level_upsample = nn.ModuleList(
             nn.Sequential(
                 *[m for _ in range(level) for m in (nn.ConvTranspose2d(dim, dim, 2, 2), LayerNorm2d(dim), nn.GELU())]
-            )  # fmt: skip
+            )
             for level in range(num_scales)
         )
         self.output_upscaling = nn.Sequential(nn.ConvTranspose2d(dim, dim // 8, 2, 2), LayerNorm2d(dim // 8), nn.GELU())
@@ -465,27 +485,45 @@ class PixelLM(nn.Module):
         llm_kwargs = {**config.llm, "vocab_size": vocab_size, "tie_word_embeddings": False}
         self.llm = LlamaForCausalLM(LlamaConfig(**llm_kwargs))
         if lora:
-            lora_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                     target_modules=list(config.lora_targets), bias="none")  # fmt: skip
+            lora_config = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_targets),
+                bias="none",
+            )
             inject_adapter_in_model(lora_config, self.llm)
         v, d, dd = config.vision["hidden_size"], config.llm["hidden_size"], config.decoder_dim
         self.mm_projector = _projector(v, d)  # V -> T: image tokens for the LLM
         self.out_mm_projector = _projector(v, d)  # V -> D: decoder features, p_{V->D}
         # SAM-style neck from the LLM width to the decoder width
-        self.neck = nn.Sequential(nn.Conv2d(d, dd, 1, bias=False), LayerNorm2d(dd),
-                                  nn.Conv2d(dd, dd, 3, padding=1, bias=False), LayerNorm2d(dd))  # fmt: skip
+        self.neck = nn.Sequential(
+            nn.Conv2d(d, dd, 1, bias=False),
+            LayerNorm2d(dd),
+            nn.Conv2d(dd, dd, 3, padding=1, bias=False),
+            LayerNorm2d(dd),
+        )
         self.text_hidden_fcs = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, dd))
         self.fusion = TokenFusion(config.tokens_per_scale, dd, config.fusion, init=1.0 / config.group_size)
-        self.decoder = PixelDecoder(config.num_scales, dd, config.decoder_depth, config.decoder_heads,
-                                    config.decoder_mlp_dim)  # fmt: skip
+        self.decoder = PixelDecoder(
+            config.num_scales, dd, config.decoder_depth, config.decoder_heads, config.decoder_mlp_dim
+        )
 
     # ---- trainable set ------------------------------------------------------------------------------
 
     def trainable_prefixes(self, train_vision: bool = False, train_llm: bool = False) -> list[str]:
         """Parameter-name prefixes that train: everything but CLIP and the LLM base (paper §4.1), plus
         LoRA and the LLM's input/output embeddings (new codebook rows; the released code trains them whole)."""
-        prefixes = ["mm_projector.", "out_mm_projector.", "neck.", "text_hidden_fcs.", "fusion.", "decoder.",
-                    "llm.model.embed_tokens.", "llm.lm_head."]  # fmt: skip
+        prefixes = [
+            "mm_projector.",
+            "out_mm_projector.",
+            "neck.",
+            "text_hidden_fcs.",
+            "fusion.",
+            "decoder.",
+            "llm.model.embed_tokens.",
+            "llm.lm_head.",
+        ]
         if train_vision:
             prefixes.append("vision.")
         if train_llm:
@@ -588,8 +626,11 @@ class PixelLM(nn.Module):
             h, w = (int(v) for v in resized[index])
             oh, ow = (int(v) for v in original[index])
             crop = fused[start : start + count, :h, :w]  # drop the padding, then back to the original size
-            out.append(F.interpolate(crop[:, None], size=(oh, ow), mode="bilinear")[:, 0] if count else
-                       fused.new_zeros((0, oh, ow)))  # fmt: skip
+            out.append(
+                F.interpolate(crop[:, None], size=(oh, ow), mode="bilinear")[:, 0]
+                if count
+                else fused.new_zeros((0, oh, ow))
+            )
             start += count
         return out
 
@@ -608,16 +649,27 @@ class PixelLM(nn.Module):
         """Teacher-forced pass: LM logits/loss and the mask logits of every complete codebook group."""
         image_tokens, image_mask, features = self.encode_image(pixel_values, patch_mask)
         embeds, mask = self.embed_inputs(input_ids, attention_mask, image_tokens, image_mask)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=self.position_ids(attention_mask),
-                       output_hidden_states=True, use_cache=False)  # fmt: skip
-        states, _ = codebook_hidden_states(out.hidden_states[-1], input_ids, self.codebook_ids.tolist(),
-                                           self.config.group_size)  # fmt: skip
-        result: dict[str, Any] = {"logits": out.logits,
-                                  "masks": self.masks_from_hidden(states, features, resized_sizes, original_sizes)}  # fmt: skip
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=self.position_ids(attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        states, _ = codebook_hidden_states(
+            out.hidden_states[-1], input_ids, self.codebook_ids.tolist(), self.config.group_size
+        )
+        result: dict[str, Any] = {
+            "logits": out.logits,
+            "masks": self.masks_from_hidden(states, features, resized_sizes, original_sizes),
+        }
         if labels is not None:
             shift_logits, shift_labels = out.logits[:, :-1], labels[:, 1:]
-            result["ce"] = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
-                                           shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)  # fmt: skip
+            result["ce"] = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
         return result
 
     @staticmethod
@@ -655,8 +707,9 @@ class PixelLM(nn.Module):
 
         The LM head runs on the last position only: the prompt's other positions need no logits.
         """
-        out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                             cache=cache, use_cache=cache is not None)  # fmt: skip
+        out = self.llm.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
+        )
         hidden = out.last_hidden_state[:, -1]
         return hidden, self.llm.lm_head(hidden)
 
@@ -728,10 +781,11 @@ class PixelLM(nn.Module):
         group, d = self.config.group_size, self.config.llm["hidden_size"]
         dropped = [len(c) % group for c in code_states]
         states = [
-            torch.stack(c[: whole_groups(len(c), group)]).reshape(-1, group, d) if len(c) >= group
+            torch.stack(c[: whole_groups(len(c), group)]).reshape(-1, group, d)
+            if len(c) >= group
             else features[0].new_zeros((0, group, d))
             for c in code_states
-        ]  # fmt: skip
+        ]
         masks = self.masks_from_hidden(states, features, resized_sizes, original_sizes)
         scores = [mask_confidence(m) for m in masks]
         return GenerationOutput(tokens, masks, scores, dropped)

@@ -153,8 +153,9 @@ class PixelLMModule(LightningModule):
             from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights
 
             if pixellm_weights:  # a release holds no vision tower: CLIP comes from clip_weights
-                load_pixellm_weights(self.model, pixellm_weights, vision_weights=clip_weights,
-                                     clip_positions=clip_positions)  # fmt: skip
+                load_pixellm_weights(
+                    self.model, pixellm_weights, vision_weights=clip_weights, clip_positions=clip_positions
+                )
             elif llava_weights:
                 load_llava_weights(
                     self.model, llava_weights, clip_directory=clip_weights, clip_positions=clip_positions
@@ -234,8 +235,15 @@ class PixelLMModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ids, mask, labels = self._training_batch(batch["question"], batch["answer"])
-        out = self.model(batch["pixel_values"], batch["patch_mask"], ids, mask, batch["resized_size"],
-                         batch["original_size"], labels=labels)  # fmt: skip
+        out = self.model(
+            batch["pixel_values"],
+            batch["patch_mask"],
+            ids,
+            mask,
+            batch["resized_size"],
+            batch["original_size"],
+            labels=labels,
+        )
         gt = [m.to(self.device) for m in batch["masks"]]
         # truncation may have removed trailing targets: pair the first K masks with the K predictions
         gt = [g[: p.shape[0]] for p, g in zip(out["masks"], gt, strict=True)]
@@ -253,16 +261,26 @@ class PixelLMModule(LightningModule):
 
     def _generate(self, batch: dict[str, Any]) -> Any:
         ids, mask = self._prompt_batch(batch["question"])
-        return self.model.generate(batch["pixel_values"], batch["patch_mask"], ids, mask, batch["resized_size"],
-                                   batch["original_size"], self.hparams.max_new_tokens, self.eos_id)  # fmt: skip
+        return self.model.generate(
+            batch["pixel_values"],
+            batch["patch_mask"],
+            ids,
+            mask,
+            batch["resized_size"],
+            batch["original_size"],
+            self.hparams.max_new_tokens,
+            self.eos_id,
+        )
 
     def _metric(self, dataloader_idx: int, matching: str) -> SegmentationIoU:
         if dataloader_idx not in self._metrics:
             protocol = self.hparams.eval_protocol if matching == "hungarian" else "strict"
             self._metrics[dataloader_idx] = SegmentationIoU(
-                matching=matching, num_points=self.hparams.eval_num_points if matching == "hungarian" else None,
-                empty_pair_iou=self.hparams.empty_pair_iou, protocol=protocol,
-            ).to(self.device)  # fmt: skip
+                matching=matching,
+                num_points=self.hparams.eval_num_points if matching == "hungarian" else None,
+                empty_pair_iou=self.hparams.empty_pair_iou,
+                protocol=protocol,
+            ).to(self.device)
         return self._metrics[dataloader_idx]
 
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str, dump: bool) -> None:
@@ -286,14 +304,23 @@ class PixelLMModule(LightningModule):
             pairs = [(a, b) for a, b in zip(pi, gi, strict=True)]
             pairs += [(a, None) for a in range(pred.shape[0]) if a not in pi]
             pairs += [(None, b) for b in range(g.shape[0]) if b not in gi]
-            self._dump.append({
-                "dataset": name, "index": int(batch["index"][k]), "image": batch["image_path"][k],
-                "question": batch["question"][k], "answer": self.decode_answer(result.tokens[k]),
-                "num_pred": int(pred.shape[0]), "num_gt": int(g.shape[0]),
-                "dropped_codebook_tokens": result.dropped_tokens[k], "scores": result.scores[k].tolist(),
-                "pairs": [{"pred": a, "gt": b, "intersection": float(i), "union": float(u)}
-                          for (a, b), i, u in zip(pairs, inter.tolist(), union.tolist(), strict=True)],
-            })  # fmt: skip
+            self._dump.append(
+                {
+                    "dataset": name,
+                    "index": int(batch["index"][k]),
+                    "image": batch["image_path"][k],
+                    "question": batch["question"][k],
+                    "answer": self.decode_answer(result.tokens[k]),
+                    "num_pred": int(pred.shape[0]),
+                    "num_gt": int(g.shape[0]),
+                    "dropped_codebook_tokens": result.dropped_tokens[k],
+                    "scores": result.scores[k].tolist(),
+                    "pairs": [
+                        {"pred": a, "gt": b, "intersection": float(i), "union": float(u)}
+                        for (a, b), i, u in zip(pairs, inter.tolist(), union.tolist(), strict=True)
+                    ],
+                }
+            )
 
     def _finish(self, stage: str) -> dict[str, dict[str, float]]:
         names = self.trainer.datamodule.eval_names(stage)
@@ -382,9 +409,17 @@ class PixelLMModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         result = self._generate(batch)
-        return [{"index": int(batch["index"][k]), "image": batch["image_path"][k], "question": batch["question"][k],
-                 "answer": self.decode_answer(result.tokens[k]), "masks": (result.masks[k] > 0).cpu(),
-                 "scores": result.scores[k].tolist()} for k in range(len(batch["question"]))]  # fmt: skip
+        return [
+            {
+                "index": int(batch["index"][k]),
+                "image": batch["image_path"][k],
+                "question": batch["question"][k],
+                "answer": self.decode_answer(result.tokens[k]),
+                "masks": (result.masks[k] > 0).cpu(),
+                "scores": result.scores[k].tolist(),
+            }
+            for k in range(len(batch["question"]))
+        ]
 
     @torch.no_grad()
     def segment(self, image: str | Path | np.ndarray | Image.Image, question: str) -> SegmentationResult:
@@ -398,21 +433,31 @@ class PixelLMModule(LightningModule):
         self.eval()
         array = as_rgb_array(image)
         config = self.model.config
-        pixels, patch_mask, resized = preprocess_image(array, config.image_size, int(config.vision["patch_size"]),
-                                                       self.hparams.normalisation)  # fmt: skip
-        batch = {"pixel_values": pixels[None].to(self.device), "patch_mask": patch_mask[None].to(self.device),
-                 "resized_size": torch.tensor([resized]), "original_size": [array.shape[:2]],
-                 "question": [MUSE_QUESTION.format(question=question)]}  # fmt: skip
+        pixels, patch_mask, resized = preprocess_image(
+            array, config.image_size, int(config.vision["patch_size"]), self.hparams.normalisation
+        )
+        batch = {
+            "pixel_values": pixels[None].to(self.device),
+            "patch_mask": patch_mask[None].to(self.device),
+            "resized_size": torch.tensor([resized]),
+            "original_size": [array.shape[:2]],
+            "question": [MUSE_QUESTION.format(question=question)],
+        }
         result = self._generate(batch)
-        return SegmentationResult(self.decode_answer(result.tokens[0]), (result.masks[0] > 0).cpu().numpy(),
-                                  result.scores[0].tolist(), result.dropped_tokens[0])  # fmt: skip
+        return SegmentationResult(
+            self.decode_answer(result.tokens[0]),
+            (result.masks[0] > 0).cpu().numpy(),
+            result.scores[0].tolist(),
+            result.dropped_tokens[0],
+        )
 
     # ---- optimisation -------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                      betas=tuple(self.hparams.betas))  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=tuple(self.hparams.betas)
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.hparams.warmup_steps, total - 1)
 
@@ -434,8 +479,16 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60)]  # fmt: skip
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+]
 
 
 def write_overlay_png(
@@ -482,8 +535,16 @@ class OverlayWriter(BasePredictionWriter):
             (self._partial / "overlays").mkdir(parents=True)
         trainer.strategy.barrier("pixellm_overlay_writer_start")
 
-    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any, batch: Any,
-                           batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def write_on_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         for item in prediction:
             key = (dataloader_idx, int(item["index"]))
             if key in self._rows:

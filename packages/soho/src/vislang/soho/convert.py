@@ -57,13 +57,18 @@ def convert_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out.update({f"encoder.trunk.{k}": v for k, v in rename_keys(backbone, CNN_RULES).items()})
     out.update(convert_official_neck({k.removeprefix("neck."): v for k, v in state.items() if k.startswith("neck.")}))
     rest = {k: v for k, v in state.items() if not k.startswith(("backbone.", "neck."))}
-    out.update(rename_keys(rest, [
-        (r"^language\.bert\.", "bert."),
-        (r"(^|\.)position_ids$", None),
-        (r"^head\.match_class\.", "itm_head.fc."),
-        (r"^head\.vqa\.", "vqa_head.mlp."),
-        (r"^mask_l_fc\.weight$", None),  # tied to bert.embeddings.word_embeddings
-    ]))  # fmt: skip
+    out.update(
+        rename_keys(
+            rest,
+            [
+                (r"^language\.bert\.", "bert."),
+                (r"(^|\.)position_ids$", None),
+                (r"^head\.match_class\.", "itm_head.fc."),
+                (r"^head\.vqa\.", "vqa_head.mlp."),
+                (r"^mask_l_fc\.weight$", None),  # tied to bert.embeddings.word_embeddings
+            ],
+        )
+    )
     if "bert.embeddings.word_embeddings.weight" in out:
         out["mlm_head.word_embeddings.weight"] = out["bert.embeddings.word_embeddings.weight"]
     return out
@@ -81,6 +86,8 @@ def load_official(model: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
     needed = [k for k in report.missing if not k.startswith(optional)]
     if needed or report.mismatched:
         shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:5]]
-        raise ValueError(f"{path} does not fit this SOHO model: missing {needed[:5]}, shape-mismatched {shapes} "
-                         "(preset soho_r18 with the bert-base-uncased tokenizer matches the official release)")  # fmt: skip
+        raise ValueError(
+            f"{path} does not fit this SOHO model: missing {needed[:5]}, shape-mismatched {shapes} "
+            "(preset soho_r18 with the bert-base-uncased tokenizer matches the official release)"
+        )
     return report

@@ -329,9 +329,24 @@ def build_soho(
         raise ValueError(f"unknown SOHO preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
     config = text_config(tokenizer, p.layers, p.hidden, p.heads)
-    dictionary = VisualDictionary(p.num_tokens, p.hidden, vd_decay, vd_decay_ramp, vd_max_decay,
-                                  quantize_from=vd_quantize_from, restart_dead=vd_restart_dead)  # fmt: skip
-    embedder = SOHOEmbedder(p.hidden, dictionary, visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor,
-                            gate_norm=gate_norm, vd_statistics=vd_statistics)  # fmt: skip
+    dictionary = VisualDictionary(
+        p.num_tokens,
+        p.hidden,
+        vd_decay,
+        vd_decay_ramp,
+        vd_max_decay,
+        quantize_from=vd_quantize_from,
+        restart_dead=vd_restart_dead,
+    )
+    embedder = SOHOEmbedder(
+        p.hidden,
+        dictionary,
+        visual_input,
+        dictionary_downstream,
+        mvm_mask_prob,
+        mvm_anchor,
+        gate_norm=gate_norm,
+        vd_statistics=vd_statistics,
+    )
     encoder = GridEncoder(build_cnn(p.cnn), p.hidden, p.frozen_stages, neck_relu=neck_relu, valid_mask=valid_mask)
     return SingleStreamModel(encoder, embedder, config, num_answers)

@@ -114,10 +114,23 @@ class SOHOModule(SingleStreamModule):
             results_dir=results_dir,
         )
         self.model = build_soho(
-            preset, self.tokenizer, num_answers, vd_decay, vd_decay_ramp, vd_max_decay, vd_restart_dead,
-            visual_input, dictionary_downstream, mvm_mask_prob, mvm_anchor, vd_quantize_from, vd_statistics,
-            gate_norm, neck_relu, valid_mask,
-        )  # fmt: skip
+            preset,
+            self.tokenizer,
+            num_answers,
+            vd_decay,
+            vd_decay_ramp,
+            vd_max_decay,
+            vd_restart_dead,
+            visual_input,
+            dictionary_downstream,
+            mvm_mask_prob,
+            mvm_anchor,
+            vd_quantize_from,
+            vd_statistics,
+            gate_norm,
+            neck_relu,
+            valid_mask,
+        )
         self.load_pretrained_starts()
         if official_weights:
             from vislang.soho.convert import load_official

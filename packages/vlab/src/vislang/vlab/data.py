@@ -338,8 +338,10 @@ def _centre_crop(video: Tensor, size: int) -> Tensor:
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack videos and indices; keep texts as lists of strings (the module tokenizes them)."""
-    batch: dict[str, Any] = {"video": torch.stack([s["video"] for s in samples]),
-                             "index": torch.tensor([s["index"] for s in samples])}  # fmt: skip
+    batch: dict[str, Any] = {
+        "video": torch.stack([s["video"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+    }
     for key in ("caption", "captions", "question", "answer"):
         if key in samples[0]:
             batch[key] = [s[key] for s in samples]
@@ -429,8 +431,9 @@ class VLABDataModule(LightningDataModule):
             train = split == "train"
             common = dict(
                 num_frames=self.hparams.num_frames if train else self.hparams.eval_num_frames,
-                image_size=self.hparams.image_size, train=train,
-            )  # fmt: skip
+                image_size=self.hparams.image_size,
+                train=train,
+            )
             if train and task != "qa" and self.hparams.expand_captions:
                 dataset: Dataset = _CaptionPairs(items, **common)
             else:
@@ -486,8 +489,13 @@ class VLABDataModule(LightningDataModule):
             try:
                 expand_shards(init_args["train_shards"])
             except (FileNotFoundError, ValueError) as err:
-                found.append(Missing("data.train_shards", str(err), "write them with `python -m "
-                                     "vislang.shared.data.shards write --from <config> --out <folder>`"))  # fmt: skip
+                found.append(
+                    Missing(
+                        "data.train_shards",
+                        str(err),
+                        "write them with `python -m vislang.shared.data.shards write --from <config> --out <folder>`",
+                    )
+                )
         return found
 
     def setup(self, stage: str) -> None:
@@ -529,10 +537,16 @@ class VLABDataModule(LightningDataModule):
     def _shard_loader(self, task: str) -> ShardLoader:
         hp = self.hparams
         dataset = ShardDataset(
-            hp.train_shards, ShardVideoText(task, hp.num_frames, hp.image_size), collate, hp.batch_size,
-            hp.num_workers, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), shuffle_buffer=hp.shuffle_buffer,
-            samples_per_epoch=hp.shard_samples_per_epoch, max_failure_fraction=hp.max_failure_fraction,
-        )  # fmt: skip
+            hp.train_shards,
+            ShardVideoText(task, hp.num_frames, hp.image_size),
+            collate,
+            hp.batch_size,
+            hp.num_workers,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            shuffle_buffer=hp.shuffle_buffer,
+            samples_per_epoch=hp.shard_samples_per_epoch,
+            max_failure_fraction=hp.max_failure_fraction,
+        )
         return ShardLoader(dataset, self.trainer)
 
     def shard_samples(self, split: str = "train") -> tuple[Iterator[dict[str, Any]], int]:
@@ -550,11 +564,17 @@ class VLABDataModule(LightningDataModule):
         def samples() -> Iterator[dict[str, Any]]:
             for number, (video, entry) in enumerate(texts.items()):
                 if not video.is_file():
-                    raise FileNotFoundError(f"{video}: listed by the {split} split but missing; fetch it or "
-                                            "remove it from the annotation file")  # fmt: skip
+                    raise FileNotFoundError(
+                        f"{video}: listed by the {split} split but missing; fetch it or "
+                        "remove it from the annotation file"
+                    )
                 name = str(video.relative_to(self.root)) if video.is_relative_to(self.root) else str(video)
-                yield {"__key__": f"{number:09d}", video.suffix.lower().lstrip("."): video.read_bytes(),
-                       "txt": entry["captions"][0] if entry["captions"] else "", "json": {"video": name, **entry}}  # fmt: skip
+                yield {
+                    "__key__": f"{number:09d}",
+                    video.suffix.lower().lstrip("."): video.read_bytes(),
+                    "txt": entry["captions"][0] if entry["captions"] else "",
+                    "json": {"video": name, **entry},
+                }
 
         return samples(), len(texts)
 

@@ -86,10 +86,13 @@ class VLABConfig:
     blend_heads: int = 8
     decoder: dict[str, int] = field(
         default_factory=lambda: dict(
-            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
             max_position_embeddings=512,
         )
-    )  # fmt: skip
+    )
 
 
 _BERT_BASE = dict(
@@ -117,7 +120,7 @@ PRESETS: dict[str, VLABConfig] = {
             intermediate_size=128,
             max_position_embeddings=64,
         ),
-    ),  # fmt: skip
+    ),
     "vlab_b32": VLABConfig(clip_arch="ViT-B-32", decoder=_BERT_BASE),
     "vlab_b16": VLABConfig(clip_arch="ViT-B-16", decoder=_BERT_BASE),
     "vlab_l14": VLABConfig(clip_arch="ViT-L-14", blend_heads=16, decoder=_BERT_LARGE),
@@ -260,9 +263,12 @@ class VLAB(nn.Module):
         if decoder_vocab_size is None:
             return
         decoder_config = BertConfig(
-            vocab_size=decoder_vocab_size, pad_token_id=decoder_pad_token_id, is_decoder=True,
-            add_cross_attention=True, **config.decoder,
-        )  # fmt: skip
+            vocab_size=decoder_vocab_size,
+            pad_token_id=decoder_pad_token_id,
+            is_decoder=True,
+            add_cross_attention=True,
+            **config.decoder,
+        )
         self.visual_to_decoder = nn.Linear(width, decoder_config.hidden_size)
         self.decoder = BertLMHeadModel(decoder_config)
         # video-text matching: match / no-match from the decoder's last caption token (ALBEF §3.2, UMT).
@@ -350,9 +356,13 @@ class VLAB(nn.Module):
         return self.itm_head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
     def itm_loss(
-        self, memory: Tensor, input_ids: Tensor, attention_mask: Tensor, similarity: Tensor,
+        self,
+        memory: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        similarity: Tensor,
         same: Tensor | None = None,
-    ) -> Tensor:  # fmt: skip
+    ) -> Tensor:
         """ITM with in-batch hard negatives (ALBEF §3.2): cross-entropy over 3B pairs.
 
         Args:

@@ -163,8 +163,10 @@ class VLABModule(LightningModule):
             # a checkpoint from before the ITM head (or pre-trained without it) may lack only that
             missing = [k for k in missing if not k.startswith("itm_head.")]
             if missing or unexpected:
-                raise ValueError(f"{init_weights}: not a VLAB checkpoint of this preset (missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]})")  # fmt: skip
+                raise ValueError(
+                    f"{init_weights}: not a VLAB checkpoint of this preset (missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]})"
+                )
         frozen = [*(freeze or []), *(["clip.visual."] if freeze_image_stream else [])]
         for name, parameter in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in frozen):
@@ -191,8 +193,13 @@ class VLABModule(LightningModule):
         itm = init_args.get("itm_weight", 0) > 0 or init_args.get("itm_rerank_k", 0) > 0
         found: list[Missing] = []
         if init_args.get("decoder_tokenizer") is None and (tasks & {"caption", "qa"} or itm):
-            found.append(Missing("model.decoder_tokenizer", f"null, but the tasks {sorted(tasks)} (or ITM) need the "
-                                 "decoder", f"set it to pretrained/bert-base-uncased; {fix}"))  # fmt: skip
+            found.append(
+                Missing(
+                    "model.decoder_tokenizer",
+                    f"null, but the tasks {sorted(tasks)} (or ITM) need the decoder",
+                    f"set it to pretrained/bert-base-uncased; {fix}",
+                )
+            )
         found += check_tokenizer("model.decoder_tokenizer", init_args.get("decoder_tokenizer"), fix)
         for key in ("clip_weights", "decoder_weights", "init_weights"):
             found += check_path(f"model.{key}", init_args.get(key), fix)
@@ -205,9 +212,15 @@ class VLABModule(LightningModule):
 
     def _decoder_batch(self, prompts: list[str], targets: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """`[CLS] prompt [SEP] target [SEP]` with labels only on the target (and its end token)."""
-        encoded = self.tokenizer(prompts, targets, padding=True, truncation=True,
-                                 max_length=self.model.decoder.config.max_position_embeddings,
-                                 return_tensors="pt", return_token_type_ids=True)  # fmt: skip
+        encoded = self.tokenizer(
+            prompts,
+            targets,
+            padding=True,
+            truncation=True,
+            max_length=self.model.decoder.config.max_position_embeddings,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
         labels = encoded["input_ids"].clone()
         labels[encoded["token_type_ids"] == 0] = -100  # prompt tokens: conditioning, not predicted
         labels[encoded["attention_mask"] == 0] = -100
@@ -227,8 +240,13 @@ class VLABModule(LightningModule):
 
     def _itm_text(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """Right-padded `[CLS] caption [SEP]` for the ITM head, which reads the last non-pad token."""
-        encoded = self.tokenizer(captions, padding=True, truncation=True,
-                                 max_length=self.model.decoder.config.max_position_embeddings, return_tensors="pt")  # fmt: skip
+        encoded = self.tokenizer(
+            captions,
+            padding=True,
+            truncation=True,
+            max_length=self.model.decoder.config.max_position_embeddings,
+            return_tensors="pt",
+        )
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
     def setup(self, stage: str) -> None:
@@ -248,16 +266,30 @@ class VLABModule(LightningModule):
             )
         itm = self.hparams.itm_weight > 0 and "retrieval" in tasks
         # the image stream feeds the blending with its tokens only: CLIP's own pooling head is unused
-        unused: list[str] = ["clip.visual.ln_post", "clip.visual.proj", "clip.visual.head.", "clip.visual.trunk.norm.",
-                             "clip.visual.trunk.fc_norm", "clip.visual.trunk.head"]  # fmt: skip
+        unused: list[str] = [
+            "clip.visual.ln_post",
+            "clip.visual.proj",
+            "clip.visual.head.",
+            "clip.visual.trunk.norm.",
+            "clip.visual.trunk.fc_norm",
+            "clip.visual.trunk.head",
+        ]
         if not tasks & {"caption", "qa"}:
             unused += ["decoder.cls."] if itm else ["decoder.", "visual_to_decoder."]
         if not itm:
             unused.append("itm_head.")
         if "retrieval" not in tasks:
             # CLIP's text tower, temperature and the video stream's output projection serve only retrieval
-            unused += ["clip.token_embedding", "clip.positional_embedding", "clip.transformer.", "clip.ln_final",
-                       "clip.text_projection", "clip.logit_scale", "video_visual.proj", "video_visual.head."]  # fmt: skip
+            unused += [
+                "clip.token_embedding",
+                "clip.positional_embedding",
+                "clip.transformer.",
+                "clip.ln_final",
+                "clip.text_projection",
+                "clip.logit_scale",
+                "video_visual.proj",
+                "video_visual.head.",
+            ]
         for name, parameter in self.model.named_parameters():
             if name.startswith(tuple(unused)):
                 parameter.requires_grad_(False)
@@ -452,10 +484,14 @@ class VLABModule(LightningModule):
         video_embedding, tokens = self.model.encode_video(batch["video"])
         if task == "retrieval":
             rows = [
-                {"index": int(i), "video_embedding": e.float().cpu(), "captions": caps,
-                 "caption_embeddings": self.model.encode_text(self._clip_ids(caps)).float().cpu()}
+                {
+                    "index": int(i),
+                    "video_embedding": e.float().cpu(),
+                    "captions": caps,
+                    "caption_embeddings": self.model.encode_text(self._clip_ids(caps)).float().cpu(),
+                }
                 for i, e, caps in zip(batch["index"], video_embedding, batch["captions"], strict=True)
-            ]  # fmt: skip
+            ]
         else:
             prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
             texts = self._generate(tokens, prompts, task)
@@ -484,9 +520,14 @@ class VLABModule(LightningModule):
             rows = {row["index"]: row for part in gathered for row in part.get(task, [])}
             items = self.trainer.datamodule.dataset_items(task, "test")
             ordered = [rows[index] for index in sorted(rows)]
-            lines = _retrieval_rankings(ordered, items) if task == "retrieval" else [
-                {"video": str(items[row["index"]].video), **{k: v for k, v in row.items() if k != "index"}} for row in ordered
-            ]  # fmt: skip
+            lines = (
+                _retrieval_rankings(ordered, items)
+                if task == "retrieval"
+                else [
+                    {"video": str(items[row["index"]].video), **{k: v for k, v in row.items() if k != "index"}}
+                    for row in ordered
+                ]
+            )
             path = write_json_lines(directory / f"vlab_predictions_{task}.jsonl", lines)  # replaced per run
             print(f"{len(lines)} {task} predictions written to {path}")
 
@@ -522,8 +563,10 @@ class VLABModule(LightningModule):
 
     def _generate(self, tokens: Tensor, prompts: list[str], task: str) -> list[str]:
         if self.model.decoder is None:
-            raise ValueError("this VLAB was built for retrieval only (decoder_tokenizer: null): it has no decoder "
-                             "to generate captions or answers")  # fmt: skip
+            raise ValueError(
+                "this VLAB was built for retrieval only (decoder_tokenizer: null): it has no decoder "
+                "to generate captions or answers"
+            )
         memory = self.model.decoder_memory(tokens)
         ids, mask = self._prompt_batch(prompts)
         limit = self.hparams.max_answer_tokens if task == "qa" else self.hparams.max_caption_tokens
@@ -576,12 +619,25 @@ def _retrieval_rankings(rows: list[dict[str, Any]], items: Any, top: int = 10) -
     lines = []
     for (caption, own), scores in zip(captions, similarity, strict=True):
         best = scores.topk(min(top, len(videos)))
-        lines.append({"query": "text_to_video", "caption": caption, "video": own,
-                      "ranking": [{"video": videos[j], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)]})  # fmt: skip
+        lines.append(
+            {
+                "query": "text_to_video",
+                "caption": caption,
+                "video": own,
+                "ranking": [{"video": videos[j], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)],
+            }
+        )
     for v, scores in enumerate(similarity.t()):
         best = scores.topk(min(top, len(captions)))
-        lines.append({"query": "video_to_text", "video": videos[v],
-                      "ranking": [{"caption": captions[j][0], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)]})  # fmt: skip
+        lines.append(
+            {
+                "query": "video_to_text",
+                "video": videos[v],
+                "ranking": [
+                    {"caption": captions[j][0], "score": round(float(s), 6)} for s, j in zip(*best, strict=True)
+                ],
+            }
+        )
     return lines
 
 
@@ -633,8 +689,11 @@ class ExactMatchAccuracy(SampleMetric):
         answers = self._gathered_strings("answer", keep)
         correct = sum(p == a for p, a in zip(predictions, answers, strict=True))
         majority = Counter(answers).most_common(1)[0][1]
-        return {"accuracy": 100.0 * correct / len(answers), "chance/majority_answer": 100.0 * majority / len(answers),
-                "count": float(len(answers))}  # fmt: skip
+        return {
+            "accuracy": 100.0 * correct / len(answers),
+            "chance/majority_answer": 100.0 * majority / len(answers),
+            "count": float(len(answers)),
+        }
 
 
 def format_scores(results: dict[str, dict[str, float]]) -> str:

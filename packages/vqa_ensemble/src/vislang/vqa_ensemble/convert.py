@@ -124,10 +124,19 @@ def mcan_from_official(checkpoint: Mapping[str, object]) -> dict[str, Tensor]:
 # ---- detectors: bottom-up attention (Caffe model, PyTorch port) and grid-feats-vqa (detectron2) ---------------
 
 BOTTOM_UP_CAFFE_R101 = {
-    "backbone": "resnet101", "head": "c4", "num_classes": 1601, "num_attributes": 401, "min_size": [600],
-    "max_size": 1000, "anchor_sizes": [64, 128, 256, 512], "rpn_channels": 512, "stride_in_1x1": True,
-    "res5_dilation": 2, "rpn_proposals": 300, "norm": "frozen_bn",
-}  # fmt: skip
+    "backbone": "resnet101",
+    "head": "c4",
+    "num_classes": 1601,
+    "num_attributes": 401,
+    "min_size": [600],
+    "max_size": 1000,
+    "anchor_sizes": [64, 128, 256, 512],
+    "rpn_channels": 512,
+    "stride_in_1x1": True,
+    "res5_dilation": 2,
+    "rpn_proposals": 300,
+    "norm": "frozen_bn",
+}
 """``build_detector`` arguments of bottom-up attention's Visual Genome ResNet-101 (Caffe ``test.prototxt``;
 MILVLG/bottom-up-attention.pytorch ``configs/caffe/test-caffe-r101.yaml``): C4 RPN with 512 hidden channels,
 anchors 4/8/16/32 x stride 16, RoI pooling 14x14 on C4, res5 head (stride in the 1x1 conv, dilation 2), 1600
@@ -141,10 +150,17 @@ GRID_FEATS = {
 """grid-feats-vqa's models (``configs/{R-50,X-101,X-152}-grid.yaml`` over ``Base-RCNN-grid.yaml``)."""
 
 GRID_FEATS_COMMON = {
-    "head": "c5", "num_classes": 1601, "num_attributes": 400, "min_size": [600], "max_size": 1000,
-    "anchor_sizes": [32, 64, 128, 256, 512], "res5_dilation": 2, "representation_size": 1024, "rpn_proposals": 1000,
+    "head": "c5",
+    "num_classes": 1601,
+    "num_attributes": 400,
+    "min_size": [600],
+    "max_size": 1000,
+    "anchor_sizes": [32, 64, 128, 256, 512],
+    "res5_dilation": 2,
+    "representation_size": 1024,
+    "rpn_proposals": 1000,
     "norm": "frozen_bn",
-}  # fmt: skip
+}
 """``Base-RCNN-grid.yaml``: res5 dilated in the backbone (stride 16), RPN and a 1x1 RoIAlign + two-FC (1024) head
 on it, 1600 VG objects (+ background), 400 attributes, detectron2's default anchors (32-512, 3 ratios)."""
 

@@ -321,11 +321,23 @@ class VQADataModule(LightningDataModule):
             raise RuntimeError(f"split {split!r} not set up (call setup first)")
         h = self.hparams
         if shuffle:
-            return train_loader(self.splits[split], h.batch_size, self.trainer, collate=self.collate,
-                                num_workers=h.num_workers, drop_last=False,
-                                max_failure_fraction=h.max_failure_fraction)  # fmt: skip
-        return eval_loader(self.splits[split], h.eval_batch_size, collate=self.collate, num_workers=h.num_workers,
-                           persistent_workers=True, max_failure_fraction=h.max_failure_fraction)  # fmt: skip
+            return train_loader(
+                self.splits[split],
+                h.batch_size,
+                self.trainer,
+                collate=self.collate,
+                num_workers=h.num_workers,
+                drop_last=False,
+                max_failure_fraction=h.max_failure_fraction,
+            )
+        return eval_loader(
+            self.splits[split],
+            h.eval_batch_size,
+            collate=self.collate,
+            num_workers=h.num_workers,
+            persistent_workers=True,
+            max_failure_fraction=h.max_failure_fraction,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -431,11 +443,18 @@ class COCODetectionDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        return train_loader(self.train, h.batch_size, self.trainer, collate=_detection_collate,
-                            num_workers=h.num_workers, drop_last=False)  # fmt: skip
+        return train_loader(
+            self.train,
+            h.batch_size,
+            self.trainer,
+            collate=_detection_collate,
+            num_workers=h.num_workers,
+            drop_last=False,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val is None:
             return []
-        return eval_loader(self.val, self.hparams.batch_size, collate=_detection_collate,
-                           num_workers=self.hparams.num_workers)  # fmt: skip
+        return eval_loader(
+            self.val, self.hparams.batch_size, collate=_detection_collate, num_workers=self.hparams.num_workers
+        )

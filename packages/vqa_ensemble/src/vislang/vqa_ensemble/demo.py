@@ -116,10 +116,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     # 2. the detector
     det_ckpt = out / "detector" / "demo" / "checkpoints" / "last.ckpt"
     if not det_ckpt.is_file():
-        _cli(["fit", "-c", str(CONFIGS / "demo_detector.yaml"), f"--trainer.max_steps={args.detector_steps}",
-              f"--trainer.logger.init_args.save_dir={out}",
-              f"--data.init_args.train_json={out / 'coco' / 'annotations' / 'instances_train.json'}",
-              f"--data.init_args.image_dir={out / 'coco' / 'images' / 'train'}"])  # fmt: skip
+        _cli(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "demo_detector.yaml"),
+                f"--trainer.max_steps={args.detector_steps}",
+                f"--trainer.logger.init_args.save_dir={out}",
+                f"--data.init_args.train_json={out / 'coco' / 'annotations' / 'instances_train.json'}",
+                f"--data.init_args.image_dir={out / 'coco' / 'images' / 'train'}",
+            ]
+        )
     stamp(f"detector trained: {det_ckpt}")
     detector, _ = extract.load_detector(det_ckpt)
     detector.transform.min_size = (max(detector.transform.min_size),)  # test at the largest training scale
@@ -133,9 +140,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     # 3. feature stores (resumable: a re-run skips finished shards)
     for kind in ("region", "grid"):
         for subtype in ("train2014", "val2014"):
-            extract.main(["--images", str(vqa_root / subtype), "--out", str(out / "features" / kind / subtype),
-                          "--detector", str(det_ckpt), "--kind", kind, "--min-boxes", "10", "--max-boxes", "36",
-                          "--grid-size", "0", "--shard-size", "100", "--batch-size", "16"])  # fmt: skip
+            extract.main(
+                [
+                    "--images",
+                    str(vqa_root / subtype),
+                    "--out",
+                    str(out / "features" / kind / subtype),
+                    "--detector",
+                    str(det_ckpt),
+                    "--kind",
+                    kind,
+                    "--min-boxes",
+                    "10",
+                    "--max-boxes",
+                    "36",
+                    "--grid-size",
+                    "0",
+                    "--shard-size",
+                    "100",
+                    "--batch-size",
+                    "16",
+                ]
+            )
     stamp("features extracted")
 
     # 4. the members, as the entry's (two region-feature members and one grid-feature member): different
@@ -148,18 +174,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     for name, kind, seed in MEMBERS:
         ckpt = out / name / "demo" / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
-            _cli(["fit", "-c", str(CONFIGS / "demo.yaml"), f"--seed_everything={seed}",
-                  f"--model.init_args.feature_set={kind}", f"--trainer.max_epochs={args.member_epochs}",
-                  f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
-                  *data_overrides])  # fmt: skip
+            _cli(
+                [
+                    "fit",
+                    "-c",
+                    str(CONFIGS / "demo.yaml"),
+                    f"--seed_everything={seed}",
+                    f"--model.init_args.feature_set={kind}",
+                    f"--trainer.max_epochs={args.member_epochs}",
+                    f"--trainer.logger.init_args.save_dir={out}",
+                    f"--trainer.logger.init_args.name={name}",
+                    *data_overrides,
+                ]
+            )
         checkpoints.append(str(ckpt))
         stamp(f"member {name} trained: {ckpt}")
 
     # 5. ensemble: fit weights on val (first half), evaluate on the held-out half
-    ens = ["-c", str(CONFIGS / "demo_ensemble.yaml"), f"--model.init_args.members=[{', '.join(checkpoints)}]",
-           f"--model.init_args.weights_path={out / 'ensemble' / 'weights.json'}",
-           f"--model.init_args.results_dir={out / 'ensemble' / 'results'}",
-           f"--trainer.default_root_dir={out / 'ensemble'}", *data_overrides]  # fmt: skip
+    ens = [
+        "-c",
+        str(CONFIGS / "demo_ensemble.yaml"),
+        f"--model.init_args.members=[{', '.join(checkpoints)}]",
+        f"--model.init_args.weights_path={out / 'ensemble' / 'weights.json'}",
+        f"--model.init_args.results_dir={out / 'ensemble' / 'results'}",
+        f"--trainer.default_root_dir={out / 'ensemble'}",
+        *data_overrides,
+    ]
     val = _cli(["validate", *ens]).model.fitted["val"]
     test = _cli(["test", *ens]).model.fitted["test"]
     stamp("ensemble fitted and evaluated")
@@ -185,9 +225,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         v = f"{val[key]['overall']:.2f}" if key else "-"
         print(f"{name:<56} {v:>16} {acc:>14.2f}")
     g = val["gain_over_equal"]
-    print(f"weight fit on the fitting half: cross-validated accuracy by prior strength {val['cv_accuracy_by_prior']};"
-          f" fitted weights {', '.join(f'{w:.2f}' for w in val['fitted_weights'])} gain {g['percent']:+.2f}"
-          f" +- {g['se']:.2f} (clustered by image) over equal weights -> {'kept' if g['kept'] else 'equal weights'}")  # fmt: skip
+    print(
+        f"weight fit on the fitting half: cross-validated accuracy by prior strength {val['cv_accuracy_by_prior']};"
+        f" fitted weights {', '.join(f'{w:.2f}' for w in val['fitted_weights'])} gain {g['percent']:+.2f}"
+        f" +- {g['se']:.2f} (clustered by image) over equal weights -> {'kept' if g['kept'] else 'equal weights'}"
+    )
     return {"val": {k: val[k]["overall"] for k in (*val_of.values(), "ensemble")}, "test": rows, "box_map": box_map}
 
 

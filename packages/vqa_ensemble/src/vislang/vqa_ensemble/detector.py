@@ -200,11 +200,16 @@ def build_detector(
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     common = dict(
-        num_classes=num_classes, min_size=tuple(min_size), max_size=max_size,
-        rpn_batch_size_per_image=rpn_batch_size_per_image, box_batch_size_per_image=box_batch_size_per_image,
-        rpn_pre_nms_top_n_train=2 * rpn_proposals, rpn_post_nms_top_n_train=2 * rpn_proposals,
-        rpn_pre_nms_top_n_test=rpn_proposals, rpn_post_nms_top_n_test=rpn_proposals,
-    )  # fmt: skip
+        num_classes=num_classes,
+        min_size=tuple(min_size),
+        max_size=max_size,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        box_batch_size_per_image=box_batch_size_per_image,
+        rpn_pre_nms_top_n_train=2 * rpn_proposals,
+        rpn_post_nms_top_n_train=2 * rpn_proposals,
+        rpn_pre_nms_top_n_test=rpn_proposals,
+        rpn_post_nms_top_n_test=rpn_proposals,
+    )
     if head == "fpn":
         if len(anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
@@ -219,8 +224,9 @@ def build_detector(
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        net = _resnet(backbone, FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d, stride_in_1x1,
-                      res5_dilation)  # fmt: skip
+        net = _resnet(
+            backbone, FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d, stride_in_1x1, res5_dilation
+        )
         anchors = AnchorGenerator((tuple(anchor_sizes),), ((0.5, 1.0, 2.0),))
         if head == "c4":  # bottom-up attention: C4 (stride 16) for RPN and RoI pooling, res5 is the box head
             body = IntermediateLayerGetter(net, {"layer3": "0"})
@@ -239,8 +245,9 @@ def build_detector(
             feature_dim = representation_size
         width = rpn_channels or body.out_channels
         rpn_head = _single_level_rpn_head(body.out_channels, anchors.num_anchors_per_location()[0], width)
-        model = FasterRCNN(body, rpn_anchor_generator=anchors, rpn_head=rpn_head, box_roi_pool=roi_pool,
-                           box_head=box_head, **common)  # fmt: skip
+        model = FasterRCNN(
+            body, rpn_anchor_generator=anchors, rpn_head=rpn_head, box_roi_pool=roi_pool, box_head=box_head, **common
+        )
     model.roi_heads.box_predictor = FastRCNNPredictor(feature_dim, num_classes)
     model.attribute_head = AttributeHead(feature_dim, num_classes, num_attributes) if num_attributes else None
     model.feature_dim, model.head_kind = feature_dim, head
@@ -353,8 +360,15 @@ class RegionFeatureExtractor(nn.Module):
                 score, label = p[:, 1:].max(-1)
                 label = label + 1
             attributes = det.attribute_head(r[keep], label) if det.attribute_head is not None else None
-            out.append({"features": r[keep], "boxes": _normalise(c[keep], h, w), "labels": label, "scores": score,
-                        "attributes": attributes})  # fmt: skip
+            out.append(
+                {
+                    "features": r[keep],
+                    "boxes": _normalise(c[keep], h, w),
+                    "labels": label,
+                    "scores": score,
+                    "attributes": attributes,
+                }
+            )
         return out
 
     def forward(self, images: list[Tensor], boxes: list[Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
@@ -431,8 +445,10 @@ def coco_box_map(detector: FasterRCNN, instances_json: str | Path, image_dir: st
         images = [load_rgb(Path(image_dir) / gt.imgs[i]["file_name"]) for i in chunk]
         for image_id, d in zip(chunk, detector(images), strict=True):
             xywh = torch.cat([d["boxes"][:, :2], d["boxes"][:, 2:] - d["boxes"][:, :2]], dim=1)
-            results += [{"image_id": image_id, "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
-                        for b, c, s in zip(xywh, d["labels"], d["scores"], strict=True)]  # fmt: skip
+            results += [
+                {"image_id": image_id, "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
+                for b, c, s in zip(xywh, d["labels"], d["scores"], strict=True)
+            ]
     if not results:
         return {"mAP": 0.0, "mAP50": 0.0, "images": len(ids)}
     with contextlib.redirect_stdout(io.StringIO()):

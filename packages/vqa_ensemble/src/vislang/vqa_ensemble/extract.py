@@ -80,9 +80,16 @@ def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str
         weights = _sha256(Path(args.detector))
     else:
         torch.manual_seed(args.seed)
-        build_args = {"backbone": args.backbone, "num_classes": args.num_classes, "min_size": args.min_size,
-                      "max_size": args.max_size, "representation_size": args.representation_size, "norm": "bn",
-                      "head": args.head, "anchor_sizes": _anchors(args.head)}  # fmt: skip
+        build_args = {
+            "backbone": args.backbone,
+            "num_classes": args.num_classes,
+            "min_size": args.min_size,
+            "max_size": args.max_size,
+            "representation_size": args.representation_size,
+            "norm": "bn",
+            "head": args.head,
+            "anchor_sizes": _anchors(args.head),
+        }
         detector = build_detector(**build_args).eval()
         weights = f"untrained-seed{args.seed}"
     spec: dict[str, Any] = {
@@ -98,8 +105,13 @@ def build_extractor(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str
         extractor: torch.nn.Module = RegionFeatureExtractor(
             detector, args.min_boxes, args.max_boxes, args.score_threshold, args.nms_threshold
         )
-        spec.update(box_source=args.boxes, min_boxes=args.min_boxes, max_boxes=args.max_boxes,
-                    score_threshold=args.score_threshold, nms_threshold=args.nms_threshold)  # fmt: skip
+        spec.update(
+            box_source=args.boxes,
+            min_boxes=args.min_boxes,
+            max_boxes=args.max_boxes,
+            score_threshold=args.score_threshold,
+            nms_threshold=args.nms_threshold,
+        )
     else:
         extractor = GridFeatureExtractor(detector, args.grid_size)
         # full resolution: at most ceil(shorter side / stride) x ceil(longer side / stride) cells
@@ -157,8 +169,15 @@ def extract_images(
                 feats, b = next(results)
                 yield ImageFeatures(feats.float().numpy(), b.float().numpy())
 
-    return write_store(out, spec, [i for i, _ in images], extract, shard_size=shard_size, progress=progress,
-                       max_failure_fraction=max_failure_fraction)  # fmt: skip
+    return write_store(
+        out,
+        spec,
+        [i for i, _ in images],
+        extract,
+        shard_size=shard_size,
+        progress=progress,
+        max_failure_fraction=max_failure_fraction,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,8 +203,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--max-failure-fraction", type=float, default=0.01,
-                   help="unreadable images are skipped and recorded; stop when more than this fraction fails")  # fmt: skip
+    p.add_argument(
+        "--max-failure-fraction",
+        type=float,
+        default=0.01,
+        help="unreadable images are skipped and recorded; stop when more than this fraction fails",
+    )
     return p
 
 
@@ -201,8 +224,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.boxes == "ground_truth":
         boxes = {r["id"]: r["boxes"] for r in read_coco_instances(args.instances)}
     torch.set_grad_enabled(False)
-    return extract_images(extractor, spec, images, args.out, args.shard_size, args.batch_size, boxes,
-                          max_failure_fraction=args.max_failure_fraction)  # fmt: skip
+    return extract_images(
+        extractor,
+        spec,
+        images,
+        args.out,
+        args.shard_size,
+        args.batch_size,
+        boxes,
+        max_failure_fraction=args.max_failure_fraction,
+    )
 
 
 if __name__ == "__main__":

@@ -79,10 +79,22 @@ class DetectorModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.detector = build_detector(
-            backbone, num_classes, min_size, max_size, anchor_sizes, representation_size, norm,
-            rpn_batch_size_per_image, box_batch_size_per_image, rpn_proposals, head, 0, stride_in_1x1, res5_dilation,
+            backbone,
+            num_classes,
+            min_size,
+            max_size,
+            anchor_sizes,
+            representation_size,
+            norm,
+            rpn_batch_size_per_image,
+            box_batch_size_per_image,
+            rpn_proposals,
+            head,
+            0,
+            stride_in_1x1,
+            res5_dilation,
             rpn_channels,
-        )  # fmt: skip
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses = self.detector(batch["images"], batch["targets"])
@@ -603,7 +615,7 @@ class VQAEnsemble(LightningModule):
                 "se": round(se, 3),
                 "min_gain_se": h.min_gain_se,
                 "kept": self.weights == fitted,
-            },  # fmt: skip
+            },
             "members": list(h.members),
             "fit_questions": len(rows),
             "leak_check": "no question the weights were fitted on is in any member's training questions",

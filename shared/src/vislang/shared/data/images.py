@@ -9,6 +9,10 @@ What is accepted (anything else is refused with one line that says what to pass 
   H x W x 3 or H x W x 4 (channels last), of dtype uint8 (0-255) or float in [0, 1] (scaled by 255 and
   rounded); four channels are RGBA, put on white like a PIL RGBA image.
 
+Training and evaluation datasets read their files with `load_image` instead: the official loaders'
+plain ``convert("RGB")`` (alpha dropped, not put on white), so a model sees the pixels its released
+weights were trained on; an unreadable file raises `SampleLoadError`, skipped and counted.
+
 A file that cannot be read raises `UnreadableImageError`, which is both a ``ValueError`` (an inference
 caller sees one line) and a `vislang.shared.data.robust.SampleLoadError` (a dataset that loads through
 `as_rgb` gets the file skipped and counted by `RobustDataset`). Any other refusal is an `ImageInputError`
@@ -19,14 +23,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vislang.shared.data.robust import SampleLoadError
 
-__all__ = ["ImageInputError", "UnreadableImageError", "as_rgb", "as_rgb_array"]
+__all__ = ["ImageInputError", "UnreadableImageError", "as_rgb", "as_rgb_array", "load_image"]
 
 ACCEPTED = "a path, a PIL image or an H x W, H x W x 1/3/4 array (uint8, or float in [0, 1])"
 _GRAY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -38,6 +42,22 @@ class ImageInputError(ValueError):
 
 class UnreadableImageError(SampleLoadError, ValueError):
     """An image file that is missing, empty, truncated or not an image (``SampleLoadError(path, reason)``)."""
+
+
+def load_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = None) -> Image.Image:
+    """A dataset's image file (a path, or an open file such as a shard member) as an RGB PIL image.
+
+    Decoded with Pillow and converted with ``convert("RGB")`` as the official data pipelines do; a
+    missing, empty, truncated or undecodable file raises `SampleLoadError` naming it (``name`` names a
+    file object), which `RobustDataset` skips and counts.
+    """
+    label = name if name is not None else getattr(source, "name", source)
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SampleLoadError(str(label), f"cannot read image ({reason})") from None
 
 
 def as_rgb(image: Any, notes: list[str] | None = None) -> Image.Image:
@@ -102,16 +122,18 @@ def _from_pil(image: Image.Image, notes: list[str]) -> Image.Image:
         gray = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
         notes.append(f"{mode} image converted to RGB (grayscale repeated in 3 channels)")
         return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
-    notes.append(f"{mode} image converted to RGB" + (" (grayscale repeated in 3 channels)" if mode in _GRAY_MODES
-                                                      else ""))  # fmt: skip
+    notes.append(
+        f"{mode} image converted to RGB" + (" (grayscale repeated in 3 channels)" if mode in _GRAY_MODES else "")
+    )
     return image.convert("RGB")
 
 
 def _from_array(array: np.ndarray, notes: list[str]) -> Image.Image:
     shape = tuple(array.shape)
     if array.ndim == 3 and shape[-1] not in (1, 3, 4) and shape[0] in (1, 3, 4):
-        raise ImageInputError(f"image array {shape}: channels must come last (H x W x C); "
-                              "pass array.transpose(1, 2, 0)")  # fmt: skip
+        raise ImageInputError(
+            f"image array {shape}: channels must come last (H x W x C); pass array.transpose(1, 2, 0)"
+        )
     if not (array.ndim == 2 or (array.ndim == 3 and shape[-1] in (1, 3, 4))):
         raise ImageInputError(f"image array of shape {shape}: expected H x W, H x W x 1, H x W x 3 or H x W x 4")
     if shape[0] == 0 or shape[1] == 0:
@@ -129,8 +151,10 @@ def _from_array(array: np.ndarray, notes: list[str]) -> Image.Image:
             )
         pixels = np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise ImageInputError(f"image array of dtype {array.dtype}: expected uint8 (0-255) or float in [0, 1]; "
-                              "convert it, e.g. array.astype(np.uint8)")  # fmt: skip
+        raise ImageInputError(
+            f"image array of dtype {array.dtype}: expected uint8 (0-255) or float in [0, 1]; "
+            "convert it, e.g. array.astype(np.uint8)"
+        )
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim == 2:

@@ -22,19 +22,17 @@ What a resumed run must reproduce, and which piece here does it:
 
 Everything else a run carries — weights, EMA/target encoders, buffers such as SOHO's visual
 dictionary, optimiser and scheduler state, the mixed-precision loss scaler, the loops' counters — is
-in Lightning's checkpoint already. `vislang.shared.cli` adds `ExactResume` to every ``lightning``
-run; a Python user adds it to ``Trainer(callbacks=[...])``.
+in Lightning's checkpoint already. `ExactResume` lives in `vislang.shared.callbacks`, which the
+``lightning`` command adds to every run; a Python user adds it to ``Trainer(callbacks=[...])``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import random
-import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,11 +42,11 @@ from vislang.shared.distributed import rank as _rank
 from vislang.shared.distributed import world_size as _world_size
 
 __all__ = [
-    "ExactResume",
     "ResumableSampler",
     "SampleKey",
-    "add_exact_resume",
     "default_seed",
+    "rng_state",
+    "set_rng_state",
     "newest_checkpoint",
     "resume_position",
     "seeded",
@@ -158,7 +156,7 @@ class ResumableSampler(DistributedSampler):
         return iter([SampleKey(index, self.epoch, self.seed) for index in indices[skip:]])
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     # tensors, ints and tuples only: the checkpoint stays loadable with torch.load(weights_only=True)
     name, keys, position, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -171,77 +169,13 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _callback_class() -> type:
-    from lightning.pytorch import Callback, LightningModule, Trainer
-
-    class ExactResume(Callback):
-        """Saves with every checkpoint where the training loader was (epoch, batches consumed) and the
-        random generators' states; on resume hands the position to the loaders (`resume_position`) and
-        restores the generators just before the first training step."""
-
-        def __init__(self) -> None:
-            self.position = (0, 0)  # (epoch, batches of it consumed) as of the last finished batch
-            self.pending: tuple[int, int] | None = None  # the position to resume from, until loaders are built
-            self._rng: dict[str, Any] | None = None  # generator states to restore before the next step
-
-        def on_train_batch_end(
-            self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-        ) -> None:
-            done = batch_idx + 1 >= trainer.num_training_batches  # the epoch's last batch: resume at the next
-            self.position = (trainer.current_epoch + 1, 0) if done else (trainer.current_epoch, batch_idx + 1)
-
-        def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-            self.position = (trainer.current_epoch + 1, 0)
-
-        def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-            if self.pending is not None and _loaders_resumable(trainer.train_dataloader):
-                # Lightning looks for a `state_dict` on the loader itself; ours resume through their sampler
-                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-            self.pending = None  # loaders rebuilt later (reload_dataloaders_every_n_epochs) start afresh
-
-        def on_train_batch_start(
-            self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-        ) -> None:
-            if self._rng is not None:
-                _set_rng_state(self._rng)
-                self._rng = None
-
-        def state_dict(self) -> dict[str, Any]:
-            epoch, batches = self.position
-            return {"epoch": epoch, "batches": batches, "rng": _rng_state()}
-
-        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-            self.position = self.pending = (int(state_dict["epoch"]), int(state_dict["batches"]))
-            self._rng = state_dict["rng"]
-
-    ExactResume.__qualname__ = "ExactResume"
-    return ExactResume
-
-
-def _loaders_resumable(loaders: Any) -> bool:
-    """Whether every training loader starts mid-epoch where the checkpoint was written; a loader that
-    cannot would silently replay its epoch's beginning, so say so."""
-    flat = getattr(loaders, "flattened", None) or (list(loaders.values()) if isinstance(loaders, dict) else [loaders])
-    resumable = True
-    for loader in flat:
-        dataset = getattr(loader, "dataset", None)
-        if not isinstance(getattr(loader, "sampler", None), ResumableSampler) and not hasattr(dataset, "skip_batches"):
-            resumable = False
-            warnings.warn(
-                f"the training loader over {type(dataset).__name__} cannot resume mid-epoch (build it with "
-                "vislang.shared.data.loaders.train_loader): this epoch restarts from its beginning",
-                stacklevel=2,
-            )
-    return resumable
 
 
 def resume_position(trainer: Any) -> tuple[int, int] | None:
@@ -251,18 +185,6 @@ def resume_position(trainer: Any) -> tuple[int, int] | None:
         if type(callback).__name__ == "ExactResume" and isinstance(getattr(callback, "pending", None), tuple):
             return callback.pending
     return None
-
-
-def add_exact_resume(trainer: Any) -> None:
-    """Give ``trainer`` an `ExactResume` callback unless it has one (before its checkpoint callbacks,
-    so the position it records is the one they save)."""
-    callbacks = trainer.callbacks
-    if any(type(c).__name__ == "ExactResume" for c in callbacks):
-        return
-    from lightning.pytorch.callbacks import Checkpoint
-
-    first_checkpoint = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
-    callbacks.insert(first_checkpoint, _exact_resume()())
 
 
 def newest_checkpoint(trainer: Any) -> str | None:
@@ -284,22 +206,3 @@ def newest_checkpoint(trainer: Any) -> str | None:
                 continue
             found.append((step, entry.stat().st_mtime, entry.path))
     return max(found)[2] if found else None
-
-
-@functools.cache
-def _exact_resume() -> type:
-    return _callback_class()
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562, as robust.LoadFailureMonitor: importing Lightning is slow and dataset workers need none of it
-    if name == "ExactResume":
-        return _exact_resume()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:
-    from lightning.pytorch import Callback
-
-    class ExactResume(Callback):
-        """Saves and restores the loader position and random generators; see `_callback_class`."""

@@ -14,7 +14,7 @@ How the pieces fit:
   ``max_failure_fraction`` of the split's files it raises `TooManyLoadFailures` naming them.
 * `collate_with_failures(collate)` moves those per-sample counts out of the samples (so the
   dataset's own collate never sees the extra key) and into the batch as one integer.
-* `LoadFailureMonitor`, a Lightning callback, sums the batches' counts and logs the running total
+* `vislang.shared.callbacks.LoadFailureMonitor`, a Lightning callback, sums the batches' counts and logs the running total
   as ``data/load_failures``.
 
 Why counts travel inside the samples for the metric: DataLoader workers are separate processes,
@@ -30,11 +30,10 @@ count with the limit, without locks (entries only ever go from False to True).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
@@ -43,7 +42,6 @@ from vislang.shared.data.resume import SampleKey, seeded
 
 __all__ = [
     "FAILURES_KEY",
-    "LoadFailureMonitor",
     "RobustDataset",
     "SampleLoadError",
     "TooManyLoadFailures",
@@ -281,90 +279,3 @@ def count_failures(batch: Any) -> int:
     if isinstance(batch, list | tuple):
         return sum(count_failures(item) for item in batch if isinstance(item, Mapping | list | tuple))
     return 0
-
-
-def _monitor_class() -> type:
-    """Builds `LoadFailureMonitor` on first access: importing Lightning takes seconds, and video
-    decoding (which imports this module for `SampleLoadError`) must not pay for it."""
-    from lightning.pytorch import Callback, LightningModule, Trainer
-
-    class LoadFailureMonitor(Callback):
-        """Logs the running total of training files that failed to load as ``data/load_failures`` (and
-        the validation loader's failed files as ``data/val_load_failures``, suffixed by Lightning with
-        ``/dataloader_idx_N`` when there are several validation loaders): each bad file once, read from
-        the `RobustDataset`s' shared marks (for other datasets, from the counts in the batches).
-
-        Args:
-            sync_dist: sum the totals over DDP ranks when logging (one all-reduce per step); by default
-                each rank logs its own (rank 0's is what loggers record).
-        """
-
-        def __init__(self, sync_dist: bool = False) -> None:
-            self.sync_dist = sync_dist
-            self.total = 0
-            self._resumed = 0  # the total of the run this one resumes (its datasets' marks are gone)
-
-        def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                               batch_idx: int) -> None:  # fmt: skip
-            datasets = _robust_datasets(trainer.train_dataloader)
-            if datasets:  # exact: the distinct failed files every worker has marked, once across the tasks
-                self.total = self._resumed + len(set().union(*(d.failed_files() for d in datasets)))
-            else:
-                self.total += count_failures(batch)
-            pl_module.log("data/load_failures", float(self.total), on_step=True, on_epoch=False, batch_size=1,
-                          sync_dist=self.sync_dist, reduce_fx="sum")  # fmt: skip
-
-        def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                    batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
-            datasets = _robust_datasets(trainer.val_dataloaders)
-            if len(datasets) > dataloader_idx:  # exact: the loader's distinct failed files so far
-                value, reduce = float(datasets[dataloader_idx].total_failures), "max"
-            else:
-                value, reduce = float(count_failures(batch)), "sum"
-            pl_module.log("data/val_load_failures", value, on_step=False, on_epoch=True, batch_size=1,
-                          sync_dist=self.sync_dist, reduce_fx=reduce)  # fmt: skip
-
-        def state_dict(self) -> dict[str, int]:
-            return {"total": self.total}
-
-        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-            self.total = self._resumed = int(state_dict.get("total", 0))
-
-    LoadFailureMonitor.__qualname__ = "LoadFailureMonitor"  # importable (and picklable) by its module path
-    return LoadFailureMonitor
-
-
-def _robust_datasets(loaders: Any) -> list[RobustDataset]:
-    """The `RobustDataset`s behind a trainer's loaders: a DataLoader, or a list, dict or CombinedLoader of them."""
-    if isinstance(getattr(loaders, "dataset", None), RobustDataset):
-        return [loaders.dataset]
-    nested = getattr(loaders, "flattened", None)
-    if nested is None:
-        nested = (
-            loaders.values() if isinstance(loaders, Mapping) else loaders if isinstance(loaders, list | tuple) else []
-        )
-    return [dataset for item in nested for dataset in _robust_datasets(item)]
-
-
-@functools.cache
-def _load_failure_monitor() -> type:
-    return _monitor_class()
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: `from vislang.shared.data.robust import LoadFailureMonitor` and the CLI's
-    # `class_path: vislang.shared.data.robust.LoadFailureMonitor` both resolve here.
-    if name == "LoadFailureMonitor":
-        return _load_failure_monitor()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:
-    from lightning.pytorch import Callback
-
-    class LoadFailureMonitor(Callback):
-        """Logs ``data/load_failures``; see `_monitor_class`."""
-
-        total: int
-
-        def __init__(self, sync_dist: bool = False) -> None: ...

@@ -110,8 +110,10 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
         if _is_local(item) and Path(item).is_dir():
             found = sorted(str(path) for path in Path(item).glob("*.tar"))
             if not found:
-                raise FileNotFoundError(f"{item}: no .tar shards in this folder; write them with "
-                                        "`python -m vislang.shared.data.shards write --from <config> --out {item}`")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{item}: no .tar shards in this folder; write them with "
+                    "`python -m vislang.shared.data.shards write --from <config> --out {item}`"
+                )
             urls += found
         else:
             urls += wds.shardlists.expand_urls(item)
@@ -157,8 +159,16 @@ def shard_sizes(urls: Sequence[str]) -> list[int]:
     return sizes
 
 
-def worker_shards(num_shards: int, seed: int, epoch: int, rank: int, world_size: int, worker: int,
-                  num_workers: int, shuffle: bool = True) -> list[int]:  # fmt: skip
+def worker_shards(
+    num_shards: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    worker: int,
+    num_workers: int,
+    shuffle: bool = True,
+) -> list[int]:
     """The shards (indices into the shard list) logical `worker` of `rank` reads in `epoch`, in order."""
     order = np.random.default_rng([seed, epoch]).permutation(num_shards) if shuffle else np.arange(num_shards)
     return order[rank::world_size][worker::num_workers].tolist()
@@ -229,11 +239,22 @@ class ShardDataset(IterableDataset):
     number of steps); ``batch[FAILURES_KEY]`` counts the failures for `LoadFailureMonitor`.
     """
 
-    def __init__(self, shards: str | Sequence[str], decode: Callable[[dict[str, Any]], Any],
-                 collate: Callable[[list[Any]], Any], batch_size: int, num_workers: int = 0, seed: int = 0,
-                 shuffle: bool = True, shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
-                 max_failure_fraction: float = 0.01, rank: int | None = None, world_size: int | None = None,
-                 sizes: Sequence[int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shards: str | Sequence[str],
+        decode: Callable[[dict[str, Any]], Any],
+        collate: Callable[[list[Any]], Any],
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        samples_per_epoch: int | None = None,
+        max_failure_fraction: float = 0.01,
+        rank: int | None = None,
+        world_size: int | None = None,
+        sizes: Sequence[int] | None = None,
+    ) -> None:
         if batch_size <= 0 or num_workers < 0:
             raise ValueError(
                 f"batch_size must be positive and num_workers non-negative, got {batch_size}, {num_workers}"
@@ -262,8 +283,10 @@ class ShardDataset(IterableDataset):
         `batch_size` must be this dataset's (a resumed run with another batch size cannot be exact).
         """
         if batch_size != self.batch_size:
-            raise ValueError(f"skip_batches: batch_size {batch_size} differs from the dataset's {self.batch_size}; "
-                             "resume with the interrupted run's batch size")  # fmt: skip
+            raise ValueError(
+                f"skip_batches: batch_size {batch_size} differs from the dataset's {self.batch_size}; "
+                "resume with the interrupted run's batch size"
+            )
         if not 0 <= batches <= len(self):
             raise ValueError(f"skip_batches: {batches} is outside this epoch's 0..{len(self)} batches")
         self._state[_PENDING_SKIP] = int(batches)  # applies to the epoch the next iteration reads
@@ -295,13 +318,17 @@ class ShardDataset(IterableDataset):
         world = self.rank_world()[1] if world_size is None else world_size
         per_worker = len(self.urls) // world // self.workers
         if per_worker == 0:
-            raise ValueError(f"{len(self.urls)} shards cannot feed {world} rank(s) x {self.workers} worker(s) "
-                             "without repeating samples: write smaller shards (--samples-per-shard) or use "
-                             "fewer workers")  # fmt: skip
+            raise ValueError(
+                f"{len(self.urls)} shards cannot feed {world} rank(s) x {self.workers} worker(s) "
+                "without repeating samples: write smaller shards (--samples-per-shard) or use "
+                "fewer workers"
+            )
         per_worker_batches = sum(sorted(self.sizes)[:per_worker]) // self.batch_size
         if per_worker_batches == 0:
-            raise ValueError(f"the smallest {per_worker} shard(s) hold fewer samples than one batch of "
-                             f"{self.batch_size}: write larger shards or lower the batch size")  # fmt: skip
+            raise ValueError(
+                f"the smallest {per_worker} shard(s) hold fewer samples than one batch of "
+                f"{self.batch_size}: write larger shards or lower the batch size"
+            )
         return per_worker_batches * self.workers
 
     def __len__(self) -> int:
@@ -317,9 +344,11 @@ class ShardDataset(IterableDataset):
             return most
         wanted = self.samples_per_epoch // self.batch_size
         if wanted > most or wanted == 0:
-            raise ValueError(f"samples_per_epoch {self.samples_per_epoch} = {wanted} batches of {self.batch_size}; "
-                             f"these shards allow 1..{most} batches per rank without repeating samples "
-                             f"({most * self.batch_size} samples): lower it or leave it unset")  # fmt: skip
+            raise ValueError(
+                f"samples_per_epoch {self.samples_per_epoch} = {wanted} batches of {self.batch_size}; "
+                f"these shards allow 1..{most} batches per rank without repeating samples "
+                f"({most * self.batch_size} samples): lower it or leave it unset"
+            )
         return wanted
 
     def begin_iteration(self) -> None:
@@ -333,8 +362,10 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         if info is not None and info.num_workers != self.workers:
-            raise RuntimeError(f"the dataset was planned for {self.num_workers} workers but the loader has "
-                               f"{info.num_workers}; build it with num_workers={info.num_workers}")  # fmt: skip
+            raise RuntimeError(
+                f"the dataset was planned for {self.num_workers} workers but the loader has "
+                f"{info.num_workers}; build it with num_workers={info.num_workers}"
+            )
         physical = 0 if info is None else info.id
         epoch, skip = self.epoch, int(self._state[_SKIP])
         if info is None:
@@ -355,9 +386,11 @@ class ShardDataset(IterableDataset):
             raw = list(itertools.islice(stream, self.batch_size))
             if len(raw) < self.batch_size:
                 urls = [self.urls[s] for s in shards]
-                raise RuntimeError(f"rank {rank} worker {logical} read only {number * self.batch_size + len(raw)} "
-                                   f"samples from {urls} in epoch {epoch}, fewer than their sizes {self.sizes} "
-                                   "promise: a _stats.json overstates its shard; delete it to count instead")  # fmt: skip
+                raise RuntimeError(
+                    f"rank {rank} worker {logical} read only {number * self.batch_size + len(raw)} "
+                    f"samples from {urls} in epoch {epoch}, fewer than their sizes {self.sizes} "
+                    "promise: a _stats.json overstates its shard; delete it to count instead"
+                )
             produced += 1
             if number < skipped:
                 continue  # consumed before the interruption: read (for the shuffle buffer), not decoded
@@ -371,9 +404,11 @@ class ShardDataset(IterableDataset):
                     failures_left -= 1
                     log.warning("skipping unreadable sample %s: %s", error.path, error.reason)
                     if failures_left < 0:
-                        raise TooManyLoadFailures(f"{error.path}: {error.reason}; more than "
-                                                  f"{self.max_failure_fraction:.2%} of this worker's samples "
-                                                  "failed: check the shards or raise max_failure_fraction") from None  # fmt: skip
+                        raise TooManyLoadFailures(
+                            f"{error.path}: {error.reason}; more than "
+                            f"{self.max_failure_fraction:.2%} of this worker's samples "
+                            "failed: check the shards or raise max_failure_fraction"
+                        ) from None
             if not items:
                 raise TooManyLoadFailures(f"no sample of a batch from {sample['__url__']} could be decoded")
             batch = self.collate(items)
@@ -407,18 +442,29 @@ class ShardLoader(DataLoader):
     Args:
         dataset: the shard dataset; its ``num_workers`` is the loader's.
         trainer: the data module's ``self.trainer``: when it resumes from a checkpoint with an
-            ``ExactResume`` callback (`vislang.shared.data.resume`), the first iteration starts at the
+            ``ExactResume`` callback (`vislang.shared.callbacks`), the first iteration starts at the
             recorded (epoch, batch). None outside a Trainer.
         persistent_workers: keep workers between epochs (the shared state reaches them).
         pin_memory / prefetch_factor: as DataLoader's.
     """
 
-    def __init__(self, dataset: ShardDataset, trainer: Any = None, persistent_workers: bool = True,
-                 pin_memory: bool = False, prefetch_factor: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        trainer: Any = None,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ) -> None:
         workers = dataset.num_workers
-        super().__init__(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                         persistent_workers=persistent_workers and workers > 0,
-                         prefetch_factor=prefetch_factor if workers > 0 else None)  # fmt: skip
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and workers > 0,
+            prefetch_factor=prefetch_factor if workers > 0 else None,
+        )
         object.__setattr__(self, "sampler", _EpochRelay(dataset))  # DataLoader forbids setting it after init
         position = resume_position(trainer)
         if position is not None:
@@ -442,8 +488,13 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     os.replace(temporary, path)
 
 
-def write_shards(samples: Iterable[dict[str, Any]], out: str | Path, samples_per_shard: int,
-                 total: int | None = None, source: str = "") -> list[Path]:  # fmt: skip
+def write_shards(
+    samples: Iterable[dict[str, Any]],
+    out: str | Path,
+    samples_per_shard: int,
+    total: int | None = None,
+    source: str = "",
+) -> list[Path]:
     """Write samples into ``out/00000.tar``, ``00001.tar``, ... with ``00000_stats.json`` beside each.
 
     Each sample is a dict with ``"__key__"`` (unique, no dots) and one entry per file: bytes are stored
@@ -482,8 +533,14 @@ def write_shards(samples: Iterable[dict[str, Any]], out: str | Path, samples_per
                 keys.add(key)
                 writer.write(sample)
                 count += 1
-        stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0,
-                 "duration": time.time() - start, "source": source}  # fmt: skip
+        stats = {
+            "count": count,
+            "successes": count,
+            "failed_to_download": 0,
+            "failed_to_resize": 0,
+            "duration": time.time() - start,
+            "source": source,
+        }
         _write_atomic(out / f"{name}_stats.json", lambda h, s=stats: h.write(json.dumps(s, indent=2).encode()))
         os.replace(temporary, out / f"{name}.tar")
         written.append(out / f"{name}.tar")
@@ -508,8 +565,10 @@ def write_from_config(config: str | Path, out: str | Path, samples_per_shard: in
     module_name, _, class_name = data["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     if not hasattr(cls, "shard_samples"):
-        raise ValueError(f"{path}: {data['class_path']} cannot write shards (it has no shard_samples method); "
-                         "VLABDataModule and CMAEPretrainDataModule can")  # fmt: skip
+        raise ValueError(
+            f"{path}: {data['class_path']} cannot write shards (it has no shard_samples method); "
+            "VLABDataModule and CMAEPretrainDataModule can"
+        )
     datamodule = cls(**(data.get("init_args") or {}))
     datamodule.prepare_data()
     samples, total = datamodule.shard_samples(split)
@@ -517,8 +576,9 @@ def write_from_config(config: str | Path, out: str | Path, samples_per_shard: in
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vislang.shared.data.shards",
-                                     description="WebDataset shards of vislang's datasets")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m vislang.shared.data.shards", description="WebDataset shards of vislang's datasets"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write", help="write a config's dataset split into tar shards")
     write.add_argument("--from", dest="source", required=True, help="a lightning config whose data module to convert")

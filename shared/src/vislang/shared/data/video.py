@@ -151,8 +151,9 @@ class VideoReader:
             every core.
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: Size | None = None, backend: Backend = "auto",
-                 num_threads: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, path: str | os.PathLike[str], size: Size | None = None, backend: Backend = "auto", num_threads: int = 1
+    ) -> None:
         if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
         self.path = Path(path)
@@ -360,8 +361,12 @@ class _Scaler:
     def __init__(self, frame: av.VideoFrame, height: int, width: int) -> None:
         self.key = (frame.width, frame.height, frame.format.name)
         self.graph = av.filter.Graph()
-        source = self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                                       time_base=frame.time_base or Fraction(1, 25))  # fmt: skip
+        source = self.graph.add_buffer(
+            width=frame.width,
+            height=frame.height,
+            format=frame.format.name,
+            time_base=frame.time_base or Fraction(1, 25),
+        )
         scale = self.graph.add("scale", f"{width}:{height}:flags={_SCALE_FLAGS}")
         rgb = self.graph.add("format", "rgb24")
         sink = self.graph.add("buffersink")
@@ -404,8 +409,12 @@ def _pyav_frames(path: Path, wanted: np.ndarray, out_h: int, out_w: int, num_thr
     return stacked[np.searchsorted(unique, wanted)]
 
 
-def read_video(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray, size: Size | None = None,
-               backend: Backend = "auto") -> np.ndarray:  # fmt: skip
+def read_video(
+    path: str | os.PathLike[str],
+    indices: Sequence[int] | np.ndarray,
+    size: Size | None = None,
+    backend: Backend = "auto",
+) -> np.ndarray:
     """Decode `indices` of the video at `path` in one call; see `VideoReader.get_frames`."""
     with VideoReader(path, size=size, backend=backend) as reader:
         return reader.get_frames(indices)
@@ -414,13 +423,24 @@ def read_video(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray
 # ---- writing ---------------------------------------------------------------------------------------
 
 _CODECS = {".mp4": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9", ".avi": "mpeg4", ".gif": "gif"}
-_PIXEL_FORMATS = {"libx264": "yuv420p", "h264": "yuv420p", "libvpx-vp9": "yuv420p", "libvpx": "yuv420p",
-                  "mpeg4": "yuv420p", "gif": "rgb8"}  # fmt: skip
+_PIXEL_FORMATS = {
+    "libx264": "yuv420p",
+    "h264": "yuv420p",
+    "libvpx-vp9": "yuv420p",
+    "libvpx": "yuv420p",
+    "mpeg4": "yuv420p",
+    "gif": "rgb8",
+}
 
 
-def write_video(path: str | os.PathLike[str], frames: np.ndarray | torch.Tensor, fps: float = 25,
-                codec: str | None = None, options: dict[str, str] | None = None,
-                container_options: dict[str, str] | None = None) -> Path:  # fmt: skip
+def write_video(
+    path: str | os.PathLike[str],
+    frames: np.ndarray | torch.Tensor,
+    fps: float = 25,
+    codec: str | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
     """Encode RGB frames to a video file with PyAV (for tests and the synthetic world's writers).
 
     Args:
@@ -532,8 +552,14 @@ def _pad(indices: np.ndarray, num_frames: int, pad: Literal["repeat", "loop"]) -
     raise ValueError(f"pad must be 'repeat' or 'loop', got {pad!r}")
 
 
-def dense_indices(num_frames: int, num_samples: int, stride: int, train: bool, rng: Generator | None = None,
-                  pad: Literal["repeat", "loop"] = "repeat") -> np.ndarray:  # fmt: skip
+def dense_indices(
+    num_frames: int,
+    num_samples: int,
+    stride: int,
+    train: bool,
+    rng: Generator | None = None,
+    pad: Literal["repeat", "loop"] = "repeat",
+) -> np.ndarray:
     """Dense sampling (VideoMAE pre-training, K400 16 x 4): `num_samples` frames `stride` apart.
 
     The clip spans ``L = (T - 1) * stride + 1`` frames and starts at a uniformly random frame in
@@ -567,9 +593,16 @@ class ShiftedClips(NamedTuple):
     shift: int
 
 
-def temporal_shift_indices(num_frames: int, num_samples: int, stride: int, max_shift: int, train: bool,
-                           rng: Generator | None = None, shift: int | None = None,
-                           pad: Literal["repeat", "loop"] = "repeat") -> ShiftedClips:  # fmt: skip
+def temporal_shift_indices(
+    num_frames: int,
+    num_samples: int,
+    stride: int,
+    max_shift: int,
+    train: bool,
+    rng: Generator | None = None,
+    shift: int | None = None,
+    pad: Literal["repeat", "loop"] = "repeat",
+) -> ShiftedClips:
     """CMAE-V's temporal shift (its video analogue of CMAE's pixel shift): two dense clips of the
     same video whose start frames differ by ``delta`` frames, ``target = online + delta``.
 

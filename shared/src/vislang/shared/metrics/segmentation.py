@@ -293,8 +293,12 @@ class SegmentationIoU(SampleMetric):
             if self.protocol == "official":
                 inter, union, iou = official_pair_scores(p, g, self.num_points, gen)
                 self.iou.append(iou.to(self.device))
-                for name, value in (("question", q), ("image", image), ("num_pred", p.shape[0]),
-                                    ("num_gt", g.shape[0])):  # fmt: skip
+                for name, value in (
+                    ("question", q),
+                    ("image", image),
+                    ("num_pred", p.shape[0]),
+                    ("num_gt", g.shape[0]),
+                ):
                     getattr(self, name).append(torch.tensor([value], dtype=torch.long, device=self.device))
             else:
                 inter, union = pair_intersection_union(p, g, self.matching, self.num_points, gen)

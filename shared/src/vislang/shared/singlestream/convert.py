@@ -54,8 +54,10 @@ def load_cnn_weights(trunk: nn.Module, path: str | os.PathLike[str]) -> LoadRepo
     """Load an ImageNet ResNet / ResNeXt checkpoint (torchvision or timm layout) into ``GridEncoder.trunk``."""
     state = cnn_state_to_trunk(load_state_dict(path))
     if not state:
-        raise ValueError(f"cnn_weights {path}: no ResNet keys (conv1/bn1/layer1..4) found; expected a torchvision "
-                         "or timm ResNet state dict")  # fmt: skip
+        raise ValueError(
+            f"cnn_weights {path}: no ResNet keys (conv1/bn1/layer1..4) found; expected a torchvision "
+            "or timm ResNet state dict"
+        )
     report = load_into(trunk, state)
     _refuse(report, "cnn_weights", path, "the preset's CNN (e.g. a ResNet-101 file for soho_r101)")
     return report
@@ -70,8 +72,10 @@ def load_text_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadRep
     """Load Hugging Face ``bert-base-uncased``-layout weights into ``model.bert`` (a ``SingleStreamModel``)."""
     state = {k: v for k, v in text_state(load_state_dict(path)).items() if k.startswith("bert.")}
     if not state:
-        raise ValueError(f"text_weights {path}: no BERT keys (bert.embeddings.*, bert.encoder.*) found; expected a "
-                         "Hugging Face bert-base-uncased checkpoint")  # fmt: skip
+        raise ValueError(
+            f"text_weights {path}: no BERT keys (bert.embeddings.*, bert.encoder.*) found; expected a "
+            "Hugging Face bert-base-uncased checkpoint"
+        )
     report = load_into(model.bert, {k.removeprefix("bert."): v for k, v in state.items()})
     _refuse(report, "text_weights", path, "a BERT of the preset's depth and width with the tokenizer's vocabulary")
     return report
@@ -81,6 +85,8 @@ def _refuse(report: LoadReport, argument: str, path: str | os.PathLike[str], fix
     """One line naming the argument, the file, what did not fit (first keys) and the fix."""
     if report.missing or report.mismatched:
         shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:3]]
-        raise ValueError(f"{argument} {path} does not fit the model: {len(report.missing)} missing (e.g. "
-                         f"{report.missing[:3]}), {len(report.mismatched)} shape-mismatched (e.g. {shapes}); "
-                         f"pass {fix}")  # fmt: skip
+        raise ValueError(
+            f"{argument} {path} does not fit the model: {len(report.missing)} missing (e.g. "
+            f"{report.missing[:3]}), {len(report.mismatched)} shape-mismatched (e.g. {shapes}); "
+            f"pass {fix}"
+        )

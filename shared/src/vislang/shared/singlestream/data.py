@@ -242,8 +242,12 @@ class RetrievalRankDataset(CaptionPairDataset):
         i, c = self.pairs[index]
         record = self.images[i]
         texts = [record.captions[c]] + [self.negative_caption(record.image_id) for _ in range(self.num_negatives)]
-        return {"task": "retrieval", "image": self.transform(load_image(record.image_path)), "texts": texts,
-                "index": index}  # fmt: skip
+        return {
+            "task": "retrieval",
+            "image": self.transform(load_image(record.image_path)),
+            "texts": texts,
+            "index": index,
+        }
 
 
 class NLVR2Dataset(Dataset):
@@ -532,12 +536,22 @@ class SingleStreamDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         h = self.hparams
         if train:
-            return train_loader(dataset, h.batch_size, self.trainer, collate=collate, num_workers=h.num_workers,
-                                max_failure_fraction=h.max_failure_fraction, persistent_workers=False)  # fmt: skip
+            return train_loader(
+                dataset,
+                h.batch_size,
+                self.trainer,
+                collate=collate,
+                num_workers=h.num_workers,
+                max_failure_fraction=h.max_failure_fraction,
+                persistent_workers=False,
+            )
         return eval_loader(
-            dataset, h.eval_batch_size, collate=collate, num_workers=h.num_workers,
+            dataset,
+            h.eval_batch_size,
+            collate=collate,
+            num_workers=h.num_workers,
             max_failure_fraction=h.max_failure_fraction,
-        )  # fmt: skip
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

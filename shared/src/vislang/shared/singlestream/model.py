@@ -69,8 +69,9 @@ def build_cnn(arch: str) -> nn.Module:
         from timm.models.resnet import BasicBlock as TimmBasicBlock
         from timm.models.resnet import ResNet as TimmResNet
 
-        return TimmResNet(TimmBasicBlock, [1, 1, 1, 1], num_classes=0, channels=(16, 32, 64, 128),
-                          stem_width=16, output_stride=8)  # fmt: skip
+        return TimmResNet(
+            TimmBasicBlock, [1, 1, 1, 1], num_classes=0, channels=(16, 32, 64, 128), stem_width=16, output_stride=8
+        )
     if arch not in CNN_ARCHS:
         raise ValueError(f"unknown CNN arch {arch!r}; choose from {sorted([*CNN_ARCHS, TINY_CNN])}")
     spec = dict(CNN_ARCHS[arch])
@@ -219,8 +220,13 @@ def text_config(tokenizer: Any, layers: int | None, hidden: int, heads: int) -> 
         from vislang.shared.text import tiny_bert_config
 
         return tiny_bert_config(tokenizer, hidden=hidden, layers=2, heads=heads, initializer_range=0.05)
-    return bert_base_config(len(tokenizer), num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                            pad_token_id=tokenizer.pad_token_id or 0)  # fmt: skip
+    return bert_base_config(
+        len(tokenizer),
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
 
 
 class SingleStreamModel(nn.Module):

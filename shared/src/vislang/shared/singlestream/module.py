@@ -389,29 +389,47 @@ class SingleStreamModule(LightningModule):
         if task == "vqa":
             logits = self.model.vqa_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
             top = logits[:, : len(self.answers)].float().sigmoid().topk(min(5, len(self.answers)), dim=-1)
-            rows = [{"index": i, "question_id": int(q), "question": t, "answer": self.answers[int(a[0])],
-                     "top5": [[self.answers[int(k)], round(float(v), 4)] for k, v in zip(a, p, strict=True)]}
-                    for i, q, t, a, p in zip(index, batch["question_id"], batch["text"], top.indices, top.values,
-                                             strict=True)]  # fmt: skip
+            rows = [
+                {
+                    "index": i,
+                    "question_id": int(q),
+                    "question": t,
+                    "answer": self.answers[int(a[0])],
+                    "top5": [[self.answers[int(k)], round(float(v), 4)] for k, v in zip(a, p, strict=True)],
+                }
+                for i, q, t, a, p in zip(
+                    index, batch["question_id"], batch["text"], top.indices, top.values, strict=True
+                )
+            ]
         elif task == "retrieval":
             pretraining = "retrieval" not in getattr(self.trainer.datamodule, "tasks", ["retrieval"])
             scores = self.itm_scores(batch["image"], batch["pixel_mask"], pretraining=pretraining).float()
             top = scores.topk(min(10, scores.shape[1]), dim=-1)
-            rows = [{"index": i, "captions": [[self.retrieval_texts[int(k)], round(float(v), 4)]
-                                              for k, v in zip(ks, vs, strict=True)]}
-                    for i, ks, vs in zip(index, top.indices, top.values, strict=True)]  # fmt: skip
+            rows = [
+                {
+                    "index": i,
+                    "captions": [
+                        [self.retrieval_texts[int(k)], round(float(v), 4)] for k, v in zip(ks, vs, strict=True)
+                    ],
+                }
+                for i, ks, vs in zip(index, top.indices, top.values, strict=True)
+            ]
         elif task == "nlvr2":
             left = self._cls(batch["image_left"], batch["pixel_mask_left"], batch["text"])
             right = self._cls(batch["image_right"], batch["pixel_mask_right"], batch["text"])
             labels = self.model.nlvr2_head(left, right).argmax(-1).tolist()
-            rows = [{"index": i, "identifier": d, "sentence": t, "prediction": bool(y)}
-                    for i, d, t, y in zip(index, batch["identifier"], batch["text"], labels, strict=True)]  # fmt: skip
+            rows = [
+                {"index": i, "identifier": d, "sentence": t, "prediction": bool(y)}
+                for i, d, t, y in zip(index, batch["identifier"], batch["text"], labels, strict=True)
+            ]
         elif task == "snli_ve":
             from vislang.shared.data.vl import SNLI_VE_LABELS
 
             labels = self.model.snli_ve_head(self._cls(batch["image"], batch["pixel_mask"], batch["text"]))
-            rows = [{"index": i, "hypothesis": t, "prediction": SNLI_VE_LABELS[int(y)]}
-                    for i, t, y in zip(index, batch["text"], labels.argmax(-1).tolist(), strict=True)]  # fmt: skip
+            rows = [
+                {"index": i, "hypothesis": t, "prediction": SNLI_VE_LABELS[int(y)]}
+                for i, t, y in zip(index, batch["text"], labels.argmax(-1).tolist(), strict=True)
+            ]
         else:
             raise ValueError(f"no prediction for task {task!r}; predict runs on the evaluation splits")
         self._predictions.setdefault(task, []).extend(rows)
@@ -504,8 +522,14 @@ def format_table(scores: dict[str, dict[str, float]], baselines: dict[str, dict[
     rows = [("task", "metric", "score", "baseline")]
     if "vqa" in scores:
         base = baselines.get("vqa", {})
-        rows.append(("VQA", "accuracy (official, 2021)", f"{scores['vqa']['overall']:.2f}",
-                     f"{base.get('majority', float('nan')):.2f} (always '{base.get('answer', '?')}')"))  # fmt: skip
+        rows.append(
+            (
+                "VQA",
+                "accuracy (official, 2021)",
+                f"{scores['vqa']['overall']:.2f}",
+                f"{base.get('majority', float('nan')):.2f} (always '{base.get('answer', '?')}')",
+            )
+        )
         if "per_question_type" in base:
             rows.append(("VQA", "", "", f"{base['per_question_type']:.2f} (question-type prior)"))
         for key in sorted(k for k in scores["vqa"] if k.startswith("answer_type/")):

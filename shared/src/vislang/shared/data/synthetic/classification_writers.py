@@ -117,9 +117,14 @@ def object_centric_image(world: SyntheticWorld, index: int) -> ObjectImage:
     r = rng.uniform(*_OBJECT_RADIUS) * size
     cx, cy = size / 2 + rng.uniform(-_OBJECT_CENTRE_JITTER, _OBJECT_CENTRE_JITTER, size=2) * size
     image, mask = render.object_centric_image(
-        CLASS_NAMES[label], tuple(int(v) for v in rgb), tuple(int(v) for v in background), size,
-        float(cx), float(cy), float(r),
-    )  # fmt: skip
+        CLASS_NAMES[label],
+        tuple(int(v) for v in rgb),
+        tuple(int(v) for v in background),
+        size,
+        float(cx),
+        float(cy),
+        float(r),
+    )
     return ObjectImage(int(index), image, mask, label, color)
 
 
@@ -264,7 +269,13 @@ def write_ssv2(
                 entries.append({"id": video_id})
                 continue
             thing = f"{main.color} {main.shape}"
-            entries.append({"id": video_id, "label": f"moving {thing} {main.direction}",
-                            "template": SSV2_TEMPLATES[video.label], "placeholders": [thing]})  # fmt: skip
+            entries.append(
+                {
+                    "id": video_id,
+                    "label": f"moving {thing} {main.direction}",
+                    "template": SSV2_TEMPLATES[video.label],
+                    "placeholders": [thing],
+                }
+            )
         dump_json(entries, out / f"something-something-v2-{names[split]}.json")
     return _publish(out, final, manifest)

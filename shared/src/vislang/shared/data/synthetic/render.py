@@ -76,10 +76,19 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "cross":
         a = 0.36 * r
         return [
-            (cx - a, cy - r), (cx + a, cy - r), (cx + a, cy - a), (cx + r, cy - a), (cx + r, cy + a),
-            (cx + a, cy + a), (cx + a, cy + r), (cx - a, cy + r), (cx - a, cy + a), (cx - r, cy + a),
-            (cx - r, cy - a), (cx - a, cy - a),
-        ]  # fmt: skip
+            (cx - a, cy - r),
+            (cx + a, cy - r),
+            (cx + a, cy - a),
+            (cx + r, cy - a),
+            (cx + r, cy + a),
+            (cx + a, cy + a),
+            (cx + a, cy + r),
+            (cx - a, cy + r),
+            (cx - a, cy + a),
+            (cx - r, cy + a),
+            (cx - r, cy - a),
+            (cx - a, cy - a),
+        ]
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
 
@@ -131,8 +140,15 @@ def draw_background(kind: str, height: int, width: int, rng: np.random.Generator
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def object_centric_image(shape: str, rgb: tuple[int, int, int], background_rgb: tuple[int, int, int], size: int,
-                         cx: float, cy: float, r: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def object_centric_image(
+    shape: str,
+    rgb: tuple[int, int, int],
+    background_rgb: tuple[int, int, int],
+    size: int,
+    cx: float,
+    cy: float,
+    r: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """One large shape on a flat background (an object-centric image), ``(size x size x 3 uint8, mask)``.
 
     Unlike a scene, nothing but the outline tells the classes apart: the background is one flat colour and

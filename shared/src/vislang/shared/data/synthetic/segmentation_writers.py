@@ -122,9 +122,10 @@ def write_muse(
     records, kept = [], []
     for index in ids:
         questions = [
-            q for q in world.reasoning_questions(index)
+            q
+            for q in world.reasoning_questions(index)
             if q.num_targets >= min_targets and (max_targets is None or q.num_targets <= max_targets)
-        ]  # fmt: skip
+        ]
         if questions:
             kept.append((index, questions))
     scenes = write_scene_images(world, out_dir / "images" / split, [index for index, _ in kept])
@@ -135,14 +136,24 @@ def write_muse(
             segmentation.append(_segmentation(inst.mask, mask_format, number))
             number += 1
         ann_list = [
-            {"id": scene.image_id * 100 + k, "category_id": inst.category_id, "category_name": inst.shape,
-             "bbox": [float(v) for v in inst.bbox], "area": float(inst.area), "segmentation": segmentation[k]}
+            {
+                "id": scene.image_id * 100 + k,
+                "category_id": inst.category_id,
+                "category_name": inst.shape,
+                "bbox": [float(v) for v in inst.bbox],
+                "area": float(inst.area),
+                "segmentation": segmentation[k],
+            }
             for k, inst in enumerate(scene.instances)
-        ]  # fmt: skip
+        ]
         answers = []
         for q in questions:
-            answers.append([{**ann_list[k], "rephrased_name": description}
-                            for k, description in zip(q.target_indices, q.target_descriptions, strict=True)])  # fmt: skip
+            answers.append(
+                [
+                    {**ann_list[k], "rephrased_name": description}
+                    for k, description in zip(q.target_indices, q.target_descriptions, strict=True)
+                ]
+            )
         entry = {**entry, "file_name": f"{split}/{entry['file_name']}"}  # relative to images/, like COCO's folders
         record = {**entry, "ann_list": ann_list, "questions": [q.question for q in questions], "answers": answers}
         if text_answers:
@@ -185,20 +196,42 @@ def write_refer(
             for k, inst in enumerate(scene.instances):
                 ann_id = scene.image_id * 100 + k
                 ann_ids[k] = ann_id
-                annotations.append({"id": ann_id, "image_id": scene.image_id, "category_id": inst.category_id,
-                                    "segmentation": mask_to_polygons(inst.mask), "area": float(inst.area),
-                                    "bbox": [float(v) for v in inst.bbox], "iscrowd": 0})  # fmt: skip
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": scene.image_id,
+                        "category_id": inst.category_id,
+                        "segmentation": mask_to_polygons(inst.mask),
+                        "area": float(inst.area),
+                        "bbox": [float(v) for v in inst.bbox],
+                        "iscrowd": 0,
+                    }
+                )
             for expression in world.referring_expressions(index):
                 sent_id = len(refs)
-                refs.append({
-                    "ref_id": len(refs), "ann_id": ann_ids[expression.instance_index], "image_id": scene.image_id,
-                    "split": refer_split, "category_id": scene.instances[expression.instance_index].category_id,
-                    "file_name": name, "sent_ids": [sent_id],
-                    "sentences": [{"sent": expression.text, "raw": expression.text, "sent_id": sent_id,
-                                   "tokens": expression.text.split()}],
-                })  # fmt: skip
-    dump_json({"images": images, "annotations": annotations, "categories": coco_categories()},
-              out_dir / dataset / "instances.json")  # fmt: skip
+                refs.append(
+                    {
+                        "ref_id": len(refs),
+                        "ann_id": ann_ids[expression.instance_index],
+                        "image_id": scene.image_id,
+                        "split": refer_split,
+                        "category_id": scene.instances[expression.instance_index].category_id,
+                        "file_name": name,
+                        "sent_ids": [sent_id],
+                        "sentences": [
+                            {
+                                "sent": expression.text,
+                                "raw": expression.text,
+                                "sent_id": sent_id,
+                                "tokens": expression.text.split(),
+                            }
+                        ],
+                    }
+                )
+    dump_json(
+        {"images": images, "annotations": annotations, "categories": coco_categories()},
+        out_dir / dataset / "instances.json",
+    )
     path = out_dir / dataset / f"refs({split_by}).p"
     with open(path, "wb") as handle:
         pickle.dump(refs, handle, protocol=2)
@@ -263,15 +296,23 @@ def _part_dataset(scenes: list[Any], with_objects: bool, file_prefix: str) -> di
     """COCO instances whose categories are ``object:part`` (upper / lower half of each instance) and, with
     ``with_objects``, the plain objects too (PACO-LVIS has both)."""
     parts = ("upper half", "lower half")
-    categories = [{"id": k + 1, "name": f"{shape}:{part}"} for k, (shape, part) in
-                  enumerate((s, p) for s in SHAPES for p in parts)]  # fmt: skip
+    categories = [
+        {"id": k + 1, "name": f"{shape}:{part}"}
+        for k, (shape, part) in enumerate((s, p) for s in SHAPES for p in parts)
+    ]
     if with_objects:
         categories += [{"id": len(categories) + k + 1, "name": shape} for k, shape in enumerate(SHAPES)]
     by_name = {c["name"]: c["id"] for c in categories}
     images, annotations = [], []
     for scene in scenes:
-        images.append({"id": scene.image_id, "file_name": f"{file_prefix}{scene.image_id:012d}.jpg",
-                       "height": scene.height, "width": scene.width})  # fmt: skip
+        images.append(
+            {
+                "id": scene.image_id,
+                "file_name": f"{file_prefix}{scene.image_id:012d}.jpg",
+                "height": scene.height,
+                "width": scene.width,
+            }
+        )
         for k, inst in enumerate(scene.instances):
             rows = np.nonzero(inst.mask.any(1))[0]
             middle = (rows[0] + rows[-1] + 1) // 2
@@ -284,11 +325,22 @@ def _part_dataset(scenes: list[Any], with_objects: bool, file_prefix: str) -> di
                 if not mask.any():
                     continue
                 ys, xs = np.nonzero(mask)
-                annotations.append({"id": scene.image_id * 1000 + k * 10 + j, "image_id": scene.image_id,
-                                    "category_id": by_name[name], "segmentation": mask_to_polygons(mask),
-                                    "area": float(mask.sum()), "iscrowd": 0,
-                                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                                             float(ys.max() - ys.min() + 1)]})  # fmt: skip
+                annotations.append(
+                    {
+                        "id": scene.image_id * 1000 + k * 10 + j,
+                        "image_id": scene.image_id,
+                        "category_id": by_name[name],
+                        "segmentation": mask_to_polygons(mask),
+                        "area": float(mask.sum()),
+                        "iscrowd": 0,
+                        "bbox": [
+                            float(xs.min()),
+                            float(ys.min()),
+                            float(xs.max() - xs.min() + 1),
+                            float(ys.max() - ys.min() + 1),
+                        ],
+                    }
+                )
     return {"images": images, "annotations": annotations, "categories": categories}
 
 

@@ -65,36 +65,59 @@ EXTREMES = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom"
 REASONING_TEMPLATES: dict[str, tuple[tuple[str, ...], str, str]] = {
     # concept: (question paraphrases, answer intro for several targets, answer intro for one)
     "warm": (
-        ("which shapes are warm-colored?", "find every shape with a warm color.", "segment the shapes that have a warm color."),
-        "the warm-colored shapes are", "the only warm-colored shape is",
+        (
+            "which shapes are warm-colored?",
+            "find every shape with a warm color.",
+            "segment the shapes that have a warm color.",
+        ),
+        "the warm-colored shapes are",
+        "the only warm-colored shape is",
     ),
     "cool": (
-        ("which shapes are cool-colored?", "find every shape with a cool color.", "segment the shapes that have a cool color."),
-        "the cool-colored shapes are", "the only cool-colored shape is",
+        (
+            "which shapes are cool-colored?",
+            "find every shape with a cool color.",
+            "segment the shapes that have a cool color.",
+        ),
+        "the cool-colored shapes are",
+        "the only cool-colored shape is",
     ),
     "shape": (
         ("point out every {shape_pl}.", "where are the {shape_pl}?", "segment all the {shape_pl} in the image."),
-        "the {shape_pl} are", "the only {shape} is",
+        "the {shape_pl} are",
+        "the only {shape} is",
     ),
     "color": (
         ("which objects are {color}?", "segment every {color} object.", "find all the {color} shapes."),
-        "the {color} objects are", "the only {color} object is",
+        "the {color} objects are",
+        "the only {color} object is",
     ),
-    "round": (("which shapes have no corners?", "segment the round shapes."), "the round shapes are", "the only round shape is"),
+    "round": (
+        ("which shapes have no corners?", "segment the round shapes."),
+        "the round shapes are",
+        "the only round shape is",
+    ),
     "cornered": (
         ("which shapes have corners?", "segment every shape with straight edges."),
-        "the shapes with corners are", "the only shape with corners is",
+        "the shapes with corners are",
+        "the only shape with corners is",
     ),
-    "size": (("which shapes are {size}?", "segment all the {size} shapes."), "the {size} shapes are", "the only {size} shape is"),
+    "size": (
+        ("which shapes are {size}?", "segment all the {size} shapes."),
+        "the {size} shapes are",
+        "the only {size} shape is",
+    ),
     "half": (
         ("which shapes are in the {half} half of the image?", "segment the shapes in the {half} half."),
-        "the shapes in the {half} half are", "the only shape in the {half} half is",
+        "the shapes in the {half} half are",
+        "the only shape in the {half} half is",
     ),
     "remove": (
         ("if every {color} shape were removed, which shapes would remain?",),
-        "the remaining shapes would be", "the only remaining shape would be",
+        "the remaining shapes would be",
+        "the only remaining shape would be",
     ),
-}  # fmt: skip
+}
 HALVES = ("left", "right", "upper", "lower")
 VQA_TEMPLATES = {
     "color": "what color is the {np}?",
@@ -242,14 +265,32 @@ def _noun_phrase(attrs: dict[str, str], keys: Sequence[str]) -> str:
 
 
 _SCENE_KEY_SETS: tuple[tuple[str, ...], ...] = (
-    ("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape"), ("color",), ("size", "color"),
-    ("shape", "hpos"), ("color", "shape", "hpos"), ("shape", "vpos"), ("color", "shape", "vpos"), ("hpos",),
-    ("color", "hpos"), ("size", "color", "shape", "hpos"), ("size", "color", "shape", "vpos"),
-)  # fmt: skip
+    ("shape",),
+    ("color", "shape"),
+    ("size", "shape"),
+    ("size", "color", "shape"),
+    ("color",),
+    ("size", "color"),
+    ("shape", "hpos"),
+    ("color", "shape", "hpos"),
+    ("shape", "vpos"),
+    ("color", "shape", "vpos"),
+    ("hpos",),
+    ("color", "hpos"),
+    ("size", "color", "shape", "hpos"),
+    ("size", "color", "shape", "vpos"),
+)
 _VIDEO_KEY_SETS: tuple[tuple[str, ...], ...] = (
-    ("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape"), ("color",), ("direction",),
-    ("shape", "direction"), ("color", "direction"), ("color", "shape", "direction"),
-)  # fmt: skip
+    ("shape",),
+    ("color", "shape"),
+    ("size", "shape"),
+    ("size", "color", "shape"),
+    ("color",),
+    ("direction",),
+    ("shape", "direction"),
+    ("color", "direction"),
+    ("color", "shape", "direction"),
+)
 
 
 def _unique_key_sets(
@@ -344,8 +385,13 @@ def scene_captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     by_x = sorted(scene.instances, key=lambda inst: inst.centroid[0])
     n = len(by_x)
     bg = scene.background
-    common = {"a_bg": _a(bg), "bg": bg, "n": NUMBER_WORDS[n], "be": "is" if n == 1 else "are",
-              "shape_noun": "shape" if n == 1 else "shapes"}  # fmt: skip
+    common = {
+        "a_bg": _a(bg),
+        "bg": bg,
+        "n": NUMBER_WORDS[n],
+        "be": "is" if n == 1 else "are",
+        "shape_noun": "shape" if n == 1 else "shapes",
+    }
     if n <= 3:
         detailed = [f"{_a(i.size)} {i.size} {i.color} {i.shape} {HPOS_PHRASE[i.hpos]}" for i in by_x]
     else:
@@ -391,9 +437,11 @@ def _reasoning_concepts(scene: Scene) -> list[tuple[str, dict[str, str], Callabl
     for z in SIZES:
         concepts.append(("size", {"size": z}, lambda i, z=z: i.size == z))
     tests = {
-        "left": lambda i: i.centroid[0] < half[0], "right": lambda i: i.centroid[0] >= half[0],
-        "upper": lambda i: i.centroid[1] < half[1], "lower": lambda i: i.centroid[1] >= half[1],
-    }  # fmt: skip
+        "left": lambda i: i.centroid[0] < half[0],
+        "right": lambda i: i.centroid[0] >= half[0],
+        "upper": lambda i: i.centroid[1] < half[1],
+        "lower": lambda i: i.centroid[1] >= half[1],
+    }
     for h in HALVES:
         concepts.append(("half", {"half": h}, tests[h]))
     return concepts
@@ -440,9 +488,17 @@ def _confusions(kind: str, truth: str) -> list[str]:
 
 
 def _annotate(
-    question_id: int, image_id: int, question: str, question_type: str, answer_type: str, truth: str, kind: str,
-    targets: Sequence[int], rng: np.random.Generator, noise: float,
-) -> VQAQuestion:  # fmt: skip
+    question_id: int,
+    image_id: int,
+    question: str,
+    question_type: str,
+    answer_type: str,
+    truth: str,
+    kind: str,
+    targets: Sequence[int],
+    rng: np.random.Generator,
+    noise: float,
+) -> VQAQuestion:
     """Ten annotators: each gives the truth, except with probability ``noise`` a plausible mistake."""
     wrong = _confusions(kind, truth)
     answers = [truth if rng.random() >= noise else wrong[int(rng.integers(len(wrong)))] for _ in range(NUM_ANSWERS)]
@@ -451,9 +507,18 @@ def _annotate(
     top = max(counts.values())
     majority = truth if counts[truth] == top else sorted(a for a, c in counts.items() if c == top)[0]
     return VQAQuestion(
-        question_id, image_id, question, question_type, answer_type, truth, tuple(answers), tuple(confidences),
-        majority, kind, tuple(targets),
-    )  # fmt: skip
+        question_id,
+        image_id,
+        question,
+        question_type,
+        answer_type,
+        truth,
+        tuple(answers),
+        tuple(confidences),
+        majority,
+        kind,
+        tuple(targets),
+    )
 
 
 def _pick_referent(
@@ -494,9 +559,11 @@ def scene_vqa(scene: Scene, rng: np.random.Generator, noise: float) -> list[VQAQ
     shape = ref.shape if rng.random() < 0.75 else SHAPES[int(rng.integers(len(SHAPES)))]
     color = ref.color if rng.random() < 0.75 else list(COLORS)[int(rng.integers(len(COLORS)))]
     match = {
-        "count_all": lambda i: True, "count_shape": lambda i: i.shape == shape,
-        "count_color": lambda i: i.color == color, "count_color_shape": lambda i: i.color == color and i.shape == shape,
-    }[count_kind]  # fmt: skip
+        "count_all": lambda i: True,
+        "count_shape": lambda i: i.shape == shape,
+        "count_color": lambda i: i.color == color,
+        "count_color_shape": lambda i: i.color == color and i.shape == shape,
+    }[count_kind]
     counted = tuple(k for k, i in enumerate(insts) if match(i))
     question = VQA_TEMPLATES[count_kind].format(shape_pl=PLURALS[shape], color=color)
     rows.append((question, "how many", "number", str(len(counted)), count_kind, counted))

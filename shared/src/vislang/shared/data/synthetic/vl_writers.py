@@ -105,8 +105,10 @@ def write_vqa_v2(
         questions.extend(q.question_record() for q in sample.vqa)
         annotations.extend(q.annotation_record() for q in sample.vqa)
     header = {"info": _VQA_INFO, "license": {}, "data_type": "mscoco", "data_subtype": subtype}
-    path = dump_json({**header, "task_type": "Open-Ended", "questions": questions},
-                     out / f"v2_OpenEnded_mscoco_{subtype}_questions.json")  # fmt: skip
+    path = dump_json(
+        {**header, "task_type": "Open-Ended", "questions": questions},
+        out / f"v2_OpenEnded_mscoco_{subtype}_questions.json",
+    )
     if split != "test":
         dump_json({**header, "annotations": annotations}, out / f"v2_mscoco_{subtype}_annotations.json")
     return path
@@ -170,8 +172,17 @@ def write_vg_regions(
         for expression in sample.referring:
             x, y, w, h = expression.bbox
             region_id += 1
-            regions.append({"region_id": region_id, "image_id": sample.scene.image_id, "phrase": expression.text,
-                            "x": x, "y": y, "width": w, "height": h})  # fmt: skip
+            regions.append(
+                {
+                    "region_id": region_id,
+                    "image_id": sample.scene.image_id,
+                    "phrase": expression.text,
+                    "x": x,
+                    "y": y,
+                    "width": w,
+                    "height": h,
+                }
+            )
         records.append({"id": sample.scene.image_id, "regions": regions})
     return dump_json(records, out / "region_descriptions.json")
 
@@ -239,9 +250,16 @@ def write_nlvr2(
         pairs.append(candidate)
         for pair_id, (left, right) in enumerate(pairs[: num_examples - 2 * set_id]):
             prefix = f"{split}-{set_id}-{pair_id}"
-            record = {"identifier": f"{prefix}-0", "sentence": sentence, "label": str(bool(truth(left, right))),
-                      "left_url": f"synthetic://{left.image_id}", "right_url": f"synthetic://{right.image_id}",
-                      "writer": "synthetic", "synset": "shape", "query": "shapes"}  # fmt: skip
+            record = {
+                "identifier": f"{prefix}-0",
+                "sentence": sentence,
+                "label": str(bool(truth(left, right))),
+                "left_url": f"synthetic://{left.image_id}",
+                "right_url": f"synthetic://{right.image_id}",
+                "writer": "synthetic",
+                "synset": "shape",
+                "query": "shapes",
+            }
             folder = out / "images" / split
             if split == "train":
                 record["directory"] = str(set_id % 100)
@@ -294,8 +312,14 @@ def write_snli_ve(
         caption = world.captions(index)[0]
         hypotheses = _hypotheses(rng_for(world.seed, index, "snli_ve"), scene)
         for label in SNLI_VE_LABELS:
-            record = {"Flikr30kID": name, "sentence1": caption, "sentence2": hypotheses[label], "gold_label": label,
-                      "pairID": f"{name}#0r{label[0]}", "captionID": f"{name}#0"}  # fmt: skip
+            record = {
+                "Flikr30kID": name,
+                "sentence1": caption,
+                "sentence2": hypotheses[label],
+                "gold_label": label,
+                "pairID": f"{name}#0r{label[0]}",
+                "captionID": f"{name}#0",
+            }
             lines.append(json.dumps(record))
     path = out / f"snli_ve_{split}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

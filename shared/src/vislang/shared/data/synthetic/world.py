@@ -67,9 +67,17 @@ _TRAVEL_FRACTION = {"slowly": 0.25, "quickly": 0.45}
 """Distance a shape travels over the whole clip, as a fraction of the frame side."""
 
 _STREAMS = {
-    "scene": 0, "video": 1, "captions": 2, "referring": 3, "reasoning": 4, "vqa": 5,
-    "video_captions": 6, "video_qa": 7, "nlvr2": 8, "snli_ve": 9,
-}  # fmt: skip
+    "scene": 0,
+    "video": 1,
+    "captions": 2,
+    "referring": 3,
+    "reasoning": 4,
+    "vqa": 5,
+    "video_captions": 6,
+    "video_qa": 7,
+    "nlvr2": 8,
+    "snli_ve": 9,
+}
 
 
 def rng_for(seed: int, index: int, stream: str) -> np.random.Generator:
@@ -348,12 +356,20 @@ class SyntheticWorld:
             centroid = _centroid(mask)
             instances.append(
                 Instance(
-                    shape=shape, color=color, size=size_name, rgb=rgb, mask=mask, bbox=_bbox_xywh(mask),
-                    area=int(mask.sum()), centroid=centroid,
+                    shape=shape,
+                    color=color,
+                    size=size_name,
+                    rgb=rgb,
+                    mask=mask,
+                    bbox=_bbox_xywh(mask),
+                    area=int(mask.sum()),
+                    centroid=centroid,
                     hpos=_third(centroid[0], size, ("left", "center", "right")),
-                    vpos=_third(centroid[1], size, ("top", "middle", "bottom")), depth=depth, amodal_mask=whole,
+                    vpos=_third(centroid[1], size, ("top", "middle", "bottom")),
+                    depth=depth,
+                    amodal_mask=whole,
                 )
-            )  # fmt: skip
+            )
         largest = max(range(len(instances)), key=lambda k: (instances[k].area, -k))
         return Scene(int(index), self.seed, image, background, instances, SHAPES.index(instances[largest].shape))
 
@@ -432,11 +448,18 @@ class SyntheticWorld:
             frames[masks] = rgb
             instances.append(
                 VideoInstance(
-                    shape=shape, color=color, size=size_name, rgb=rgb, direction=direction, speed=speed,
-                    masks=masks, bboxes=[_bbox_xywh(m) for m in masks], centroids=[_centroid(m) for m in masks],
+                    shape=shape,
+                    color=color,
+                    size=size_name,
+                    rgb=rgb,
+                    direction=direction,
+                    speed=speed,
+                    masks=masks,
+                    bboxes=[_bbox_xywh(m) for m in masks],
+                    centroids=[_centroid(m) for m in masks],
                     depth=depth,
                 )
-            )  # fmt: skip
+            )
         main = max(range(len(instances)), key=lambda k: (float(instances[k].masks.sum()), -k))
         return Video(int(index), self.seed, frames, background, instances, main, self.fps)
 

@@ -287,8 +287,15 @@ def write_msrvtt(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
         write_video(
             out / "videos" / f"{video_id}.mp4", sample.video.frames, fps=sample.video.fps, options={"crf": "12"}
         )
-        videos.append({"video_id": video_id, "category": sample.video.label, "split": split_of[index],
-                       "start time": 0.0, "end time": len(sample.video.frames) / sample.video.fps})  # fmt: skip
+        videos.append(
+            {
+                "video_id": video_id,
+                "category": sample.video.label,
+                "split": split_of[index],
+                "start time": 0.0,
+                "end time": len(sample.video.frames) / sample.video.fps,
+            }
+        )
         sentences.extend({"video_id": video_id, "caption": caption} for caption in sample.captions)
         qa[split_of[index]].extend(
             {"question": q.question, "answer": q.answer, "video_id": index, "id": q.question_id} for q in sample.qa
@@ -452,9 +459,16 @@ def write_tgif_frameqa(world: SyntheticWorld, out_dir: str | os.PathLike[str], n
             if q.kind in TGIF_FRAMEQA_TYPES:
                 question_number += 1
                 rows[file_of[index]].append(
-                    [gif_name, q.question, q.answer, TGIF_FRAMEQA_TYPES[q.kind], f"FRAMEQA{question_number}", key,
-                     sample.captions[0]]
-                )  # fmt: skip
+                    [
+                        gif_name,
+                        q.question,
+                        q.answer,
+                        TGIF_FRAMEQA_TYPES[q.kind],
+                        f"FRAMEQA{question_number}",
+                        key,
+                        sample.captions[0],
+                    ]
+                )
     for name, table in rows.items():
         with open(out / f"{name}_frameqa_question.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -498,9 +512,11 @@ def write_webvid(world: SyntheticWorld, out_dir: str | os.PathLike[str], num_vid
             first = row // 50 * 50 + 1
             page_dir = f"{first:06d}_{first + 49:06d}"
             write_video(
-                out / "videos" / page_dir / f"{index}.mp4", sample.video.frames, fps=sample.video.fps,
+                out / "videos" / page_dir / f"{index}.mp4",
+                sample.video.frames,
+                fps=sample.video.fps,
                 options={"crf": "12"},
-            )  # fmt: skip
+            )
             url = f"https://synthetic.invalid/vislang/{world.seed}/{index}.mp4"
             rows.append([index, url, duration, page_dir, sample.captions[index % CAPTIONS_PER_VIDEO]])
             progress.update()
