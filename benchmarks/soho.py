@@ -34,7 +34,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.ops import RoIPool, batched_nms, clip_boxes_to_image
 
-from vislang.shared.singlestream.model import VisualTokens
+from vislang.singlestream.model import VisualTokens
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
 from vislang.soho.model import build_soho
 

@@ -11,7 +11,7 @@ from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 def _config(model: dict, data: dict, accelerator: str = "cpu") -> dict:
     return {
         "model": {"class_path": "vislang.soho.module.SOHOModule", "init_args": model},
-        "data": {"class_path": "vislang.shared.singlestream.data.SingleStreamDataModule", "init_args": data},
+        "data": {"class_path": "vislang.singlestream.data.SingleStreamDataModule", "init_args": data},
         "trainer": {"accelerator": accelerator, "devices": 1},
     }
 

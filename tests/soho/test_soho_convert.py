@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.resnet import BasicBlock, ResNet
 from transformers import BertConfig, BertModel
 
-from vislang.shared.singlestream.model import GridEncoder, SingleStreamModel
+from vislang.singlestream.model import GridEncoder, SingleStreamModel
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 from vislang.soho.convert import load_official
 from vislang.soho.model import SOHOEmbedder, VisualDictionary

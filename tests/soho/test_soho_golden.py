@@ -16,7 +16,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from vislang.shared.checkpoint import load_into
-from vislang.shared.singlestream.model import GridEncoder
+from vislang.singlestream.model import GridEncoder
 from vislang.soho.convert import convert_official_neck
 from vislang.soho.model import SOHOEmbedder, VisualDictionary
 

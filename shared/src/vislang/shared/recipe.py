@@ -39,7 +39,7 @@ DROP_LAST = {  # do the training loaders of a data module drop the last incomple
     "vislang.cmae.data.CMAEPretrainDataModule": True,
     "vislang.cmae.data.CMAEClassificationDataModule": True,
     "vislang.vlab.data.VLABDataModule": True,
-    "vislang.shared.singlestream.data.SingleStreamDataModule": True,
+    "vislang.singlestream.data.SingleStreamDataModule": True,
     "vislang.pixellm.data.PixelLMDataModule": False,
     "vislang.vqa_ensemble.data.VQADataModule": False,
     "vislang.vqa_ensemble.data.COCODetectionDataModule": False,

@@ -1,7 +1,7 @@
 """Pixel-BERT (Huang, Zeng, Liu, Fu, Fu; arXiv 2004.00849): aligning image pixels with text by deep Transformers.
 
 The single-stream core (CNN grid -> 2x2 max-pool -> 1x1 conv, BERT over ``cat[text, visual]``, MLM / ITM /
-VQA / NLVR2 / SNLI-VE heads) is ``vislang.shared.singlestream.model``; this file adds what Pixel-BERT adds:
+VQA / NLVR2 / SNLI-VE heads) is ``vislang.singlestream.model``; this file adds what Pixel-BERT adds:
 
 * **Pixel feature embedding** (Sec. 2.2): every pixel feature gets a learned *visual modality* (semantic)
   embedding s_v added, so the Transformer can tell pixels from words. No 2-D position embedding (the paper
@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from vislang.shared.singlestream.model import (
+from vislang.singlestream.model import (
     GridEncoder,
     SingleStreamModel,
     VisualEmbedder,

@@ -1,7 +1,7 @@
 """PixelBERTModule: Pixel-BERT pre-training (MLM + ITM) and fine-tuning on the shared single-stream module.
 
 Tasks, metrics and the SGD (CNN) + AdamW (Transformer) optimisation are
-``vislang.shared.singlestream.module.SingleStreamModule``; this class only builds Pixel-BERT's model.
+``vislang.singlestream.module.SingleStreamModule``; this class only builds Pixel-BERT's model.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from vislang.pixelbert.model import build_pixelbert
-from vislang.shared.singlestream.module import SingleStreamModule
+from vislang.singlestream.module import SingleStreamModule
 
 __all__ = ["PixelBERTModule"]
 

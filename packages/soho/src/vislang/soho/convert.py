@@ -23,7 +23,7 @@ import os
 from torch import Tensor, nn
 
 from vislang.shared.checkpoint import LoadReport, load_into, load_state_dict, rename_keys
-from vislang.shared.singlestream.convert import CNN_RULES
+from vislang.singlestream.convert import CNN_RULES
 
 __all__ = ["NECK_RULES", "convert_official", "convert_official_neck", "load_official"]
 

@@ -1,7 +1,7 @@
 """SOHO ("Seeing Out of tHe bOx", Huang et al., CVPR 2021): the visual dictionary and masked visual modelling.
 
 The single-stream core (ResNet grid features after BERT's text embeddings, MLM/ITM and task heads) is
-``vislang.shared.singlestream.model``; this file adds what the paper adds:
+``vislang.singlestream.model``; this file adds what the paper adds:
 
 * **Visual dictionary (VD)**, Sec. 3.2: K learnable-by-EMA code vectors d_j. Each grid feature v is mapped
   to its nearest code h(v) = argmin_j ||v - d_j||, the codes follow the features they are assigned by a
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from vislang.shared.distributed import is_distributed, world_size
 from vislang.shared.losses import IGNORE_INDEX
-from vislang.shared.singlestream.model import (
+from vislang.singlestream.model import (
     GridEncoder,
     SingleStreamModel,
     VisualEmbedder,

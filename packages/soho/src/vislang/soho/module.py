@@ -1,7 +1,7 @@
 """SOHOModule: SOHO pre-training (MLM + ITM + MVM) and fine-tuning, on the shared single-stream module.
 
 Everything task-related (MLM/ITM, VQA/retrieval/NLVR2/SNLI-VE heads and metrics, the SGD + AdamW
-optimisation) is ``vislang.shared.singlestream.module.SingleStreamModule``; this class builds SOHO's model
+optimisation) is ``vislang.singlestream.module.SingleStreamModule``; this class builds SOHO's model
 (``vislang.soho.model``) and adds the MVM loss.
 """
 
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vislang.shared.losses import IGNORE_INDEX
-from vislang.shared.singlestream.model import VisualTokens
-from vislang.shared.singlestream.module import SingleStreamModule
+from vislang.singlestream.model import VisualTokens
+from vislang.singlestream.module import SingleStreamModule
 from vislang.soho.model import SOHOEmbedder, build_soho, mvm_logits
 
 __all__ = ["SOHOModule"]

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vislang.shared.data.vl import CaptionedImage
-from vislang.shared.singlestream.data import ImageTransform, RetrievalRankDataset, SingleStreamDataModule
+from vislang.singlestream.data import ImageTransform, RetrievalRankDataset, SingleStreamDataModule
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 
 

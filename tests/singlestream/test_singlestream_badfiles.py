@@ -15,7 +15,7 @@ from PIL import Image
 
 from vislang.shared.data.robust import FAILURES_KEY, RobustDataset
 from vislang.shared.data.vl import CaptionedImage, EntailmentExample, VQAExample
-from vislang.shared.singlestream.data import (
+from vislang.singlestream.data import (
     CaptionPairDataset,
     EntailmentDataset,
     ImageTransform,

@@ -13,8 +13,8 @@ from timm.models.resnet import ResNet as TimmResNet
 from transformers import BertForPreTraining
 
 from vislang.shared.checkpoint import load_into
-from vislang.shared.singlestream.convert import cnn_state_to_trunk, load_cnn_weights, load_text_weights, text_state
-from vislang.shared.singlestream.model import (
+from vislang.singlestream.convert import cnn_state_to_trunk, load_cnn_weights, load_text_weights, text_state
+from vislang.singlestream.model import (
     GridEncoder,
     SingleStreamModel,
     VisualEmbedder,

@@ -1,9 +1,9 @@
-"""vislang.shared.singlestream: grid encoder, fusion, heads, data module on synthetic layouts, one training step."""
+"""vislang.singlestream: grid encoder, fusion, heads, data module on synthetic layouts, one training step."""
 
 import pytest
 import torch
 
-from vislang.shared.singlestream.model import GridEncoder, SingleStreamModel, VisualEmbedder, build_cnn, vqa_loss
+from vislang.singlestream.model import GridEncoder, SingleStreamModel, VisualEmbedder, build_cnn, vqa_loss
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer, tiny_bert_config
 
 

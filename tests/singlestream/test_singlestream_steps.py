@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from vislang.shared.data.robust import FAILURES_KEY, TooManyLoadFailures
-from vislang.shared.singlestream.data import SingleStreamDataModule
+from vislang.singlestream.data import SingleStreamDataModule
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 
 # the task heads are trained by their tasks, not by pre-training

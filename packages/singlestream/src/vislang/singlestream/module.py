@@ -32,7 +32,7 @@ from vislang.shared.metrics import (
 )
 from vislang.shared.metrics.ddp import SampleMetric
 from vislang.shared.predictions import gather_objects, write_json_lines
-from vislang.shared.singlestream.model import SingleStreamModel, VisualTokens, itm_loss, mlm_loss, vqa_loss
+from vislang.singlestream.model import SingleStreamModel, VisualTokens, itm_loss, mlm_loss, vqa_loss
 from vislang.shared.text import load_tokenizer
 
 __all__ = ["ITMRetrievalMetric", "SingleStreamModule", "format_table"]
@@ -89,7 +89,7 @@ class SingleStreamModule(LightningModule):
         init_weights: A checkpoint of this model (e.g. after pre-training) to start from; the config's
             hyper-parameters stay in force (unlike ``--ckpt_path``, which resumes a run).
         cnn_weights: ImageNet weights of the preset's CNN, as both papers start (torchvision or timm
-            ResNet / ResNeXt state dict; ``vislang.shared.singlestream.convert``). Applied before ``init_weights``.
+            ResNet / ResNeXt state dict; ``vislang.singlestream.convert``). Applied before ``init_weights``.
         text_weights: BERT weights in the Hugging Face ``bert-base-uncased`` layout, as both papers start.
         max_text_len: Token limit of captions and questions, [CLS]/[SEP] included (SOHO: 16).
         mlm_probability: Fraction of text tokens chosen for MLM (BERT: 0.15, then 80/10/10).
@@ -153,7 +153,7 @@ class SingleStreamModule(LightningModule):
     # -- for the paper packages ------------------------------------------------------------------------
     def load_pretrained_starts(self) -> None:
         """Load ``cnn_weights`` into the CNN trunk and ``text_weights`` into BERT (each optional)."""
-        from vislang.shared.singlestream.convert import load_cnn_weights, load_text_weights
+        from vislang.singlestream.convert import load_cnn_weights, load_text_weights
 
         if self.hparams.cnn_weights:
             load_cnn_weights(self.model.encoder.trunk, self.hparams.cnn_weights)
@@ -462,7 +462,7 @@ class SingleStreamModule(LightningModule):
         else is refused in one line (``vislang.shared.data.images.as_rgb``).
         """
         from vislang.shared.data.images import as_rgb
-        from vislang.shared.singlestream.data import ImageTransform, _pad_images
+        from vislang.singlestream.data import ImageTransform, _pad_images
 
         if not self.answers:
             raise RuntimeError("this module has no answer vocabulary: train or load a VQA checkpoint first")
