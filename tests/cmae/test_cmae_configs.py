@@ -106,7 +106,7 @@ def test_pretrain_then_finetune_from_its_checkpoint(imagenet: Path, tmp_path: Pa
             f"--trainer.logger.save_dir={run}",
             "--trainer.check_val_every_n_epoch=1",
             f"--trainer.default_root_dir={run}",
-            "--trainer.callbacks=[vislang.cmae.module.LinearProbeCallback]",
+            "--trainer.callbacks=[vislang.cmae.evaluation.LinearProbeCallback]",
             "--trainer.callbacks.epochs=5",
             "--trainer.enable_checkpointing=true",
         ]

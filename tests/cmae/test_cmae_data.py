@@ -16,6 +16,7 @@ from vislang.cmae.data import (
     TemporalShiftViews,
     read_items,
 )
+from vislang.shared.data.loaders import eval_loader
 from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.classification_writers import (
     image_class_dirs,
@@ -138,6 +139,6 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
         root=str(root), image_size=24, max_shift=4, batch_size=6, num_workers=0, max_failure_fraction=0.5
     )
     data.setup("fit")
-    loader = data._loader(data._pretrain("train"), train=False, batch_size=6)
+    loader = eval_loader(data._pretrain("train"), batch_size=6)
     batch = next(iter(loader))
     assert batch["load_failures"] == 1 and batch["online"].shape[0] == 6

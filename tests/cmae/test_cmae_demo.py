@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from vislang.cmae import demo
 from vislang.cmae.evaluation import (
     few_label_indices,
     finetune_accuracy,
@@ -21,6 +21,10 @@ from vislang.cmae.model import build_encoder, get_config
 from vislang.shared.cli import build_cli
 
 CONFIG = Path(__file__).resolve().parents[2] / "packages" / "cmae" / "configs" / "demo.yaml"
+DRIVER = Path(__file__).resolve().parents[2] / "packages" / "cmae" / "scripts" / "demo.py"
+_spec = importlib.util.spec_from_file_location("cmae_demo_driver", DRIVER)
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)  # the driver is a script beside the package (`make demo-cmae`), not a module in it
 
 
 @pytest.fixture(autouse=True)

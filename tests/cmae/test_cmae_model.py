@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from vislang.cmae.model import (
     CMAE,
     PRESETS,
     CMAEClassifier,
+    PresetName,
     build_cmae,
     build_encoder,
     cosine_momentum,
@@ -54,6 +56,10 @@ def test_every_preset_builds_on_meta_with_the_papers_parameter_count() -> None:
         assert counted[name] == pytest.approx(expected, rel=0.03), (name, counted[name])
     assert counted["vit_base"] == pytest.approx(86.0, abs=0.5)  # the "ViT-B encoder ~ 86M"
     assert counted["tiny"] < 2 and counted["video_tiny"] < 2
+
+
+def test_the_typed_preset_names_are_the_presets() -> None:
+    assert sorted(get_args(PresetName)) == sorted(PRESETS)
 
 
 def test_block_mask_keeps_whole_2x2_units_at_ratio_065() -> None:

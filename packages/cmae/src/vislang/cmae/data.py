@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol, TypedDict, runtime_checkable
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
+from vislang.shared.data.images import load_image
 from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import RobustDataset, SampleLoadError, collate_with_failures
 from vislang.shared.data.shards import (
@@ -56,10 +57,14 @@ __all__ = [
     "IMAGENET_STD",
     "CMAEClassificationDataModule",
     "CMAEPretrainDataModule",
+    "ClassificationBatch",
     "ClassificationDataset",
     "Item",
     "PixelShiftViews",
+    "PredictionData",
+    "PretrainBatch",
     "PretrainDataset",
+    "ProbeData",
     "TemporalShiftViews",
     "read_cmae_json",
     "read_imagenet_folder",
@@ -186,15 +191,6 @@ def read_items(dataset: str, root: str | Path, split: str) -> tuple[list[Item], 
     return READERS[dataset](Path(root), split)
 
 
-def load_image(path: Path | BinaryIO) -> Image.Image:
-    """RGB PIL image; unreadable files raise ``SampleLoadError`` (skipped and counted by ``RobustDataset``)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise SampleLoadError(path, f"cannot read image ({err})") from None
-
-
 # ---- two-view transforms --------------------------------------------------------------------------
 
 
@@ -307,8 +303,9 @@ class PretrainDataset(Dataset):
         online, target = self.views(item.path)
         return {"online": online, "target": target, "label": item.label, "index": index}
 
-    def views(self, path: Path | BinaryIO) -> tuple[Tensor, Tensor]:
-        """The (online, target) views of one image or video file (an image may be an open file)."""
+    def views(self, path: Path | BinaryIO, name: str | None = None) -> tuple[Tensor, Tensor]:
+        """The (online, target) views of one image or video file (an image may be an open file, ``name`` names
+        it in a load error)."""
         if isinstance(self.transform, TemporalShiftViews):
             reader = VideoReader(path)
             clips = temporal_shift_indices(
@@ -316,7 +313,7 @@ class PretrainDataset(Dataset):
             )
             frames = torch.from_numpy(reader.get_frames([*clips.online, *clips.target]))
             return self.transform(frames[: self.num_frames], frames[self.num_frames :])
-        return self.transform(load_image(path))
+        return self.transform(load_image(path, name))
 
 
 class ClassificationDataset(Dataset):
@@ -382,6 +379,49 @@ class ClassificationDataset(Dataset):
         return {"input": views[0] if self.train else torch.stack(views), "label": item.label, "index": index}
 
 
+# ---- the module <-> data module contract -----------------------------------------------------------
+
+
+class PretrainBatch(TypedDict):
+    """A pre-training batch, what ``CMAEPretrainModule`` reads (``PretrainDataset`` / ``ShardViews`` collated)."""
+
+    online: Tensor  # (B, 3, S, S) images or (B, 3, T, S, S) clips: the view the online branch masks
+    target: Tensor  # the same shape: the shifted, colour-augmented view of the momentum branch
+    label: Tensor  # (B,) class index, -1 when unknown (read by the probes only)
+    index: Tensor  # (B,) position in the split
+
+
+class ClassificationBatch(TypedDict):
+    """A fine-tuning / evaluation batch, what ``CMAEClassificationModule`` reads (``ClassificationDataset``)."""
+
+    input: Tensor  # (B, 3, S, S), (B, 3, T, S, S), or (B, V, 3, T, S, S) for multi-view video evaluation
+    label: Tensor  # (B,) class index
+    index: Tensor  # (B,) position in the split
+
+
+@runtime_checkable
+class PredictionData(Protocol):
+    """What ``CMAEClassificationModule`` reads from its data module to write predictions."""
+
+    classes: list[str]
+
+    def predict_items(self) -> list[Item]: ...
+
+
+@runtime_checkable
+class ProbeData(Protocol):
+    """What the evaluation callbacks (``vislang.cmae.evaluation``) read from a pre-training data module."""
+
+    classes: list[str]
+
+    def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]: ...
+
+    def probe_items(self, split: str) -> list[Item]: ...
+
+
+# ---- data modules ---------------------------------------------------------------------------------
+
+
 def _synthesise(
     dataset: str,
     root: Path,
@@ -414,61 +454,23 @@ def _synthesise(
     marker.write_text(wanted)
 
 
-class _Base(LightningDataModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self._datasets: dict[str, Dataset] = {}
-        self.classes: list[str] = []
+@dataclass(eq=False, kw_only=True)
+class _CMAEDataModule(LightningDataModule):
+    """What both data modules take and do: read a split of a dataset layout, write synthetic data, make loaders.
 
-    def prepare_data(self) -> None:
-        hp = self.hparams
-        if hp.synthetic_samples:
-            _synthesise(
-                hp.dataset,
-                Path(hp.root),
-                hp.synthetic_samples,
-                hp.image_size,
-                max(hp.num_frames * 2, 8),
-                hp.seed,
-                hp.synthetic_max_objects,
-                hp.synthetic_style,
-            )
-
-    @property
-    def is_video(self) -> bool:
-        return self.hparams.dataset in VIDEO_DATASETS
-
-    def _items(self, split: str) -> list[Item]:
-        items, classes = read_items(self.hparams.dataset, self.hparams.root, split)
-        if split == "train" or not self.classes:
-            self.classes = classes
-        if not items:
-            raise FileNotFoundError(f"{self.hparams.root}: the {split} split of {self.hparams.dataset} is empty")
-        return items
-
-    def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
-        batch_size, workers = batch_size or self.hparams.batch_size, self.hparams.num_workers
-        if train:
-            return train_loader(dataset, batch_size, self.trainer, num_workers=workers)
-        return eval_loader(dataset, batch_size, num_workers=workers, persistent_workers=True)
-
-
-class CMAEPretrainDataModule(_Base):
-    """Two-view pre-training data: pixel shift for images, temporal shift for videos.
-
-    Also serves labelled, un-augmented loaders (``probe_dataloaders``) for the linear probe that the
-    demo runs after pre-training.
+    The data modules are dataclasses so that every argument is declared once: this class's fields are the
+    arguments both take, each subclass adds its own fields (LightningCLI reads the generated ``__init__``).
 
     Args:
         dataset: layout of ``root``: ``imagenet_folder``, ``cmae_json``, ``kinetics400`` or ``ssv2``.
         root: dataset directory (layouts in the package README).
-        image_size: view side (224; tiny presets 32).
-        max_shift: pixel shift range 0..max_shift (31 at 224).
-        crop_scale: RandomResizedCrop area range of the base crop.
-        num_frames / sampling_rate: clip length and frame stride (VideoMAE K400: 16 x 4; SSv2 16 x 2).
-        max_temporal_shift: CMAE-V's Delta_max in frames (not given by the report; a hyper-parameter).
-        flip: horizontal flips for videos (off for SSv2).
-        batch_size / eval_batch_size / num_workers: per device.
+        image_size: side of the model's input (224; tiny presets 32).
+        num_frames: frames per clip (VideoMAE: 16); images ignore it.
+        sampling_rate: stride between a clip's frames (VideoMAE K400: 4; SSv2: 2).
+        flip: horizontal flips for videos (off for SSv2, whose classes name directions).
+        batch_size: training samples per device.
+        eval_batch_size: evaluation samples per device.
+        num_workers: loader worker processes per device.
         synthetic_samples: write this many synthetic-world samples into ``root`` in the ``dataset`` layout
             before reading (0 = real data).
         synthetic_max_objects: shapes per synthetic image (1..this); the class is the largest one's shape.
@@ -476,6 +478,73 @@ class CMAEPretrainDataModule(_Base):
             ``vislang.shared.data.synthetic.classification_writers``).
         seed: synthetic world seed.
         max_failure_fraction: stop when more than this fraction of files fails to load.
+    """
+
+    dataset: DatasetName = "imagenet_folder"
+    root: str = "data/imagenet"
+    image_size: int = 224
+    num_frames: int = 16
+    sampling_rate: int = 4
+    flip: bool = True
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    num_workers: int = 8
+    synthetic_samples: int = 0
+    synthetic_max_objects: int = 4
+    synthetic_style: Literal["scenes", "object_centric"] = "scenes"
+    seed: int = 0
+    max_failure_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__init__()  # LightningDataModule's own state: a dataclass __init__ does not call it
+        self.save_hyperparameters()  # the fields, as checkpoints and loggers record them
+        self._datasets: dict[str, Dataset] = {}
+        self.classes: list[str] = []
+
+    @property
+    def is_video(self) -> bool:
+        return self.dataset in VIDEO_DATASETS
+
+    def prepare_data(self) -> None:
+        if self.synthetic_samples:
+            _synthesise(
+                self.dataset,
+                Path(self.root),
+                self.synthetic_samples,
+                self.image_size,
+                max(self.num_frames * 2, 8),
+                self.seed,
+                self.synthetic_max_objects,
+                self.synthetic_style,
+            )
+
+    def _items(self, split: str) -> list[Item]:
+        items, classes = read_items(self.dataset, self.root, split)
+        if split == "train" or not self.classes:
+            self.classes = classes
+        if not items:
+            raise FileNotFoundError(f"{self.root}: the {split} split of {self.dataset} is empty")
+        return items
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        # persistent workers: validation runs every few epochs, re-forking its workers each time is slow
+        return eval_loader(dataset, self.eval_batch_size, num_workers=self.num_workers, persistent_workers=True)
+
+
+@dataclass(eq=False, kw_only=True)
+class CMAEPretrainDataModule(_CMAEDataModule):
+    """Two-view pre-training data: pixel shift for images, temporal shift for videos.
+
+    Also serves labelled, un-augmented loaders (``probe_dataloaders``) for the evaluation callbacks that run
+    after pre-training (``vislang.cmae.evaluation``).
+
+    Its own arguments follow; those every CMAE data module takes are documented on ``_CMAEDataModule``.
+
+    Args:
+        eval_batch_size: validation and probe samples per device (256).
+        max_shift: pixel shift range 0..max_shift (31 at 224).
+        crop_scale: RandomResizedCrop area range of the base crop.
+        max_temporal_shift: CMAE-V's Delta_max in frames (not given by the report; a hyper-parameter).
         train_shards: pre-train from WebDataset shards (img2dataset/video2dataset layout: ``{key}.jpg`` or
             ``.mp4``, with the class in ``.cls`` or the ``.json``'s ``label``) instead of ``root``'s training
             split: a folder of ``00000.tar`` ..., a brace pattern, ``http(s)://`` or ``pipe:`` (see
@@ -485,82 +554,67 @@ class CMAEPretrainDataModule(_Base):
         shuffle_buffer: samples in each loader worker's shuffle buffer when reading shards.
     """
 
-    def __init__(
-        self,
-        dataset: DatasetName = "imagenet_folder",
-        root: str = "data/imagenet",
-        image_size: int = 224,
-        max_shift: int = 31,
-        crop_scale: tuple[float, float] = (0.2, 1.0),
-        num_frames: int = 16,
-        sampling_rate: int = 4,
-        max_temporal_shift: int = 4,
-        flip: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int = 256,
-        num_workers: int = 8,
-        synthetic_samples: int = 0,
-        synthetic_max_objects: int = 4,
-        synthetic_style: Literal["scenes", "object_centric"] = "scenes",
-        seed: int = 0,
-        max_failure_fraction: float = 0.01,
-        train_shards: str | None = None,
-        shard_samples_per_epoch: int | None = None,
-        shuffle_buffer: int = 1000,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+    eval_batch_size: int = 256
+    max_shift: int = 31
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    max_temporal_shift: int = 4
+    train_shards: str | None = None
+    shard_samples_per_epoch: int | None = None
+    shuffle_buffer: int = 1000
 
     def _views(self, items: Sequence[Item], train: bool) -> PretrainDataset:
-        hp = self.hparams
         transform: PixelShiftViews | TemporalShiftViews = (
-            TemporalShiftViews(hp.image_size, flip=hp.flip)
+            TemporalShiftViews(self.image_size, flip=self.flip)
             if self.is_video
-            else PixelShiftViews(hp.image_size, hp.max_shift, tuple(hp.crop_scale))
+            else PixelShiftViews(self.image_size, self.max_shift, tuple(self.crop_scale))
         )
-        return PretrainDataset(items, transform, hp.num_frames, hp.sampling_rate, hp.max_temporal_shift, train=train)
+        return PretrainDataset(
+            items, transform, self.num_frames, self.sampling_rate, self.max_temporal_shift, train=train
+        )
 
     def _pretrain(self, split: str) -> Dataset:
         if split not in self._datasets:
-            hp = self.hparams
             dataset = self._views(self._items(split), train=split == "train")
-            self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
+            self._datasets[split] = RobustDataset(dataset, self.max_failure_fraction)
         return self._datasets[split]
 
-    def _probe(self, split: str) -> Dataset:
+    def _probe(self, split: str) -> RobustDataset:
         key = f"probe_{split}"
         if key not in self._datasets:
-            hp = self.hparams
-            video = self.is_video
-            transform = _eval_transform(hp.image_size, 1.0, video)
+            transform = _eval_transform(self.image_size, 1.0, self.is_video)
             dataset = ClassificationDataset(
-                self._items(split), transform, video, hp.num_frames, hp.sampling_rate, train=False, size=hp.image_size
+                self._items(split),
+                transform,
+                self.is_video,
+                self.num_frames,
+                self.sampling_rate,
+                train=False,
+                size=self.image_size,
             )
-            self._datasets[key] = RobustDataset(dataset, hp.max_failure_fraction)
+            self._datasets[key] = RobustDataset(dataset, self.max_failure_fraction)
         return self._datasets[key]
 
     def setup(self, stage: str) -> None:
         for split in ("train", "val") if stage == "fit" else ("val",):
-            if not (split == "train" and self.hparams.train_shards):
+            if not (split == "train" and self.train_shards):
                 self._pretrain(split)
 
-    def train_dataloader(self) -> DataLoader:
-        if self.hparams.train_shards:
+    def train_dataloader(self) -> DataLoader | ShardLoader:
+        if self.train_shards:
             return self._shard_loader()
-        return self._loader(self._pretrain("train"), train=True)
+        return train_loader(self._pretrain("train"), self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def _shard_loader(self) -> ShardLoader:
-        hp = self.hparams
         dataset = ShardDataset(
-            hp.train_shards,
+            self.train_shards,
             ShardViews(self._views([], train=True)),
             default_collate,
-            hp.batch_size,
-            hp.num_workers,
+            self.batch_size,
+            self.num_workers,
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
-            shuffle_buffer=hp.shuffle_buffer,
-            samples_per_epoch=hp.shard_samples_per_epoch,
-            max_failure_fraction=hp.max_failure_fraction,
+            shuffle_buffer=self.shuffle_buffer,
+            samples_per_epoch=self.shard_samples_per_epoch,
+            max_failure_fraction=self.max_failure_fraction,
         )
         return ShardLoader(dataset, self.trainer)
 
@@ -569,7 +623,7 @@ class CMAEPretrainDataModule(_Base):
         ``.cls`` = class index, ``.txt`` = class name, ``.json`` = ``{"path", "label", "class"}``), and how
         many there are; `vislang.shared.data.shards.write_shards` writes them."""
         items = self._items(split)
-        root = Path(self.hparams.root)
+        root = Path(self.root)
 
         def samples() -> Iterator[dict[str, Any]]:
             for number, item in enumerate(items):
@@ -588,19 +642,27 @@ class CMAEPretrainDataModule(_Base):
         return samples(), len(items)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._pretrain("val"), train=False, batch_size=self.hparams.eval_batch_size)
+        return self._eval_loader(self._pretrain("val"))
 
     def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        """Labelled train/val loaders with the evaluation transform (one view, no augmentation)."""
+        """Labelled train/val loaders with the evaluation transform (one view, no augmentation).
+
+        Plain loaders over every item, not `eval_loader`'s: the probes run on rank zero alone after ``fit``,
+        and `eval_loader` would give it only its share of the items under DDP.
+        """
         return tuple(
             DataLoader(
                 self._probe(s),
-                batch_size=self.hparams.eval_batch_size,
-                num_workers=self.hparams.num_workers,
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
                 collate_fn=collate_with_failures(),
             )
             for s in ("train", "val")
         )
+
+    def probe_items(self, split: str) -> list[Item]:
+        """The items of a probe split, in ``probe_dataloaders``' order."""
+        return self._probe(split).dataset.items
 
 
 def _eval_transform(size: int, crop_pct: float, video: bool) -> Callable[[Any], Tensor]:
@@ -616,7 +678,8 @@ def _eval_transform(size: int, crop_pct: float, video: bool) -> Callable[[Any], 
     )
 
 
-class CMAEClassificationDataModule(_Base):
+@dataclass(eq=False, kw_only=True)
+class CMAEClassificationDataModule(_CMAEDataModule):
     """Fine-tuning / linear-probe data (MAE's and VideoMAE's recipes).
 
     Training images: timm's ``create_transform`` (RandomResizedCrop bicubic, flip, RandAugment
@@ -624,95 +687,70 @@ class CMAEClassificationDataModule(_Base):
     Videos: dense (K400) or TSN (SSv2) sampling, RandomResizedCrop + flip + random erasing in training, and
     ``num_clips x num_crops`` views in evaluation (K400 5 x 3, SSv2 2 x 3).
 
+    Its own arguments follow; those every CMAE data module takes are documented on ``_CMAEDataModule``.
+
     Args:
-        dataset / root / synthetic_samples / synthetic_max_objects / synthetic_style / seed: as
-            ``CMAEPretrainDataModule``.
-        image_size: input side.
         crop_pct: evaluation centre-crop fraction (0.875: 256 -> 224).
         auto_augment: timm RandAugment spec, or None.
         re_prob: random-erasing probability.
         scale: RandomResizedCrop area range (0.08, 1.0).
-        num_frames / sampling_rate / sampling: clip sampling (``dense`` K400, ``tsn`` SSv2).
-        num_clips / num_crops: evaluation views per video.
-        flip: horizontal flips for videos (off for SSv2).
-        batch_size / eval_batch_size / num_workers / max_failure_fraction: as above.
+        sampling: clip sampling (``dense`` K400, ``tsn`` SSv2).
+        num_clips: evaluation clips per video, evenly spaced in time.
+        num_crops: evaluation crops per clip, along the frame's long side.
     """
 
-    def __init__(
-        self,
-        dataset: DatasetName = "imagenet_folder",
-        root: str = "data/imagenet",
-        image_size: int = 224,
-        crop_pct: float = 0.875,
-        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-        re_prob: float = 0.25,
-        scale: tuple[float, float] = (0.08, 1.0),
-        num_frames: int = 16,
-        sampling_rate: int = 4,
-        sampling: Literal["dense", "tsn"] = "dense",
-        num_clips: int = 5,
-        num_crops: int = 3,
-        flip: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int = 128,
-        num_workers: int = 8,
-        synthetic_samples: int = 0,
-        synthetic_max_objects: int = 4,
-        synthetic_style: Literal["scenes", "object_centric"] = "scenes",
-        seed: int = 0,
-        max_failure_fraction: float = 0.01,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+    crop_pct: float = 0.875
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    scale: tuple[float, float] = (0.08, 1.0)
+    sampling: Literal["dense", "tsn"] = "dense"
+    num_clips: int = 5
+    num_crops: int = 3
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _dataset(self, split: str) -> Dataset:
+    def _transform(self, train: bool) -> Callable[[Any], Tensor]:
+        if not train:
+            return _eval_transform(self.image_size, 1.0 if self.is_video else self.crop_pct, self.is_video)
+        if self.is_video:
+            return v2.Compose(
+                [
+                    v2.RandomResizedCrop(self.image_size, scale=tuple(self.scale), antialias=True),
+                    v2.RandomHorizontalFlip() if self.flip else v2.Identity(),
+                    _normalize(),
+                    v2.RandomErasing(self.re_prob, value=0) if self.re_prob > 0 else v2.Identity(),
+                ]
+            )
+        return create_transform(
+            self.image_size,
+            is_training=True,
+            scale=tuple(self.scale),
+            auto_augment=self.auto_augment,
+            re_prob=self.re_prob,
+            re_mode="pixel",
+            interpolation="bicubic",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+
+    def _dataset(self, split: str) -> RobustDataset:
         if split not in self._datasets:
-            hp = self.hparams
             train = split == "train"
-            if self.is_video:
-                transform = (
-                    v2.Compose(
-                        [
-                            v2.RandomResizedCrop(hp.image_size, scale=tuple(hp.scale), antialias=True),
-                            v2.RandomHorizontalFlip() if hp.flip else v2.Identity(),
-                            _normalize(),
-                            v2.RandomErasing(hp.re_prob, value=0) if hp.re_prob > 0 else v2.Identity(),
-                        ]
-                    )
-                    if train
-                    else _eval_transform(hp.image_size, 1.0, True)
-                )
-            elif train:
-                transform = create_transform(
-                    hp.image_size,
-                    is_training=True,
-                    scale=tuple(hp.scale),
-                    auto_augment=hp.auto_augment,
-                    re_prob=hp.re_prob,
-                    re_mode="pixel",
-                    interpolation="bicubic",
-                    mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD,
-                )
-            else:
-                transform = _eval_transform(hp.image_size, hp.crop_pct, False)
             dataset = ClassificationDataset(
                 self._items(split),
-                transform,
+                self._transform(train),
                 self.is_video,
-                hp.num_frames,
-                hp.sampling_rate,
-                hp.sampling,
+                self.num_frames,
+                self.sampling_rate,
+                self.sampling,
                 train,
-                hp.num_clips,
-                hp.num_crops,
-                hp.image_size,
+                self.num_clips,
+                self.num_crops,
+                self.image_size,
             )
-            self._datasets[split] = RobustDataset(dataset, hp.max_failure_fraction)
+            self._datasets[split] = RobustDataset(dataset, self.max_failure_fraction)
         return self._datasets[split]
 
     def setup(self, stage: str) -> None:
@@ -721,10 +759,10 @@ class CMAEClassificationDataModule(_Base):
             self._dataset(split)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train"), train=True)
+        return train_loader(self._dataset("train"), self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val"), train=False, batch_size=self.hparams.eval_batch_size)
+        return self._eval_loader(self._dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -732,7 +770,7 @@ class CMAEClassificationDataModule(_Base):
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
-    def predict_items(self) -> list[Any]:
+    def predict_items(self) -> list[Item]:
         """The items `lightning predict` runs on (the validation split), in loader order."""
         return self._dataset("val").items
 
@@ -761,7 +799,7 @@ class ShardViews:
                 with bytes_as_file(sample[extension], f".{extension}") as path:
                     online, target = self.dataset.views(path)
             else:
-                online, target = self.dataset.views(io.BytesIO(sample[extension]))
+                online, target = self.dataset.views(io.BytesIO(sample[extension]), name)
         except SampleLoadError as error:
             raise SampleLoadError(name, error.reason) from None
         return {"online": online, "target": target, "label": label, "index": sample["__index__"]}

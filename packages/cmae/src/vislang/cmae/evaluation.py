@@ -16,7 +16,6 @@ same evaluation of a randomly initialised encoder.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,9 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from vislang.cmae.data import CMAEPretrainDataModule, ProbeData
 from vislang.cmae.model import CMAEClassifier, CMAEConfig, build_encoder
+from vislang.shared.schedules import warmup_cosine
 
 __all__ = [
     "FewLabelEvaluation",
@@ -171,15 +172,7 @@ def finetune_accuracy(
         for group in groups:
             group["lr"] = lr * group.pop("lr_scale", 1.0)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-        warmup = max(steps // 10, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: (
-                (s + 1) / warmup
-                if s < warmup
-                else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1)))
-            ),
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, max(steps // 10, 1)))
         size = train_x.shape[-1]
         augment = v2.Compose([v2.RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
         model.train()
@@ -304,7 +297,7 @@ class FewLabelEvaluation(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not trainer.is_global_zero or not hasattr(datamodule, "probe_dataloaders"):
+        if not trainer.is_global_zero or not isinstance(datamodule, ProbeData):
             return
         seed = _run_seed(self.seed)
         train_loader, val_loader = datamodule.probe_dataloaders()
@@ -365,7 +358,7 @@ def _features(encoder: nn.Module, loader: Any, device: torch.device, desc: str) 
     return torch.cat(feats), torch.cat(labels)
 
 
-def _synthetic_attribute_labels(datamodule: Any, split: str, attribute: str) -> Tensor:
+def _synthetic_attribute_labels(datamodule: CMAEPretrainDataModule, split: str, attribute: str) -> Tensor:
     """Labels of a synthetic-world attribute (``background``, ``shape``) for the probe split's images.
 
     The synthetic writers name files ``<class>_<world index>.png``; the scene is re-rendered from the data
@@ -376,14 +369,15 @@ def _synthetic_attribute_labels(datamodule: Any, split: str, attribute: str) -> 
     values = {"background": BACKGROUNDS, "shape": SHAPES}
     if attribute not in values:
         raise ValueError(f"synthetic probe attribute must be one of {sorted(values)}, got {attribute!r}")
-    hp = datamodule.hparams
-    if getattr(hp, "synthetic_style", "scenes") != "scenes":
+    if datamodule.synthetic_style != "scenes":
         raise ValueError(
-            f"synthetic probe attributes need scene images; data.synthetic_style is {hp.synthetic_style!r}"
+            f"synthetic probe attributes need scene images; data.synthetic_style is {datamodule.synthetic_style!r}"
         )
-    world = SyntheticWorld(seed=hp.seed, image_size=max(hp.image_size, 24), max_objects=hp.synthetic_max_objects)
+    world = SyntheticWorld(
+        seed=datamodule.seed, image_size=max(datamodule.image_size, 24), max_objects=datamodule.synthetic_max_objects
+    )
     labels = []
-    for item in datamodule._probe(split).dataset.items:
+    for item in datamodule.probe_items(split):
         scene = world.scene(int(item.path.stem.rsplit("_", 1)[1]))
         labels.append(values[attribute].index(scene.background if attribute == "background" else scene.label_name))
     return torch.tensor(labels)
@@ -413,7 +407,7 @@ class LinearProbeCallback(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not trainer.is_global_zero or not hasattr(datamodule, "probe_dataloaders"):
+        if not trainer.is_global_zero or not isinstance(datamodule, ProbeData):
             return
         train_loader, val_loader = datamodule.probe_dataloaders()
         device = pl_module.device

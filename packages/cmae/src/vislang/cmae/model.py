@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -43,6 +43,7 @@ from vislang.shared.losses import info_nce
 __all__ = [
     "PRESETS",
     "CMAE",
+    "PresetName",
     "CMAEClassifier",
     "CMAEConfig",
     "ConvViTEncoder",
@@ -53,11 +54,9 @@ __all__ = [
     "build_cmae",
     "build_encoder",
     "cosine_momentum",
-    "encoder_parameter_count",
     "get_config",
     "mae_sincos_pos_embed",
     "patchify",
-    "pooled_features",
     "sample_mask",
     "unpatchify",
     "videomae_sinusoid_pos_embed",
@@ -198,9 +197,23 @@ for _name, (_dim, _heads) in _VIDEO_DECODERS.items():
     )
 _VIDEO["video_tiny"] = replace(_VIDEO["video_tiny"], mask_ratio=0.75)
 PRESETS: dict[str, CMAEConfig] = {**_IMAGE, **_VIDEO}
+PresetName = Literal[
+    "tiny",
+    "vit_small",
+    "vit_base",
+    "vit_large",
+    "convvit_base",
+    "convvit_tiny",
+    "video_tiny",
+    "video_vit_small",
+    "video_vit_base",
+    "video_vit_large",
+    "video_convvit_base",
+]
+"""The names of ``PRESETS`` (a test keeps the two equal), for typed ``preset`` arguments."""
 
 
-def get_config(preset: str, **overrides: object) -> CMAEConfig:
+def get_config(preset: PresetName, **overrides: object) -> CMAEConfig:
     """The named preset with some fields replaced (``mask_ratio=0.75``, ``drop_path_rate=0.1`` ...)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -434,7 +447,7 @@ class ConvBlock(nn.Module):
         self.conv2 = conv(dim, dim, 1)
         self.norm2 = _ChannelNorm(dim)
         self.mlp = _ConvMlp(dim, int(dim * mlp_ratio), conv)
-        self.drop_path = nn.Identity() if drop_path == 0 else _DropPath(drop_path)
+        self.drop_path = nn.Identity() if drop_path == 0 else DropPath(drop_path)
 
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
         y = self.conv1(self.norm1(x))
@@ -442,17 +455,6 @@ class ConvBlock(nn.Module):
             y = y * keep
         x = x + self.drop_path(self.conv2(self.attn(y)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class _DropPath(nn.Module):
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        from timm.layers import DropPath
-
-        self.inner = DropPath(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.inner(x)
 
 
 class _ConvPatchEmbed(nn.Module):
@@ -723,7 +725,7 @@ class CMAE(nn.Module):
                 tb.copy_(ob)
 
 
-def build_cmae(preset: str, **overrides: object) -> CMAE:
+def build_cmae(preset: PresetName, **overrides: object) -> CMAE:
     """A CMAE of the named preset (``tiny``, ``vit_base``, ``video_vit_base``, ``convvit_base`` ...)."""
     return CMAE(get_config(preset, **overrides))
 
@@ -787,22 +789,8 @@ class CMAEClassifier(nn.Module):
         }
 
 
-def build_classifier(preset: str, num_classes: int, linear_probe: bool = False, **overrides: object) -> CMAEClassifier:
+def build_classifier(
+    preset: PresetName, num_classes: int, linear_probe: bool = False, **overrides: object
+) -> CMAEClassifier:
     """A classifier on the named preset's encoder (``drop_path_rate=0.1`` for fine-tuning)."""
     return CMAEClassifier(get_config(preset, **overrides), num_classes, linear_probe)
-
-
-def encoder_parameter_count(encoder: nn.Module) -> int:
-    """Parameters of an encoder, counting the fixed position embedding like timm does."""
-    return sum(p.numel() for p in encoder.parameters())
-
-
-def pooled_features(encoder: nn.Module, x: Tensor, pool: Literal["mean", "cls"] = "mean") -> Tensor:
-    """Frozen features for probing: mean of the (final-normed) patch tokens, or the cls token."""
-    tokens = encoder(x)
-    p = encoder.num_prefix_tokens
-    if pool == "cls":
-        if not p:
-            raise ValueError("this encoder has no cls token; use pool='mean'")
-        return tokens[:, 0]
-    return tokens[:, p:].mean(dim=1)

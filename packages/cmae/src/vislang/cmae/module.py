@@ -1,4 +1,4 @@
-"""Lightning modules: CMAE / CMAE-V pre-training, fine-tuning / linear probing, and the demo's probe callback.
+"""Lightning modules: CMAE / CMAE-V pre-training, and fine-tuning / linear probing.
 
 * ``CMAEPretrainModule`` -- the recipe of the official configs: AdamW (0.9, 0.95), wd 0.05 except norms,
   biases, position embeddings, cls and mask tokens; linear warm-up then cosine, per step; EMA of the target
@@ -7,15 +7,16 @@
 * ``CMAEClassificationModule`` -- MAE/CMAE fine-tuning: mean-pooled patch tokens + ``fc_norm``, layer-wise
   lr decay (timm's ``param_groups_layer_decay``), drop path, mixup/cutmix and label smoothing (timm),
   multi-view video testing; ``linear_probe=True`` freezes the encoder (MAE's BN + linear head).
-* ``LinearProbeCallback`` / ``train_linear_probe`` -- re-exported from ``vislang.cmae.evaluation``, which also
-  holds the demo's few-label fine-tuning and kNN probe (``FewLabelEvaluation``).
+
+The callbacks that evaluate a pre-trained encoder (``FewLabelEvaluation``, ``LinearProbeCallback``) are in
+``vislang.cmae.evaluation``; what the modules read from their data modules is typed in ``vislang.cmae.data``
+(``PretrainBatch``, ``ClassificationBatch``, ``PredictionData``).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -26,11 +27,11 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from vislang.cmae.convert import load_classifier, load_cmae
-from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD
-from vislang.cmae.evaluation import LinearProbeCallback, train_linear_probe
+from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD, ClassificationBatch, PredictionData, PretrainBatch
 from vislang.cmae.model import (
     CMAE,
     CMAEClassifier,
+    PresetName,
     cosine_momentum,
     get_config,
     patchify,
@@ -38,18 +39,11 @@ from vislang.cmae.model import (
 )
 from vislang.shared.metrics.classification import TopKAccuracy
 from vislang.shared.predictions import gather_objects, write_json_lines
+from vislang.shared.schedules import step_schedule, warmup_cosine
 
-__all__ = ["CMAEClassificationModule", "CMAEPretrainModule", "LinearProbeCallback", "train_linear_probe"]
+__all__ = ["CMAEClassificationModule", "CMAEPretrainModule"]
 
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
-
-
-def _warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine to ``min_ratio`` (MAE's ``adjust_learning_rate``)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _cpu_full_precision_matmuls(module: LightningModule) -> None:
@@ -63,15 +57,15 @@ def _cpu_full_precision_matmuls(module: LightningModule) -> None:
         torch.set_float32_matmul_precision("highest")
 
 
-def _scheduler(
+def _warmup_cosine_per_step(
     module: LightningModule, optimizer: torch.optim.Optimizer, warmup_epochs: float, min_lr: float, lr: float
 ) -> dict[str, Any]:
+    """MAE's ``adjust_learning_rate``, per optimiser step: linear warm-up over ``warmup_epochs``, then a cosine
+    to ``min_lr`` at the run's last step."""
     total = int(module.trainer.estimated_stepping_batches)
     epochs = max(module.trainer.max_epochs or 1, 1)
     warmup = int(round(warmup_epochs * total / epochs))
-    ratio = min_lr / lr if lr > 0 else 0.0
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, total, warmup, ratio))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    return step_schedule(optimizer, warmup_cosine(total, warmup, min_ratio=min_lr / lr if lr > 0 else 0.0))
 
 
 class CMAEPretrainModule(LightningModule):
@@ -79,13 +73,19 @@ class CMAEPretrainModule(LightningModule):
 
     Args:
         preset: model size (``tiny``, ``vit_base``, ``convvit_base``, ``video_vit_base`` ...).
-        mask_ratio / mask_type: override the preset's masking (CMAE: 0.65 ``block``; MAE: 0.75 ``random``).
-        temperature / rc_weight / ct_weight: InfoNCE tau and loss weights (0.07 / 1 / 1).
+        mask_ratio: overrides the preset's masked fraction (CMAE 0.65; MAE 0.75; None: the preset's).
+        mask_type: overrides the preset's masking: ``block`` (CMAE's 2x2 blocks) or ``random`` (MAE's patches).
+        temperature: InfoNCE tau (0.07).
+        rc_weight: weight of the reconstruction loss (1).
+        ct_weight: weight of the contrastive loss (1; 0 = plain MAE).
         lr: peak learning rate (official: 1.5e-4 x 4096 / 256 = 2.4e-3 at batch 4096; scale linearly).
         min_lr: end of the cosine (0).
-        weight_decay / betas: AdamW (0.05, (0.9, 0.95)).
+        weight_decay: AdamW weight decay (0.05), not applied to norms, biases, position embeddings and tokens.
+        betas: AdamW betas ((0.9, 0.95)).
         warmup_epochs: linear warm-up length (40).
-        base_momentum / end_momentum: EMA momentum; equal = constant (official 0.996), end 1.0 = BYOL's cosine.
+        base_momentum: EMA momentum of the target branch at the start (official 0.996).
+        end_momentum: EMA momentum at the end, reached by a cosine; equal to ``base_momentum`` = constant
+            (official), 1.0 = BYOL's ramp.
         log_images: how many reconstructions to log each validation epoch (0 = none).
         init_weights: weights to start or continue pre-training from: a CMAE runner checkpoint fills every module;
             MAE/ConvMAE/VideoMAE/timm files the encoder (copied into the target) and, if they hold one, the pixel
@@ -95,9 +95,9 @@ class CMAEPretrainModule(LightningModule):
 
     def __init__(
         self,
-        preset: str = "vit_base",
+        preset: PresetName = "vit_base",
         mask_ratio: float | None = None,
-        mask_type: str | None = None,
+        mask_type: Literal["block", "random"] | None = None,
         temperature: float = 0.07,
         rc_weight: float = 1.0,
         ct_weight: float = 1.0,
@@ -140,7 +140,7 @@ class CMAEPretrainModule(LightningModule):
     def on_train_start(self) -> None:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: PretrainBatch, batch_idx: int) -> Tensor:
         out = self.model(batch["online"], batch["target"])
         size = batch["online"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
@@ -160,7 +160,7 @@ class CMAEPretrainModule(LightningModule):
         # checkpoint written at the end of the batch must already hold this update for a resume to be exact
         self.model.update_target(self._momentum())
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: PretrainBatch, batch_idx: int) -> None:
         out = self.model(batch["online"], batch["target"])
         size = batch["online"].shape[0]
         self.log_dict(
@@ -225,7 +225,9 @@ class CMAEPretrainModule(LightningModule):
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
         )
-        return _scheduler(self, optimizer, self.hparams.warmup_epochs, self.hparams.min_lr, self.hparams.lr)
+        return _warmup_cosine_per_step(
+            self, optimizer, self.hparams.warmup_epochs, self.hparams.min_lr, self.hparams.lr
+        )
 
 
 class CMAEClassificationModule(LightningModule):
@@ -239,10 +241,16 @@ class CMAEClassificationModule(LightningModule):
             are loaded too (a head of another class count keeps its initialisation).
         linear_probe: freeze the encoder; BN (no affine) + linear head (MAE's linear probing).
         drop_path_rate: stochastic depth (0.1).
-        lr / min_lr / weight_decay / betas / warmup_epochs: AdamW + warm-up/cosine (CMAE FT: 1e-3 for the
-            1600-epoch model at batch 1024, min 1e-6, wd 0.05, (0.9, 0.999), 5 epochs).
+        lr: peak learning rate (CMAE fine-tuning: 1e-3 for the 1600-epoch model at batch 1024).
+        min_lr: end of the cosine (1e-6).
+        weight_decay: AdamW weight decay (0.05).
+        betas: AdamW betas ((0.9, 0.999)).
+        warmup_epochs: linear warm-up length (5).
         layer_decay: layer-wise lr decay (0.65 images, 0.75 VideoMAE).
-        mixup / cutmix / mixup_prob / mixup_switch_prob: timm ``Mixup`` (0.8 / 1.0 / 1.0 / 0.5); 0 disables.
+        mixup: timm ``Mixup`` alpha (0.8; 0 with ``cutmix`` 0 disables mixing).
+        cutmix: timm ``Mixup`` CutMix alpha (1.0).
+        mixup_prob: probability of mixing a batch (1.0).
+        mixup_switch_prob: probability of CutMix instead of mixup when both are on (0.5).
         label_smoothing: 0.1.
         view_reduction: how multi-view video scores are merged (``softmax`` VideoMAE, or ``logits``).
         results_dir: where ``lightning predict`` writes ``cmae_predictions.jsonl`` (None: the logger's directory).
@@ -250,7 +258,7 @@ class CMAEClassificationModule(LightningModule):
 
     def __init__(
         self,
-        preset: str = "vit_base",
+        preset: PresetName = "vit_base",
         num_classes: int = 1000,
         init_weights: str | None = None,
         linear_probe: bool = False,
@@ -266,7 +274,7 @@ class CMAEClassificationModule(LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         label_smoothing: float = 0.1,
-        view_reduction: str = "softmax",
+        view_reduction: Literal["softmax", "logits"] = "softmax",
         results_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -296,7 +304,7 @@ class CMAEClassificationModule(LightningModule):
     def setup(self, stage: str) -> None:
         _cpu_full_precision_matmuls(self)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: ClassificationBatch, batch_idx: int) -> Tensor:
         x, y = batch["input"], batch["label"]
         if self.mixup is not None:
             if x.ndim == 5:  # timm's cutmix boxes the last two axes: fold time into channels
@@ -315,13 +323,13 @@ class CMAEClassificationModule(LightningModule):
             return self.model(x.flatten(0, 1)).reshape(b, v, -1).float()
         return self.model(x).float()
 
-    def _evaluate(self, batch: dict[str, Any]) -> None:
+    def _evaluate(self, batch: ClassificationBatch) -> None:
         self.accuracy.update(self._scores(batch["input"]), batch["label"], batch["index"])
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: ClassificationBatch, batch_idx: int) -> None:
         self._evaluate(batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: ClassificationBatch, batch_idx: int) -> None:
         self._evaluate(batch)
 
     def _log_accuracy(self, stage: str) -> None:
@@ -339,7 +347,7 @@ class CMAEClassificationModule(LightningModule):
         self._predictions: list[dict[str, Any]] = []
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: ClassificationBatch, batch_idx: int) -> list[dict[str, Any]]:
         """The five most probable classes of each image or video (a video's views' probabilities averaged)."""
         scores = self._scores(batch["input"]).softmax(-1)
         if scores.ndim == 3:
@@ -359,7 +367,7 @@ class CMAEClassificationModule(LightningModule):
         gathered = gather_objects(self._predictions)
         if not self.trainer.is_global_zero:
             return
-        datamodule = self.trainer.datamodule
+        datamodule: PredictionData = self.trainer.datamodule
         items, classes = datamodule.predict_items(), datamodule.classes
         rows = {row["index"]: row for part in gathered for row in part}
         lines = [
@@ -390,4 +398,4 @@ class CMAEClassificationModule(LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=0.0 if hp.linear_probe else hp.weight_decay
         )
-        return _scheduler(self, optimizer, hp.warmup_epochs, hp.min_lr, hp.lr)
+        return _warmup_cosine_per_step(self, optimizer, hp.warmup_epochs, hp.min_lr, hp.lr)

@@ -1,6 +1,6 @@
 """The CMAE demo, end to end on synthetic object-centric images (CPU, about six minutes on two cores):
 
-    python -m vislang.cmae.demo [--out demo_outputs/cmae_demo] [--seeds 0 1] [--jobs 2]     (= make demo-cmae)
+    python packages/cmae/scripts/demo.py [--out demo_outputs/cmae_demo] [--seeds 0 1] [--jobs 2]   (= make demo-cmae)
 
 1. writes the synthetic images once (``configs/demo.yaml``'s data: 32-px images of one large shape on a flat
    background, class = the shape) in the ImageNet folder layout, which the real ImageNet reader then reads;
@@ -13,8 +13,9 @@
 4. prints the table of every run and the two differences the demo is about: CMAE vs random init and CMAE
    vs MAE, per seed, as measured.
 
-Every run is the command a user can type; this file only chains them (``--jobs`` runs in parallel, one
-thread each) and reads back their ``evaluation.json``.
+Every run is the command a user can type; this script only chains them (``--jobs`` runs in parallel, one
+thread each) and reads back their ``evaluation.json``. It is a script beside the package, not part of
+``vislang.cmae``: it needs the repository's ``configs/demo.yaml``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import yaml
 
 from vislang.cmae.data import CMAEPretrainDataModule
 
-CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 METHODS = (("cmae", 1.0), ("mae", 0.0))
 """(name, contrastive loss weight) of the two pre-trainings compared at each seed."""
 FINETUNE_BAR = 10.0
