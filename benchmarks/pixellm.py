@@ -33,7 +33,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
-from transformers import CLIPVisionConfig, CLIPVisionModel, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionModel, DynamicCache, LlamaForCausalLM
 
 from vislang.pixellm.model import PRESETS, GenerationOutput, build_pixellm
 from vislang.pixellm.module import LLAVA_V1_PROMPT
@@ -72,7 +72,7 @@ def pixellm_generate_flops(
     """FLOPs of real `PixelLM.generate` calls of PixelLM-7B's width with `llm_layers` LLM layers (CPU), per
     number of targets: the whole call, and its vision and decoder parts (the rest is the LLM)."""
     config = PRESETS["pixellm_7b"]
-    config = replace(config, llm={**config.llm, "num_hidden_layers": llm_layers})
+    config = replace(config, llm=replace(config.llm, num_hidden_layers=llm_layers))
     vocab = VOCAB + config.group_size + 3  # + <im_start>, <im_end>, <image>
     torch.manual_seed(0)
     model = build_pixellm(config, vocab, lora=False).eval()  # random weights (values do not change the count)
@@ -105,7 +105,7 @@ def pixellm_generate_flops(
 
         total = _flops(partial(generate, answer, result))
         assert result[0].tokens[0].tolist() == answer and result[0].masks[0].shape[0] == count
-        hidden = torch.zeros(count, config.group_size, config.llm["hidden_size"])
+        hidden = torch.zeros(count, config.group_size, config.llm.hidden_size)
         decoder = _flops(partial(model.masks_from_hidden, [hidden], features, sizes, [(size, size)]))
         out[count] = {"vision": vision, "llm": total - vision - decoder, "decoder": decoder}
     return out
@@ -115,7 +115,7 @@ def pixellm_flops(prompt_tokens: int, answer_tokens: int, targets: list[int]) ->
     """PixelLM-7B's `generate` FLOPs: measured with 1 and 2 LLM layers, extrapolated to the 32 of Vicuna-7B."""
     one = pixellm_generate_flops(prompt_tokens, answer_tokens, targets, 1)
     two = pixellm_generate_flops(prompt_tokens, answer_tokens, targets, 2)
-    layers = PRESETS["pixellm_7b"].llm["num_hidden_layers"]
+    layers = PRESETS["pixellm_7b"].llm.num_hidden_layers
     return {t: {**one[t], "llm": one[t]["llm"] + (layers - 1) * (two[t]["llm"] - one[t]["llm"])} for t in targets}
 
 
@@ -142,8 +142,8 @@ def lisa_flops(prompt_tokens: int, answer_tokens: int, target_counts: list[int])
     """FLOPs of one LISA-7B image: LLaVA-7B (CLIP-L/14 at 224) + SAM ViT-H encoder + SAM mask decoder."""
     pixellm = PRESETS["pixellm_7b"]
     with torch.device("meta"):
-        clip = CLIPVisionModel(CLIPVisionConfig(**{**pixellm.vision, "image_size": 224}))
-        llm = LlamaForCausalLM(LlamaConfig(**{**pixellm.llm, "vocab_size": VOCAB + 1}))
+        clip = CLIPVisionModel(replace(pixellm.vision, image_size=224).hf_config())
+        llm = LlamaForCausalLM(pixellm.llm.hf_config(VOCAB + 1))
         projector = nn.Linear(1024, 4096)
         text_fc = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 256))
         sam = ImageEncoderViT(

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vislang.pixellm.module import PALETTE
+from vislang.pixellm.callbacks import PALETTE
 from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
 

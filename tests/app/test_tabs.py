@@ -15,7 +15,8 @@ from vislang.app.inputs import CheckedImage, InputError, load_image
 from vislang.app.pixellm_tab import DISPLAY_MIN_SIDE, answer_phrases, load_pixellm, run_pixellm
 from vislang.app.vlab_tab import describe_video, load_vlab, rank_videos
 from vislang.app.vqa_tab import VQAPredictor
-from vislang.pixellm.module import PALETTE, SegmentationResult
+from vislang.pixellm.callbacks import PALETTE
+from vislang.pixellm.module import SegmentationResult
 from vislang.shared.data.synthetic import SyntheticWorld
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vislang.pixellm.model import PixelLM, PixelLMConfig, build_pixellm
+from vislang.pixellm.model import CLIPSize, LlamaSize, PixelLM, PixelLMConfig, build_pixellm
 
 GOLDEN_MODEL = Path(__file__).parent / "golden" / "model"
 
@@ -27,8 +27,8 @@ def golden_layout_model(golden_meta: dict) -> Callable[[], tuple[PixelLM, int]]:
     def build() -> tuple[PixelLM, int]:
         meta = golden_meta
         config = PixelLMConfig(
-            vision={**meta["clip"], "image_size": 448},  # the released tower runs at 448 px
-            llm=meta["llm"],
+            vision=CLIPSize(**{**meta["clip"], "image_size": 448}),  # the released tower runs at 448 px
+            llm=LlamaSize(**meta["llm"]),
             feature_layers=(meta["mm_vision_select_layer"], -11),
             llm_grid=16,
             tokens_per_scale=3,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislang.pixellm.module import write_overlay_png
+from vislang.pixellm.callbacks import write_overlay_png
 from vislang.shared.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,9 @@ def test_demo_config_fits_tests_and_predicts(tmp_path: Path, capsys) -> None:
         assert {"question", "answer", "scores", "dropped_codebook_tokens"} <= set(item)
 
     out = tmp_path / "predictions"
-    writer = json.dumps([{"class_path": "vislang.pixellm.module.OverlayWriter", "init_args": {"output_dir": str(out)}}])
+    writer = json.dumps(
+        [{"class_path": "vislang.pixellm.callbacks.OverlayWriter", "init_args": {"output_dir": str(out)}}]
+    )
     build_cli(["predict", *args, f"--trainer.callbacks={writer}", "--data.init_args.muse_test=[muse_test_less.json]"])
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == len(pairs)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from vislang.pixellm.model import (
     PRESETS,
+    CLIPSize,
+    LlamaSize,
     add_codebook_tokens,
     build_pixellm,
     codebook_hidden_states,
@@ -125,7 +127,7 @@ def test_trainable_set(tiny) -> None:
     assert trainable_groups == {"mm_projector", "out_mm_projector", "neck", "text_hidden_fcs", "fusion", "decoder"}
     llm_trainable = {n for n in names if n.startswith("llm.")}
     lora = {n for n in llm_trainable if ".lora_" in n}
-    layers = TINY.llm["num_hidden_layers"]
+    layers = TINY.llm.num_hidden_layers
     assert len(lora) == layers * 2 * 2  # A and B of q_proj and v_proj in every layer
     assert all(".q_proj." in n or ".v_proj." in n for n in lora)
     assert llm_trainable - lora == {"llm.model.embed_tokens.weight", "llm.lm_head.weight"}
@@ -237,15 +239,15 @@ def test_position_embedding_interpolation_keeps_cls_at_index_0() -> None:
     assert torch.allclose(out[1:, 0], expected)
 
 
-def _llama_params(cfg: dict, vocab: int, lora_r: int) -> int:
-    d, f, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+def _llama_params(cfg: LlamaSize, vocab: int, lora_r: int) -> int:
+    d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     per_layer = 4 * d * d + 3 * d * f + 2 * d + 2 * lora_r * 2 * d  # attention, MLP, 2 norms, LoRA on q and v
     return 2 * vocab * d + layers * per_layer + d
 
 
-def _clip_params(cfg: dict) -> int:
-    d, f, layers, p = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["patch_size"]
-    positions = (cfg["image_size"] // p) ** 2 + 1
+def _clip_params(cfg: CLIPSize) -> int:
+    d, f, layers, p = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.patch_size
+    positions = (cfg.image_size // p) ** 2 + 1
     per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d
     return 3 * p * p * d + d + positions * d + 2 * 2 * d + layers * per_layer
 

@@ -24,7 +24,9 @@ skdata = pytest.importorskip("skimage.data")
 def test_predict_twice_gives_the_same_rows_not_twice_as_many(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["lightning"])
     out = tmp_path / "predictions"
-    writer = json.dumps([{"class_path": "vislang.pixellm.module.OverlayWriter", "init_args": {"output_dir": str(out)}}])
+    writer = json.dumps(
+        [{"class_path": "vislang.pixellm.callbacks.OverlayWriter", "init_args": {"output_dir": str(out)}}]
+    )
     args = [
         "predict",
         "-c",

@@ -18,7 +18,8 @@ from PIL import Image
 
 from vislang.app.checkpoints import checkpoint_hparams, resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
-from vislang.pixellm.module import PALETTE, PixelLMModule, write_overlay_png
+from vislang.pixellm.callbacks import PALETTE, write_overlay_png
+from vislang.pixellm.module import PixelLMModule
 
 __all__ = [
     "DISPLAY_MIN_SIDE",

@@ -20,8 +20,9 @@ import json
 import logging
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from vislang.shared.data.images import load_image
 from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import RobustDataset, SampleLoadError
 from vislang.shared.data.synthetic import SEG_PLACEHOLDER, SyntheticWorld
@@ -39,38 +41,97 @@ from vislang.shared.data.synthetic import SEG_PLACEHOLDER, SyntheticWorld
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EvalSet",
+    "EvalStage",
     "LlavaInstructDataset",
+    "Matching",
     "MuseDataset",
+    "Normalisation",
+    "PixelLMBatch",
     "PixelLMDataModule",
+    "PixelLMEvalData",
+    "PromptBatch",
     "ReferDataset",
     "SemSegDataset",
+    "SemSegSource",
+    "TrainingSource",
     "collate",
     "decode_segmentation",
-    "load_image",
     "preprocess_image",
 ]
+
+Normalisation = Literal["sam", "clip"]
+Matching = Literal["hungarian", "ordered"]
+"""How predicted masks pair with a question's targets: Hungarian matching (MUSE) or answer order (refCOCO)."""
+SemSegSource = Literal["ade20k", "cocostuff", "pascal_part", "paco_lvis"]
+TrainingSource = Literal["sem_seg", "refer", "vqa", "muse"]
+"""The kinds of data the released training mix draws from, each with its `sample_rates` weight."""
+EvalStage = Literal["validate", "test"]
 
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
-NORMALISATION = {"sam": (SAM_MEAN, SAM_STD), "clip": (CLIP_MEAN, CLIP_STD)}
-"""The released code normalises CLIP's input with SAM's (ImageNet) statistics; `clip` uses CLIP's own."""
+NORMALISATION: dict[Normalisation, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "sam": (SAM_MEAN, SAM_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+}
+"""The released code normalises CLIP's input (0..255 scale) with SAM's (ImageNet) statistics; `clip` uses
+CLIP's own."""
 MUSE_QUESTION = "{question} Please respond with segmentation mask."
 CATEGORY_QUESTION = "Can you segment the {class_name} in this image?"
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 array; unreadable files raise `SampleLoadError` (skipped and counted by `RobustDataset`)."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise SampleLoadError(path, str(error) or type(error).__name__) from None
+# ------------------------------------------------------------------------------------------------------
+# The contract with `PixelLMModule`: what a batch holds and what the module asks of the data module
+# ------------------------------------------------------------------------------------------------------
+
+
+class PromptBatch(TypedDict):
+    """What `PixelLMModule` generates an answer from: the padded images and the questions."""
+
+    pixel_values: Tensor  # (B, 3, S, S) resized on the longest side, normalised, padded bottom-right
+    patch_mask: Tensor  # (B, G, G) bool, True on patches that hold image content
+    resized_size: Tensor  # (B, 2) the image's (h', w') inside the padded square
+    original_size: list[tuple[int, int]]  # (h, w) of each image: masks are predicted at this size
+    question: list[str]
+
+
+class PixelLMBatch(PromptBatch):
+    """A batch of `collate`: the prompts, the answers (one `{seg}` per target) and the targets' masks."""
+
+    answer: list[str]
+    masks: list[Tensor]  # per question (K, h, w) bool, in the answer's `{seg}` order
+    index: Tensor  # (B,) the item index within its dataset
+    image_id: Tensor  # (B,) groups the questions of one image (per-image gIoU)
+    image_path: list[str]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set as the module scores it: its name (metric keys `val/<name>/gIoU`) and how its
+    predicted masks pair with the targets."""
+
+    name: str
+    matching: Matching
+
+
+class PixelLMEvalData(Protocol):
+    """What `PixelLMModule` needs of its data module at evaluation: one `EvalSet` per evaluation loader, in
+    loader order, and the validation loaders (scored before training with `evaluate_before_training`)."""
+
+    def eval_sets(self, stage: EvalStage) -> list[EvalSet]: ...
+
+    def val_dataloader(self) -> list[DataLoader]: ...
+
+
+# ------------------------------------------------------------------------------------------------------
+# Images and masks
+# ------------------------------------------------------------------------------------------------------
 
 
 def preprocess_image(
-    image: np.ndarray, size: int, patch: int, normalisation: str = "sam"
+    image: np.ndarray, size: int, patch: int, normalisation: Normalisation = "sam"
 ) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """Longest side -> `size`, normalise, pad bottom-right; return (3,S,S), the (G,G) content mask, (h', w')."""
     h, w = image.shape[:2]
@@ -112,9 +173,9 @@ class _SegmentationDataset(Dataset):
     """Shared item assembly: image preprocessing and masks."""
 
     name: str = "dataset"
-    matching: str = "hungarian"
+    matching: Matching = "hungarian"
 
-    def __init__(self, image_size: int, patch_size: int, normalisation: str) -> None:
+    def __init__(self, image_size: int, patch_size: int, normalisation: Normalisation) -> None:
         self.image_size, self.patch_size, self.normalisation = image_size, patch_size, normalisation
         self.items: list[dict[str, Any]] = []
 
@@ -133,7 +194,7 @@ class _SegmentationDataset(Dataset):
         self, index: int, path: Path, question: str, answer: str, segs: Sequence[Any], image_id: int | None = None
     ) -> dict[str, Any]:
         """One (image, question) item; `image_id` groups the questions of one image (default: the item index)."""
-        image = load_image(path)
+        image = np.array(load_image(path))  # a writable copy: torch.from_numpy refuses read-only arrays
         h, w = image.shape[:2]
         try:
             masks = np.stack([decode_segmentation(s, h, w) for s in segs]) if segs else np.zeros((0, h, w), bool)
@@ -168,7 +229,7 @@ class MuseDataset(_SegmentationDataset):
         image_root: str | Path,
         image_size: int,
         patch_size: int,
-        normalisation: str = "sam",
+        normalisation: Normalisation = "sam",
         name: str | None = None,
         question_template: str = MUSE_QUESTION,
         image_layout: Literal["official", "flat"] = "official",
@@ -284,7 +345,7 @@ class ReferDataset(_SegmentationDataset):
     in this image?" -> "A is {seg}, B is {seg} and C is {seg}.".
     """
 
-    matching = "ordered"
+    matching: Matching = "ordered"
 
     def __init__(
         self,
@@ -294,7 +355,7 @@ class ReferDataset(_SegmentationDataset):
         split: str,
         image_size: int,
         patch_size: int,
-        normalisation: str = "sam",
+        normalisation: Normalisation = "sam",
         expressions_per_question: int = 1,
     ) -> None:
         super().__init__(image_size, patch_size, normalisation)
@@ -353,7 +414,7 @@ def _multi_target_qa(names: Sequence[str]) -> tuple[str, str]:
     return question, answer
 
 
-SEM_SEG_SOURCES = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
+SEM_SEG_SOURCES: tuple[SemSegSource, ...] = ("ade20k", "cocostuff", "pascal_part", "paco_lvis")
 
 
 class SemSegDataset(_SegmentationDataset):
@@ -380,10 +441,10 @@ class SemSegDataset(_SegmentationDataset):
     def __init__(
         self,
         root: str | Path,
-        source: str,
+        source: SemSegSource,
         image_size: int,
         patch_size: int,
-        normalisation: str = "sam",
+        normalisation: Normalisation = "sam",
         classes_per_question: int = 3,
         seed: int = 0,
     ) -> None:
@@ -484,7 +545,12 @@ class LlavaInstructDataset(_SegmentationDataset):
     name = "llava_instruct"
 
     def __init__(
-        self, json_path: str | Path, image_dir: str | Path, image_size: int, patch_size: int, normalisation: str = "sam"
+        self,
+        json_path: str | Path,
+        image_dir: str | Path,
+        image_size: int,
+        patch_size: int,
+        normalisation: Normalisation = "sam",
     ) -> None:
         super().__init__(image_size, patch_size, normalisation)
         json_path, self.image_dir = Path(json_path), Path(image_dir)
@@ -513,7 +579,7 @@ class LlavaInstructDataset(_SegmentationDataset):
         return self._sample(index, self._image_path(index), item["question"], item["answer"], [])
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]]) -> PixelLMBatch:
     """Stack the padded images; keep masks, sizes and strings as lists."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
@@ -578,17 +644,17 @@ class PixelLMDataModule(LightningDataModule):
         refer_test: list[str] | None = None,
         refer_expressions_per_question: int = 3,
         sem_seg_root: str | None = None,
-        sem_seg_sources: list[str] | None = None,
+        sem_seg_sources: list[SemSegSource] | None = None,
         vqa_json: str | None = None,
         vqa_image_dir: str | None = None,
-        sample_rates: dict[str, float] | None = None,
+        sample_rates: dict[TrainingSource, float] | None = None,
         samples_per_epoch: int | None = None,
         synthetic_images: int = 0,
         synthetic_image_size: int = 64,
         synthetic_seed: int = 0,
         image_size: int = 448,
         patch_size: int = 14,
-        normalisation: Literal["sam", "clip"] = "sam",
+        normalisation: Normalisation = "sam",
         batch_size: int = 2,
         eval_batch_size: int = 8,
         num_workers: int = 2,
@@ -606,10 +672,6 @@ class PixelLMDataModule(LightningDataModule):
         self.val_sets: list[Dataset] = []
         self.test_sets: list[Dataset] = []
 
-    def _kw(self) -> dict[str, Any]:
-        hp = self.hparams
-        return {"image_size": hp.image_size, "patch_size": hp.patch_size, "normalisation": hp.normalisation}
-
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.synthetic_images > 0 and hp.muse_root and not (Path(hp.muse_root) / hp.muse_train).exists():
@@ -625,100 +687,141 @@ class PixelLMDataModule(LightningDataModule):
             write_muse(world, image_root, "test", min_targets=4, json_name="muse_test_many.json")
             write_muse(world, image_root, "train", json_name=hp.muse_train)
 
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit" and self.train_set is None:
+            self.train_set, self.weights = self._training_mixture()
+        if stage in ("fit", "validate") and not self.val_sets:
+            self.val_sets = [_limited(s, hp.val_limit) for s in self._evaluation_sets(self.muse_val, hp.refer_val)]
+        if stage in ("test", "predict") and not self.test_sets:
+            self.test_sets = self._evaluation_sets(self.muse_test, hp.refer_test)
+
+    # ---- the training mixture ------------------------------------------------------------------------
+
+    def _training_mixture(self) -> tuple[RobustDataset, list[float]]:
+        """The released training mix (`train_ds.py --sample_rates`): each kind of source is drawn with its
+        rate, split equally among that kind's datasets and uniformly over each dataset's items."""
+        kinds: list[tuple[TrainingSource, list[_SegmentationDataset]]] = [
+            ("muse", self._muse_training()),
+            ("refer", self._refer_training()),
+            ("sem_seg", self._sem_seg_training()),
+            ("vqa", self._vqa_training()),
+        ]
+        sources, weights = [], []
+        for kind, datasets in kinds:
+            for dataset in datasets:
+                sources.append(dataset)
+                weights += [self.sample_rates[kind] / len(datasets) / max(len(dataset), 1)] * len(dataset)
+        if not sources:
+            raise ValueError(
+                "no training data: set muse_root (with muse_train), refer_root with refer_train, sem_seg_root or vqa_json"
+            )
+        return RobustDataset(_Sources(sources), self.hparams.max_failure_fraction), weights
+
+    def _muse_training(self) -> list[_SegmentationDataset]:
+        hp = self.hparams
+        return [self._muse(hp.muse_train)] if hp.muse_root and hp.muse_train else []
+
+    def _refer_training(self) -> list[_SegmentationDataset]:
+        """refCOCO/+/g and refclef training splits, up to `refer_expressions_per_question` sentences a question."""
+        hp = self.hparams
+        if not hp.refer_root:
+            return []
+        datasets: list[_SegmentationDataset] = []
+        for spec in hp.refer_train or []:
+            dataset, split_by = spec.split("|")
+            per_question = hp.refer_expressions_per_question
+            datasets.append(
+                ReferDataset(
+                    hp.refer_root, dataset, split_by, "train", expressions_per_question=per_question, **self._sizes
+                )
+            )
+        return datasets
+
+    def _sem_seg_training(self) -> list[_SegmentationDataset]:
+        hp = self.hparams
+        if not hp.sem_seg_root:
+            return []
+        return [
+            SemSegDataset(hp.sem_seg_root, source, seed=hp.synthetic_seed, **self._sizes)
+            for source in self.sem_seg_sources
+        ]
+
+    def _vqa_training(self) -> list[_SegmentationDataset]:
+        hp = self.hparams
+        return [LlavaInstructDataset(hp.vqa_json, hp.vqa_image_dir or ".", **self._sizes)] if hp.vqa_json else []
+
+    # ---- evaluation sets -----------------------------------------------------------------------------
+
+    def _evaluation_sets(self, muse_files: list[str], refer_specs: list[str] | None) -> list[_SegmentationDataset]:
+        """MUSE files (Hungarian-matched), then refer sets (`dataset|split_by|split`, answer order)."""
+        hp = self.hparams
+        sets = [self._muse(name) for name in muse_files] if hp.muse_root else []
+        return sets + ([self._refer(spec) for spec in (refer_specs or [])] if hp.refer_root else [])
+
+    @property
+    def _sizes(self) -> dict[str, Any]:
+        """The image arguments every dataset takes: the CLIP input size, its patch and the normalisation."""
+        hp = self.hparams
+        return {"image_size": hp.image_size, "patch_size": hp.patch_size, "normalisation": hp.normalisation}
+
     def _muse(self, name: str) -> MuseDataset:
         root = Path(self.hparams.muse_root)
-        return MuseDataset(
-            root / name, root / self.hparams.muse_image_dir, image_layout=self.hparams.muse_image_layout, **self._kw()
-        )
+        image_dir, layout = root / self.hparams.muse_image_dir, self.hparams.muse_image_layout
+        return MuseDataset(root / name, image_dir, image_layout=layout, **self._sizes)
 
     def _refer(self, spec: str) -> ReferDataset:
         parts = spec.split("|")
         if len(parts) != 3:
             raise ValueError(f"refer set {spec!r}: expected 'dataset|split_by|split', e.g. 'refcocog|umd|val'")
-        return ReferDataset(self.hparams.refer_root, *parts, **self._kw())
+        return ReferDataset(self.hparams.refer_root, *parts, **self._sizes)
 
-    def setup(self, stage: str) -> None:
-        hp = self.hparams
-        if stage == "fit" and self.train_set is None:
-            sources, weights = [], []
-            if hp.muse_root and hp.muse_train:
-                muse = self._muse(hp.muse_train)
-                sources.append(muse)
-                weights += [self.sample_rates["muse"] / max(len(muse), 1)] * len(muse)
-            for spec in (hp.refer_train or []) if hp.refer_root else []:
-                dataset, split_by = spec.split("|")
-                refer = ReferDataset(
-                    hp.refer_root,
-                    dataset,
-                    split_by,
-                    "train",
-                    expressions_per_question=hp.refer_expressions_per_question,
-                    **self._kw(),
-                )
-                sources.append(refer)
-                count = sum(1 for _ in refer.items)
-                weights += [self.sample_rates["refer"] / len(hp.refer_train) / count] * count
-            for source in self.sem_seg_sources if hp.sem_seg_root else []:  # each source equally likely (released)
-                sem = SemSegDataset(hp.sem_seg_root, source, seed=hp.synthetic_seed, **self._kw())
-                sources.append(sem)
-                weights += [self.sample_rates["sem_seg"] / len(self.sem_seg_sources) / len(sem)] * len(sem)
-            if hp.vqa_json:
-                vqa = LlavaInstructDataset(hp.vqa_json, hp.vqa_image_dir or ".", **self._kw())
-                sources.append(vqa)
-                weights += [self.sample_rates["vqa"] / max(len(vqa), 1)] * len(vqa)
-            if not sources:
-                raise ValueError(
-                    "no training data: set muse_root (with muse_train), refer_root with refer_train, sem_seg_root or vqa_json"
-                )
-            self.train_set = RobustDataset(_Sources(sources), hp.max_failure_fraction)
-            self.weights = weights
-        if stage in ("fit", "validate") and not self.val_sets:
-            sets: list[Dataset] = [self._muse(n) for n in self.muse_val] if hp.muse_root else []
-            sets += [self._refer(s) for s in (hp.refer_val or [])] if hp.refer_root else []
-            self.val_sets = [_limited(s, hp.val_limit) for s in sets]
-        if stage in ("test", "predict") and not self.test_sets:
-            sets = [self._muse(n) for n in self.muse_test] if hp.muse_root else []
-            sets += [self._refer(s) for s in (hp.refer_test or [])] if hp.refer_root else []
-            self.test_sets = sets
-
-    @property
-    def val_names(self) -> list[str]:
-        return [s.name for s in self.val_sets]
-
-    @property
-    def test_names(self) -> list[str]:
-        return [s.name for s in self.test_sets]
-
-    def eval_names(self, stage: str) -> list[str]:
-        return self.val_names if stage == "validate" else self.test_names
-
-    def eval_matching(self, stage: str) -> list[str]:
+    def eval_sets(self, stage: EvalStage) -> list[EvalSet]:
+        """The `PixelLMEvalData` contract: name and matching of each evaluation loader of `stage`."""
         sets = self.val_sets if stage == "validate" else self.test_sets
-        return [s.matching for s in sets]
+        return [EvalSet(s.name, s.matching) for s in sets]
 
-    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
-        hp = self.hparams
-        if train:  # `samples_per_epoch` draws per process, weighted by the sources' sample rates
-            return train_loader(
-                dataset,
-                hp.batch_size,
-                self.trainer,
-                collate=collate,
-                num_workers=hp.num_workers,
-                drop_last=False,
-                weights=self.weights,
-                num_samples=hp.samples_per_epoch or len(dataset),
-            )
-        return eval_loader(dataset, hp.eval_batch_size, collate=collate, num_workers=hp.num_workers)
+    # ---- loaders -------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        """`samples_per_epoch` draws per process, weighted by the sources' sample rates."""
+        hp = self.hparams
+        return train_loader(
+            self.train_set,
+            hp.batch_size,
+            self.trainer,
+            collate=collate,
+            num_workers=hp.num_workers,
+            drop_last=False,
+            weights=self.weights,
+            num_samples=hp.samples_per_epoch or len(self.train_set),
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(RobustDataset(s, self.hparams.max_failure_fraction)) for s in self.val_sets]
+        hp = self.hparams
+        return [
+            eval_loader(
+                s,
+                hp.eval_batch_size,
+                collate=collate,
+                num_workers=hp.num_workers,
+                max_failure_fraction=hp.max_failure_fraction,
+            )
+            for s in self.val_sets
+        ]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(RobustDataset(s, self.hparams.max_failure_fraction)) for s in self.test_sets]
+        hp = self.hparams
+        return [
+            eval_loader(
+                s,
+                hp.eval_batch_size,
+                collate=collate,
+                num_workers=hp.num_workers,
+                max_failure_fraction=hp.max_failure_fraction,
+            )
+            for s in self.test_sets
+        ]
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()

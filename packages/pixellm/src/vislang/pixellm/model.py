@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -52,16 +52,21 @@ __all__ = [
     "IM_END_TOKEN",
     "IM_START_TOKEN",
     "PRESETS",
+    "CLIPSize",
     "GenerationOutput",
+    "LlamaSize",
     "PixelDecoder",
     "PixelLM",
     "PixelLMConfig",
+    "PresetName",
     "TokenFusion",
     "add_codebook_tokens",
     "build_pixellm",
     "codebook_token_strings",
     "codebook_hidden_states",
     "interpolate_clip_position_embeddings",
+    "mask_confidence",
+    "preset_config",
     "target_refinement_loss",
     "whole_groups",
 ]
@@ -70,9 +75,6 @@ IMAGE_TOKEN = "<image>"
 """Placeholder of the image in the prompt; expanded to `llm_grid**2` copies before the LLM."""
 IM_START_TOKEN, IM_END_TOKEN = "<im_start>", "<im_end>"
 """The released model was trained with the image wrapped as `<im_start><image><im_end>` (`use_mm_start_end`)."""
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-"""The official code normalises CLIP's input with SAM/ImageNet statistics (0..255 scale), not CLIP's."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -81,10 +83,45 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
+class CLIPSize:
+    """The CLIP vision tower's sizes: `transformers.CLIPVisionConfig` fields (the rest keep their defaults)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    patch_size: int
+    image_size: int
+    projection_dim: int
+
+    def hf_config(self) -> CLIPVisionConfig:
+        return CLIPVisionConfig(**asdict(self))
+
+
+@dataclass(frozen=True)
+class LlamaSize:
+    """The LLM's sizes: `transformers.LlamaConfig` fields. The vocabulary is not a size of the preset: it is
+    the tokenizer's (LLaMA's 32,000 tokens plus the codebook and image tokens `add_codebook_tokens` adds)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-6
+
+    def hf_config(self, vocab_size: int) -> LlamaConfig:
+        """Input and output embeddings untied, as LLaMA's."""
+        return LlamaConfig(**asdict(self), vocab_size=vocab_size, tie_word_embeddings=False)
+
+
+@dataclass(frozen=True)
 class PixelLMConfig:
-    """Sizes of every part. `vision` / `llm` are `CLIPVisionConfig` / `LlamaConfig` keyword arguments.
+    """Sizes of every part.
 
     Attributes:
+        vision / llm: the CLIP vision tower's and the LLM's sizes.
         feature_layers: CLIP hidden-state indices of the L decoder scales, deepest first (official: the
             penultimate layer -2 and layer 14 of 24, -11). The first one also feeds the LLM (LLaVA's
             `mm_vision_select_layer=-2`).
@@ -98,8 +135,8 @@ class PixelLMConfig:
         lora_r / lora_alpha / lora_dropout / lora_targets: LoRA on the LLM (official r 8, α 16, q/v).
     """
 
-    vision: dict[str, Any]
-    llm: dict[str, Any]
+    vision: CLIPSize
+    llm: LlamaSize
     feature_layers: tuple[int, ...] = (-2, -11)
     llm_grid: int = 16
     tokens_per_scale: int = 3
@@ -112,7 +149,6 @@ class PixelLMConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_scales(self) -> int:
@@ -125,68 +161,73 @@ class PixelLMConfig:
 
     @property
     def image_size(self) -> int:
-        return int(self.vision["image_size"])
+        return self.vision.image_size
 
     @property
     def vision_grid(self) -> int:
-        return self.image_size // int(self.vision["patch_size"])
+        return self.image_size // self.vision.patch_size
 
 
-_CLIP_L14 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "patch_size": 14,
-    "projection_dim": 768,
-}
-_VICUNA_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
-    "vocab_size": 32000,
-}
-_LLAMA2_13B = {
-    "hidden_size": 5120,
-    "intermediate_size": 13824,
-    "num_hidden_layers": 40,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 40,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 32000,
-}
+_CLIP_L14_448 = CLIPSize(  # CLIP ViT-L/14-336 resized to 448 px (32x32 patches)
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=448,
+    projection_dim=768,
+)
 
-PRESETS: dict[str, PixelLMConfig] = {
-    # LLaVA-Lightning-7B-v1-1 (Vicuna-7B v1.1) + CLIP ViT-L/14-336 resized to 448 (32x32 patches)
-    "pixellm_7b": PixelLMConfig(vision={**_CLIP_L14, "image_size": 448}, llm=_VICUNA_7B),
-    # llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B-chat) + the same vision tower
-    "pixellm_13b": PixelLMConfig(vision={**_CLIP_L14, "image_size": 448}, llm=_LLAMA2_13B),
+PresetName = Literal["pixellm_7b", "pixellm_13b", "small", "tiny"]
+"""The named model sizes (`PRESETS`)."""
+
+PRESETS: dict[PresetName, PixelLMConfig] = {
+    # LLaVA-Lightning-7B-v1-1 (Vicuna-7B v1.1, 32,000-token vocabulary) + CLIP ViT-L/14 at 448 px
+    "pixellm_7b": PixelLMConfig(
+        vision=_CLIP_L14_448,
+        llm=LlamaSize(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-6,
+        ),
+    ),
+    # llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B-chat, 32,000 tokens) + the same vision tower
+    "pixellm_13b": PixelLMConfig(
+        vision=_CLIP_L14_448,
+        llm=LlamaSize(
+            hidden_size=5120,
+            intermediate_size=13824,
+            num_hidden_layers=40,
+            num_attention_heads=40,
+            num_key_value_heads=40,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        ),
+    ),
     # >= 50 M parameters with LLaMA's 32,000-token vocabulary (the generation-speed benchmark): CLIP width
     # 256 at 224 px (16x16 patches), LLM width 512 x 4 layers seeing 8x8 = 64 image tokens
     "small": PixelLMConfig(
-        vision={
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 6,
-            "num_attention_heads": 4,
-            "patch_size": 14,
-            "image_size": 224,
-            "projection_dim": 256,
-        },
-        llm={
-            "hidden_size": 512,
-            "intermediate_size": 1376,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 8,
-            "max_position_embeddings": 1024,
-            "vocab_size": 32009,
-        },
+        vision=CLIPSize(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            patch_size=14,
+            image_size=224,
+            projection_dim=256,
+        ),
+        llm=LlamaSize(
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=1024,
+        ),
         feature_layers=(-2, -5),
         llm_grid=8,
         decoder_dim=128,
@@ -196,24 +237,23 @@ PRESETS: dict[str, PixelLMConfig] = {
     ),
     # random-init CPU model: 64 px images, 8x8 patches, LLM sees 4x4 = 16 image tokens
     "tiny": PixelLMConfig(
-        vision={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 2,
-            "patch_size": 8,
-            "image_size": 64,
-            "projection_dim": 64,
-        },
-        llm={
-            "hidden_size": 96,
-            "intermediate_size": 192,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 512,
-            "vocab_size": 427,
-        },
+        vision=CLIPSize(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            patch_size=8,
+            image_size=64,
+            projection_dim=64,
+        ),
+        llm=LlamaSize(
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+        ),
         feature_layers=(-1, -3),
         llm_grid=4,
         decoder_dim=64,
@@ -224,6 +264,13 @@ PRESETS: dict[str, PixelLMConfig] = {
         lora_alpha=16,
     ),
 }
+
+
+def preset_config(name: str) -> PixelLMConfig:
+    """The sizes of a named preset; an unknown name is refused naming the choices."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -481,9 +528,8 @@ class PixelLM(nn.Module):
         self.config = config
         self.register_buffer("codebook_ids", torch.tensor(list(codebook_ids)), persistent=False)
         self.image_token_id = int(image_token_id)
-        self.vision = CLIPVisionModel(CLIPVisionConfig(**config.vision))
-        llm_kwargs = {**config.llm, "vocab_size": vocab_size, "tie_word_embeddings": False}
-        self.llm = LlamaForCausalLM(LlamaConfig(**llm_kwargs))
+        self.vision = CLIPVisionModel(config.vision.hf_config())
+        self.llm = LlamaForCausalLM(config.llm.hf_config(vocab_size))
         if lora:
             lora_config = LoraConfig(
                 r=config.lora_r,
@@ -493,7 +539,7 @@ class PixelLM(nn.Module):
                 bias="none",
             )
             inject_adapter_in_model(lora_config, self.llm)
-        v, d, dd = config.vision["hidden_size"], config.llm["hidden_size"], config.decoder_dim
+        v, d, dd = config.vision.hidden_size, config.llm.hidden_size, config.decoder_dim
         self.mm_projector = _projector(v, d)  # V -> T: image tokens for the LLM
         self.out_mm_projector = _projector(v, d)  # V -> D: decoder features, p_{V->D}
         # SAM-style neck from the LLM width to the decoder width
@@ -700,19 +746,6 @@ class PixelLM(nn.Module):
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    def _step(
-        self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache | None
-    ) -> tuple[Tensor, Tensor]:
-        """One decoding step: the last position's final hidden state (B, d) and its next-token logits (B, V).
-
-        The LM head runs on the last position only: the prompt's other positions need no logits.
-        """
-        out = self.llm.model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
-        )
-        hidden = out.last_hidden_state[:, -1]
-        return hidden, self.llm.lm_head(hidden)
-
     @torch.no_grad()
     def generate(
         self,
@@ -736,59 +769,115 @@ class PixelLM(nn.Module):
         code does (`use_cache=False`); it yields the same tokens and exists for the benchmark.
         `logits_processor(ids, logits) -> logits` may edit each step's logits (as HF's logits processors).
         """
-        b = input_ids.shape[0]
+        # §3.1: the image as LLM tokens, spliced into the prompt; the decoder's multi-scale features
         image_tokens, image_mask, features = self.encode_image(pixel_values, patch_mask)
-        embeds, mask = self.embed_inputs(input_ids, attention_mask, image_tokens, image_mask)
-        token_mask = attention_mask.clone()
-        ids = input_ids
+        embeds, llm_mask = self.embed_inputs(input_ids, attention_mask, image_tokens, image_mask)
+        decoding = _Decoding.start(input_ids, attention_mask, llm_mask)
         cache = DynamicCache() if use_cache else None
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        new_tokens: list[Tensor] = []
-        code_states: list[list[Tensor]] = [[] for _ in range(b)]
-        step_embeds, step_mask, step_pos = embeds, mask, self.position_ids(token_mask)
+        step_inputs = (embeds, llm_mask, self.position_ids(attention_mask))
         for _ in range(max_new_tokens):
-            hidden, logits = self._step(step_embeds, step_mask, step_pos, cache)
-            logits[:, self.image_token_id] = float("-inf")  # the image is given, never generated
-            if logits_processor is not None:
-                logits = logits_processor(ids, logits)
-            token = logits.argmax(-1)
-            token = torch.where(done, torch.full_like(token, eos_token_id), token)
-            is_code = torch.isin(token, self.codebook_ids) & ~done
-            for row in is_code.nonzero().flatten().tolist():
-                code_states[row].append(hidden[row])
-            new_tokens.append(token)
-            done = done | (token == eos_token_id)
-            ids = torch.cat([ids, token[:, None]], 1)
-            token_mask = torch.cat([token_mask, torch.ones_like(token_mask[:, :1])], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            if bool(done.all()):
+            hidden, logits = self._step(*step_inputs, cache)
+            token = self._greedy_token(logits, decoding, eos_token_id, logits_processor)
+            decoding.append(token, hidden, torch.isin(token, self.codebook_ids), eos_token_id)
+            if bool(decoding.done.all()):
                 break
-            if use_cache:
-                step_embeds = self.llm.get_input_embeddings()(token[:, None])
-                step_mask, step_pos = mask, self.position_ids(token_mask)[:, -1:]
-            else:  # the official path: everything again, including the vision tower
-                image_tokens, image_mask, _ = self.encode_image(pixel_values, patch_mask)
-                step_embeds, step_mask = self.embed_inputs(ids, token_mask, image_tokens, image_mask)
-                step_pos = self.position_ids(token_mask)
-        generated = torch.stack(new_tokens, 1) if new_tokens else ids[:, :0]
-        tokens = []
-        for row in range(b):  # cut each row after its first end token
-            row_tokens = generated[row]
-            end = (row_tokens == eos_token_id).nonzero()
-            tokens.append(row_tokens[: int(end[0]) + 1] if end.numel() else row_tokens)
+            step_inputs = self._next_step_inputs(decoding, token, pixel_values, patch_mask, use_cache)
+        tokens = decoding.answers(eos_token_id)
         if not with_masks:
-            return GenerationOutput(tokens, [], [], [0] * b)
-        group, d = self.config.group_size, self.config.llm["hidden_size"]
+            return GenerationOutput(tokens, [], [], [0] * len(tokens))
+        # §3.2: each target's N·L codebook states (whole groups only); §3.3: decoded into its mask
+        states, dropped = self._codebook_groups(decoding.code_states, features[0])
+        masks = self.masks_from_hidden(states, features, resized_sizes, original_sizes)
+        return GenerationOutput(tokens, masks, [mask_confidence(m) for m in masks], dropped)
+
+    def _step(
+        self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache | None
+    ) -> tuple[Tensor, Tensor]:
+        """One decoding step: the last position's final hidden state (B, d) and its next-token logits (B, V).
+
+        The LM head runs on the last position only: the prompt's other positions need no logits.
+        """
+        out = self.llm.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
+        )
+        hidden = out.last_hidden_state[:, -1]
+        return hidden, self.llm.lm_head(hidden)
+
+    def _greedy_token(
+        self,
+        logits: Tensor,
+        decoding: _Decoding,
+        eos_token_id: int,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None,
+    ) -> Tensor:
+        """The most likely next token per row (B,); rows that already ended repeat the end token."""
+        logits[:, self.image_token_id] = float("-inf")  # the image is given, never generated
+        if logits_processor is not None:
+            logits = logits_processor(decoding.ids, logits)
+        token = logits.argmax(-1)
+        return torch.where(decoding.done, torch.full_like(token, eos_token_id), token)
+
+    def _next_step_inputs(
+        self, decoding: _Decoding, token: Tensor, pixel_values: Tensor, patch_mask: Tensor, use_cache: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The LLM's next input (embeddings, attention mask, positions): the new token alone with the KV cache,
+        else the whole sequence again, the vision tower included (the released code's path)."""
+        if use_cache:
+            positions = self.position_ids(decoding.token_mask)[:, -1:]
+            return self.llm.get_input_embeddings()(token[:, None]), decoding.llm_mask, positions
+        image_tokens, image_mask, _ = self.encode_image(pixel_values, patch_mask)
+        embeds, llm_mask = self.embed_inputs(decoding.ids, decoding.token_mask, image_tokens, image_mask)
+        return embeds, llm_mask, self.position_ids(decoding.token_mask)
+
+    def _codebook_groups(self, code_states: list[list[Tensor]], like: Tensor) -> tuple[list[Tensor], list[int]]:
+        """Per row, its collected codebook states as (K, N·L, d) whole groups, and how many trailing tokens of
+        an incomplete group were dropped (`whole_groups`)."""
+        group, d = self.config.group_size, self.config.llm.hidden_size
         dropped = [len(c) % group for c in code_states]
         states = [
             torch.stack(c[: whole_groups(len(c), group)]).reshape(-1, group, d)
             if len(c) >= group
-            else features[0].new_zeros((0, group, d))
+            else like.new_zeros((0, group, d))
             for c in code_states
         ]
-        masks = self.masks_from_hidden(states, features, resized_sizes, original_sizes)
-        scores = [mask_confidence(m) for m in masks]
-        return GenerationOutput(tokens, masks, scores, dropped)
+        return states, dropped
+
+
+@dataclass
+class _Decoding:
+    """The running state of `PixelLM.generate`'s greedy decoding of a batch of left-padded prompts."""
+
+    ids: Tensor  # (B, prompt + t): the prompt and the tokens generated so far
+    token_mask: Tensor  # (B, prompt + t): 1 on every non-pad token (positions count these)
+    llm_mask: Tensor  # the LLM's attention mask: `token_mask` with the padded image patches removed
+    done: Tensor  # (B,) rows that generated their end token
+    new_tokens: list[Tensor]  # one (B,) tensor per step
+    code_states: list[list[Tensor]]  # per row, the hidden state that predicted each codebook token
+
+    @classmethod
+    def start(cls, input_ids: Tensor, attention_mask: Tensor, llm_mask: Tensor) -> _Decoding:
+        b = input_ids.shape[0]
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        return cls(input_ids, attention_mask.clone(), llm_mask, done, [], [[] for _ in range(b)])
+
+    def append(self, token: Tensor, hidden: Tensor, is_code: Tensor, eos_token_id: int) -> None:
+        """Record one step's tokens; a codebook token keeps the state that generated it (§3.2)."""
+        for row in (is_code & ~self.done).nonzero().flatten().tolist():
+            self.code_states[row].append(hidden[row])
+        self.new_tokens.append(token)
+        self.done = self.done | (token == eos_token_id)
+        self.ids = torch.cat([self.ids, token[:, None]], 1)
+        self.token_mask = torch.cat([self.token_mask, torch.ones_like(self.token_mask[:, :1])], 1)
+        self.llm_mask = torch.cat([self.llm_mask, torch.ones_like(self.llm_mask[:, :1])], 1)
+
+    def answers(self, eos_token_id: int) -> list[Tensor]:
+        """Each row's generated ids, cut after its first end token."""
+        generated = torch.stack(self.new_tokens, 1) if self.new_tokens else self.ids[:, :0]
+        tokens = []
+        for row_tokens in generated:
+            end = (row_tokens == eos_token_id).nonzero()
+            tokens.append(row_tokens[: int(end[0]) + 1] if end.numel() else row_tokens)
+        return tokens
 
 
 def mask_confidence(logits: Tensor) -> Tensor:
@@ -811,19 +900,9 @@ def build_pixellm(
 
     `overrides` replace config fields (e.g. `fusion="linear"`, `tokens_per_scale=1`).
     """
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        config = PRESETS[preset]
-    else:
-        config = preset
+    config = preset_config(preset) if isinstance(preset, str) else preset
     config = replace(config, **overrides) if overrides else config
     if codebook_ids is None or image_token_id is None:
         base = vocab_size - config.group_size - 1
         image_token_id, codebook_ids = base, list(range(base + 1, vocab_size))
     return PixelLM(config, codebook_ids, image_token_id, vocab_size, lora=lora)
-
-
-def config_dict(config: PixelLMConfig) -> dict[str, Any]:
-    """The config as plain data (for checkpoints and reports)."""
-    return asdict(config)

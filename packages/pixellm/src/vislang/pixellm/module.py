@@ -10,9 +10,7 @@ renders each `{seg}` as the N·L codebook tokens and builds the llava_v1-style s
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,28 +18,41 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
 
+from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights
+from vislang.pixellm.data import (
+    MUSE_QUESTION,
+    EvalStage,
+    Matching,
+    Normalisation,
+    PixelLMBatch,
+    PixelLMEvalData,
+    PromptBatch,
+    preprocess_image,
+)
+from vislang.pixellm.metrics import format_table, matched_pairs
 from vislang.pixellm.model import (
     IMAGE_TOKEN,
-    PRESETS,
+    GenerationOutput,
     PixelLM,
+    PresetName,
     add_codebook_tokens,
     build_pixellm,
     codebook_token_strings,
+    preset_config,
 )
+from vislang.shared.checkpoint import load_weights
 from vislang.shared.data.images import as_rgb_array
 from vislang.shared.data.synthetic import SEG_PLACEHOLDER
 from vislang.shared.losses import IGNORE_INDEX
 from vislang.shared.metrics import SegmentationIoU
-from vislang.shared.metrics.segmentation import match_masks, pair_intersection_union
-from vislang.shared.predictions import gather_objects, write_json_lines
+from vislang.shared.schedules import step_schedule, warmup_linear_decay
 from vislang.shared.text import load_tokenizer
 
-__all__ = ["LLAVA_V1_PROMPT", "OverlayWriter", "PixelLMModule", "SegmentationResult", "write_overlay_png"]
+__all__ = ["LLAVA_V1_PROMPT", "PixelLMModule", "SegmentationResult"]
 
 LLAVA_V1_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -65,7 +76,8 @@ class PixelLMModule(LightningModule):
     """PixelLM in Lightning.
 
     Args:
-        preset: `tiny`, `pixellm_7b`, `pixellm_13b`.
+        preset: the model's sizes: `pixellm_7b`, `pixellm_13b` (the paper's), `small` (the speed benchmark's),
+            `tiny` (the CPU demo's).
         tokenizer: local HF tokenizer directory or hub name (the LLaVA base's for the paper presets).
         prompt_template: the user turn with `{question}` and `<image>`; llava_v1 by default.
         fusion: `weighted` (registered scalars) or `linear` (the paper's projection φ).
@@ -101,7 +113,7 @@ class PixelLMModule(LightningModule):
 
     def __init__(
         self,
-        preset: str = "pixellm_7b",
+        preset: PresetName = "pixellm_7b",
         tokenizer: str = "liuhaotian/LLaVA-Lightning-7B-delta-v1-1",
         prompt_template: str = LLAVA_V1_PROMPT,
         fusion: Literal["weighted", "linear"] = "weighted",
@@ -128,52 +140,43 @@ class PixelLMModule(LightningModule):
         eval_protocol: Literal["strict", "official"] = "strict",
         evaluate_before_training: bool = False,
         results_dir: str | None = None,
-        normalisation: Literal["sam", "clip"] = "sam",
+        normalisation: Normalisation = "sam",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        config = replace(preset_config(preset), fusion=fusion, tokens_per_scale=tokens_per_scale)
         if IMAGE_TOKEN not in prompt_template or "{question}" not in prompt_template:
             raise ValueError(f"prompt_template needs {IMAGE_TOKEN!r} and '{{question}}', got {prompt_template!r}")
         self.tokenizer = load_tokenizer(tokenizer)
-        config = PRESETS[preset]
-        config = replace(config, fusion=fusion, tokens_per_scale=tokens_per_scale)
-        codebook_ids, image_id = add_codebook_tokens(self.tokenizer, config)
+        codebook_ids, image_id = add_codebook_tokens(self.tokenizer, config)  # §3.2: the codebook's vocabulary
         self.model: PixelLM = build_pixellm(config, len(self.tokenizer), codebook_ids, image_id)
         self.codebook_text = " ".join(codebook_token_strings(config))
-        self.bos_id = (
-            self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.cls_token_id
-        )
-        self.eos_id = (
-            self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.sep_token_id
-        )
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        if llava_weights or clip_weights or pixellm_weights:
-            from vislang.pixellm.convert import load_clip_weights, load_llava_weights, load_pixellm_weights
-
-            if pixellm_weights:  # a release holds no vision tower: CLIP comes from clip_weights
-                load_pixellm_weights(
-                    self.model, pixellm_weights, vision_weights=clip_weights, clip_positions=clip_positions
-                )
-            elif llava_weights:
-                load_llava_weights(
-                    self.model, llava_weights, clip_directory=clip_weights, clip_positions=clip_positions
-                )
-            elif clip_weights:
-                load_clip_weights(self.model, clip_weights, clip_positions)
-        if init_weights:
-            from vislang.shared.checkpoint import load_weights
-
-            report = load_weights(self.model, init_weights, prefix="model.")
-            if report.missing or report.unexpected or report.mismatched:
-                raise ValueError(f"{init_weights}: not a PixelLM checkpoint of this preset: {report}")
+        self.bos_id, self.eos_id, self.pad_id = _special_token_ids(self.tokenizer)
+        self._load_initial_weights()
         self.trainable_names = self.model.set_trainable(train_vision, train_llm)
         self._metrics: dict[int, SegmentationIoU] = {}
         self._protocols: dict[str, str] = {}
         self._dump: list[dict[str, Any]] = []
         self.last_scores: dict[str, dict[str, float]] = {}
         self.untrained_scores: dict[str, dict[str, float]] = {}
+
+    def _load_initial_weights(self) -> None:
+        """A released PixelLM, else a LLaVA base (+ CLIP), else CLIP alone; then this module's own checkpoint."""
+        hp = self.hparams
+        if hp.pixellm_weights:  # a release holds no vision tower: CLIP comes from clip_weights
+            load_pixellm_weights(
+                self.model, hp.pixellm_weights, vision_weights=hp.clip_weights, clip_positions=hp.clip_positions
+            )
+        elif hp.llava_weights:
+            load_llava_weights(
+                self.model, hp.llava_weights, clip_directory=hp.clip_weights, clip_positions=hp.clip_positions
+            )
+        elif hp.clip_weights:
+            load_clip_weights(self.model, hp.clip_weights, hp.clip_positions)
+        if hp.init_weights:
+            report = load_weights(self.model, hp.init_weights, prefix="model.")
+            if report.missing or report.unexpected or report.mismatched:
+                raise ValueError(f"{hp.init_weights}: not a PixelLM checkpoint of this preset: {report}")
 
     # ---- text ---------------------------------------------------------------------------------------
 
@@ -233,7 +236,7 @@ class PixelLMModule(LightningModule):
 
     # ---- training -----------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: PixelLMBatch, batch_idx: int) -> Tensor:
         ids, mask, labels = self._training_batch(batch["question"], batch["answer"])
         out = self.model(
             batch["pixel_values"],
@@ -259,7 +262,7 @@ class PixelLMModule(LightningModule):
 
     # ---- evaluation ---------------------------------------------------------------------------------
 
-    def _generate(self, batch: dict[str, Any]) -> Any:
+    def _generate(self, batch: PromptBatch) -> GenerationOutput:
         ids, mask = self._prompt_batch(batch["question"])
         return self.model.generate(
             batch["pixel_values"],
@@ -272,58 +275,66 @@ class PixelLMModule(LightningModule):
             self.eos_id,
         )
 
-    def _metric(self, dataloader_idx: int, matching: str) -> SegmentationIoU:
+    @property
+    def _eval_data(self) -> PixelLMEvalData:
+        return self.trainer.datamodule
+
+    def _num_points(self, matching: Matching) -> int | None:
+        """MUSE's matching cost on random points (Hungarian matching only)."""
+        return self.hparams.eval_num_points if matching == "hungarian" else None
+
+    def _metric(self, dataloader_idx: int, matching: Matching) -> SegmentationIoU:
         if dataloader_idx not in self._metrics:
             protocol = self.hparams.eval_protocol if matching == "hungarian" else "strict"
             self._metrics[dataloader_idx] = SegmentationIoU(
                 matching=matching,
-                num_points=self.hparams.eval_num_points if matching == "hungarian" else None,
+                num_points=self._num_points(matching),
                 empty_pair_iou=self.hparams.empty_pair_iou,
                 protocol=protocol,
             ).to(self.device)
         return self._metrics[dataloader_idx]
 
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str, dump: bool) -> None:
-        datamodule = self.trainer.datamodule
-        matching = datamodule.eval_matching(stage)[dataloader_idx]
+    def _eval_step(self, batch: PixelLMBatch, dataloader_idx: int, stage: EvalStage, dump: bool) -> None:
+        """Generate the answers, decode their masks and score them (MUSE gIoU / cIoU); `dump` keeps a record of
+        each question for `pixellm_test_pairs.json`."""
+        eval_set = self._eval_data.eval_sets(stage)[dataloader_idx]
         result = self._generate(batch)
         gt = [m.to(self.device) for m in batch["masks"]]
-        metric = self._metric(dataloader_idx, matching)
+        metric = self._metric(dataloader_idx, eval_set.matching)
         metric.update(result.masks, gt, batch["index"], image_ids=batch.get("image_id"))
-        if not dump:
-            return
-        name = datamodule.eval_names(stage)[dataloader_idx]
-        for k in range(len(gt)):
-            pred, g = result.masks[k], gt[k]
-            num_points = self.hparams.eval_num_points if matching == "hungarian" else None
-            seed = metric.seed + int(batch["index"][k])
-            gen = torch.Generator().manual_seed(seed) if num_points else None
-            pi, gi = match_masks(pred, g, matching, num_points, gen)
-            gen = torch.Generator().manual_seed(seed) if num_points else None
-            inter, union = pair_intersection_union(pred, g, matching, num_points, gen)
-            pairs = [(a, b) for a, b in zip(pi, gi, strict=True)]
-            pairs += [(a, None) for a in range(pred.shape[0]) if a not in pi]
-            pairs += [(None, b) for b in range(g.shape[0]) if b not in gi]
-            self._dump.append(
-                {
-                    "dataset": name,
-                    "index": int(batch["index"][k]),
-                    "image": batch["image_path"][k],
-                    "question": batch["question"][k],
-                    "answer": self.decode_answer(result.tokens[k]),
-                    "num_pred": int(pred.shape[0]),
-                    "num_gt": int(g.shape[0]),
-                    "dropped_codebook_tokens": result.dropped_tokens[k],
-                    "scores": result.scores[k].tolist(),
-                    "pairs": [
-                        {"pred": a, "gt": b, "intersection": float(i), "union": float(u)}
-                        for (a, b), i, u in zip(pairs, inter.tolist(), union.tolist(), strict=True)
-                    ],
-                }
-            )
+        if dump:
+            seeds = [metric.seed + int(i) for i in batch["index"]]
+            self._dump += [
+                self._record(batch, result, gt, k, eval_set.name, eval_set.matching, seeds[k]) for k in range(len(gt))
+            ]
 
-    def _finish(self, stage: str) -> dict[str, dict[str, float]]:
-        names = self.trainer.datamodule.eval_names(stage)
+    def _record(
+        self,
+        batch: PixelLMBatch,
+        result: GenerationOutput,
+        gt: list[Tensor],
+        k: int,
+        name: str,
+        matching: Matching,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Question `k` of the batch: its generated answer and its masks as the metric paired them."""
+        pred = result.masks[k]
+        return {
+            "dataset": name,
+            "index": int(batch["index"][k]),
+            "image": batch["image_path"][k],
+            "question": batch["question"][k],
+            "answer": self.decode_answer(result.tokens[k]),
+            "num_pred": int(pred.shape[0]),
+            "num_gt": int(gt[k].shape[0]),
+            "dropped_codebook_tokens": result.dropped_tokens[k],
+            "scores": result.scores[k].tolist(),
+            "pairs": matched_pairs(pred, gt[k], matching, self._num_points(matching), seed),
+        }
+
+    def _finish(self, stage: EvalStage) -> dict[str, dict[str, float]]:
+        names = [eval_set.name for eval_set in self._eval_data.eval_sets(stage)]
         results = {}
         self._protocols = {names[idx]: metric.protocol for idx, metric in self._metrics.items()}
         for idx, metric in sorted(self._metrics.items()):
@@ -334,7 +345,7 @@ class PixelLMModule(LightningModule):
         self._metrics = {}
         return results
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: PixelLMBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, "validate", dump=False)
 
     def on_validation_epoch_end(self) -> None:
@@ -343,7 +354,7 @@ class PixelLMModule(LightningModule):
             return
         self.last_scores = self._finish("validate")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: PixelLMBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, "test", dump=True)
 
     def on_test_epoch_end(self) -> None:
@@ -384,7 +395,7 @@ class PixelLMModule(LightningModule):
         """Score the untrained model on the validation sets (`evaluate_before_training`)."""
         if not self.hparams.evaluate_before_training or self.untrained_scores:
             return
-        loaders = self.trainer.datamodule.val_dataloader()
+        loaders = self._eval_data.val_dataloader()
         was_training = self.training
         self.eval()
         with torch.no_grad():
@@ -392,7 +403,7 @@ class PixelLMModule(LightningModule):
                 for batch in loader:
                     batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                     self._eval_step(batch, idx, "validate", dump=False)
-        names = self.trainer.datamodule.eval_names("validate")
+        names = [eval_set.name for eval_set in self._eval_data.eval_sets("validate")]
         self.untrained_scores = {names[i]: m.compute() for i, m in sorted(self._metrics.items())}
         self._metrics = {}
         self.train(was_training)
@@ -407,7 +418,7 @@ class PixelLMModule(LightningModule):
 
     # ---- inference ----------------------------------------------------------------------------------
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: PixelLMBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         result = self._generate(batch)
         return [
             {
@@ -428,15 +439,13 @@ class PixelLMModule(LightningModule):
         `image`: a path, a PIL image or an H x W, H x W x 1/3/4 array (uint8, or float in [0, 1]); transparent
         parts are put on white; anything else is refused in one line (`vislang.shared.data.images.as_rgb`).
         """
-        from vislang.pixellm.data import MUSE_QUESTION, preprocess_image
-
         self.eval()
         array = as_rgb_array(image)
         config = self.model.config
         pixels, patch_mask, resized = preprocess_image(
-            array, config.image_size, int(config.vision["patch_size"]), self.hparams.normalisation
+            array, config.image_size, config.vision.patch_size, self.hparams.normalisation
         )
-        batch = {
+        batch: PromptBatch = {
             "pixel_values": pixels[None].to(self.device),
             "patch_mask": patch_mask[None].to(self.device),
             "resized_size": torch.tensor([resized]),
@@ -454,113 +463,20 @@ class PixelLMModule(LightningModule):
     # ---- optimisation -------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW on the trainable parameters; DeepSpeed's WarmupDecayLR as the released code: linear warm-up,
+        then linear decay to 0 at the last step."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=tuple(self.hparams.betas)
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total - 1)
-
-        def schedule(step: int) -> float:  # DeepSpeed WarmupDecayLR: linear up, then linear down to 0
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_schedule(optimizer, warmup_linear_decay(total, min(self.hparams.warmup_steps, total - 1)))
 
 
-def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Rows = (model state, dataset), columns gIoU / cIoU."""
-    lines = [f"{'model':<10} {'dataset':<28} {'gIoU':>7} {'cIoU':>7}"]
-    for state, per_set in results.items():
-        for name, scores in per_set.items():
-            lines.append(f"{state:<10} {name:<28} {scores['gIoU']:7.2f} {scores['cIoU']:7.2f}")
-    return "\n".join(lines)
-
-
-PALETTE = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-]
-
-
-def write_overlay_png(
-    image: np.ndarray | str | Path | Image.Image, masks: np.ndarray, path: str | Path, alpha: float = 0.5
-) -> Path:
-    """Blend each mask (K, H, W) over the image (any input `segment` takes) in its own colour and save a PNG."""
-    base = as_rgb_array(image)
-    out = base.astype(np.float32).copy()
-    for k, mask in enumerate(np.asarray(masks, dtype=bool)):
-        if mask.shape != base.shape[:2]:
-            raise ValueError(f"mask {k} is {mask.shape}, the image {base.shape[:2]}")
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(PALETTE[k % len(PALETTE)], dtype=np.float32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(path, format="PNG")
-    return path
-
-
-class OverlayWriter(BasePredictionWriter):
-    """`lightning predict` callback: per question an overlay PNG of its masks and one JSON line of results.
-
-    Each run replaces the previous run's files: rows and pictures go to a temporary folder beside the output
-    and are renamed into place when prediction ends (an interrupted run leaves the previous results intact).
-    A question is written once even when the robust loader repeated it as a stand-in for an unreadable image.
-    Under DDP every rank draws its own pictures and rank 0 writes the rows of all ranks.
-
-    Args:
-        output_dir: where `overlays/<loader>-<index>.png` and `predictions.jsonl` go.
-    """
-
-    def __init__(self, output_dir: str) -> None:
-        super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
-        self._rows: dict[tuple[int, int], dict[str, Any]] = {}
-
-    @property
-    def _partial(self) -> Path:
-        return self.output_dir / ".predict.partial"
-
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._rows = {}
-        if trainer.is_global_zero:
-            shutil.rmtree(self._partial, ignore_errors=True)  # an interrupted run's leftovers
-            (self._partial / "overlays").mkdir(parents=True)
-        trainer.strategy.barrier("pixellm_overlay_writer_start")
-
-    def write_on_batch_end(
-        self,
-        trainer: Any,
-        pl_module: Any,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        for item in prediction:
-            key = (dataloader_idx, int(item["index"]))
-            if key in self._rows:
-                continue
-            name = f"{dataloader_idx}-{item['index']}.png"
-            write_overlay_png(item["image"], item["masks"].numpy(), self._partial / "overlays" / name)
-            record = {k: v for k, v in item.items() if k != "masks"}
-            self._rows[key] = {**record, "overlay": f"overlays/{name}"}
-
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
-        rows = {key: row for part in gather_objects(self._rows) for key, row in part.items()}
-        trainer.strategy.barrier("pixellm_overlay_writer_end")
-        if trainer.is_global_zero:
-            overlays = self.output_dir / "overlays"
-            shutil.rmtree(overlays, ignore_errors=True)
-            os.replace(self._partial / "overlays", overlays)
-            write_json_lines(self.output_dir / "predictions.jsonl", (rows[key] for key in sorted(rows)))
-            shutil.rmtree(self._partial, ignore_errors=True)
-        self._rows = {}
+def _special_token_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """(begin, end, pad) ids: LLaMA's `<s>`, `</s>` and its pad (else `</s>`); a WordPiece tokenizer's [CLS] and
+    [SEP] (the demo's)."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return bos, eos, pad
