@@ -5,7 +5,7 @@ features come from the bottom-up-attention detector (Anderson et al. 2018: Faste
 trained on Visual Genome's 1,600 object classes). Both pipelines are built here from library parts with
 random weights (no download) and timed on the same 600x1000 image, followed by the same BERT-base and VQA head:
 
-* **SOHO**: ``build_soho("soho_r101")`` -- ResNet-101 to C5, 2x2 max-pool, 1x1 conv + BN, visual dictionary,
+* **SOHO**: ``SOHOSpec(preset="soho_r101").build(tokenizer)`` -- ResNet-101 to C5, 2x2 max-pool, 1x1 conv + BN, visual dictionary,
   2-D sine position, LN (~10x16 grid tokens) -> BERT-base over 16 text + grid tokens -> VQA head.
 * **Region pipeline** (torchvision parts, settings of bottom-up-attention's test config): ResNet-101 conv1-res4
   (stride 16) -> RPN (12 anchors, 6,000 pre-NMS, NMS 0.7, ``--proposals`` kept) -> RoIPool 14x14 -> res5
@@ -34,9 +34,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.ops import RoIPool, batched_nms, clip_boxes_to_image
 
-from vislang.singlestream.model import VisualTokens
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
-from vislang.soho.model import build_soho
+from vislang.singlestream.model import VisualTokens
+from vislang.soho.model import SOHOSpec
 
 H, W, TEXT, CLASSES = 600, 1000, 16, 1601  # 1,600 VG object classes + background
 
@@ -136,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     tok = load_tokenizer(SYNTHETIC_TOKENIZER_DIR)
-    soho = build_soho("soho_r101", tok, 3129).eval()
+    soho = SOHOSpec(preset="soho_r101").build(tok, 3129).eval()
     regions = RegionPipeline(args.proposals).eval()
     image = torch.randn(1, 3, H, W)
     ids = torch.randint(5, len(tok), (1, TEXT))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vislang.pixelbert.model import PixelBERTEmbedder, build_pixelbert, sample_pixels
+from vislang.pixelbert.model import PixelBERTEmbedder, PixelBERTSpec, sample_pixels
 from vislang.shared.cli import build_cli
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
 
@@ -79,7 +79,7 @@ def test_paper_presets_on_meta(preset, trunk):
 
     tok = load_tokenizer(SYNTHETIC_TOKENIZER_DIR)
     with torch.device("meta"):
-        model = build_pixelbert(preset, tok)
+        model = PixelBERTSpec(preset=preset).build(tok)
         if trunk is None:  # ResNeXt-152 32x8d: torchvision's ResNet with layers [3, 8, 36, 3], groups 32
             ref = ResNet(Bottleneck, [3, 8, 36, 3], groups=32, width_per_group=8)
             trunk = sum(p.numel() for p in ref.parameters()) - ref.fc.weight.numel() - ref.fc.bias.numel()
@@ -117,7 +117,7 @@ def test_clipbert_neck_is_clipberts_grid_encoder():
     clipbert = torch.nn.Sequential(
         torch.nn.Conv2d(128, 64, 3, padding=1, bias=False), torch.nn.MaxPool2d(2, 2), torch.nn.ReLU()
     )
-    model = build_pixelbert("tiny", load_tokenizer(SYNTHETIC_TOKENIZER_DIR), num_answers=4, neck="clipbert")
+    model = PixelBERTSpec(preset="tiny", neck="clipbert").build(load_tokenizer(SYNTHETIC_TOKENIZER_DIR), num_answers=4)
     state = {f"grid_encoder.{k}": v for k, v in clipbert.state_dict().items()}
     model.encoder.proj.load_state_dict({k.removeprefix("grid_encoder."): v for k, v in state.items()})
     c5 = torch.randn(2, 128, 8, 12)
@@ -145,10 +145,10 @@ def test_nlvr2_and_snli_ve_configs_train_and_score_on_their_layouts(task, tmp_pa
             "--trainer.logger=false",
             "--trainer.callbacks=[]",
             "--trainer.enable_checkpointing=false",
-            "--model.init_args.preset=tiny",
+            "--model.init_args.paper.init_args.preset=tiny",
             f"--model.init_args.tokenizer={SYNTHETIC_TOKENIZER_DIR}",
             "--model.init_args.init_weights=null",
-            "--model.init_args.neck=clipbert",
+            "--model.init_args.paper.init_args.neck=clipbert",
             f"--data.init_args.root={tmp_path / 'data'}",
             "--data.init_args.synthetic_images=20",
             "--data.init_args.image_size=64",

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vislang.singlestream.model import GridEncoder, SingleStreamModel, VisualEmbedder, build_cnn, vqa_loss
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer, tiny_bert_config
+from vislang.singlestream.model import GridEncoder, SingleStreamModel, VisualEmbedder, build_cnn, vqa_loss
 
 
 @pytest.fixture(scope="module")

@@ -29,17 +29,17 @@ def _batch() -> dict:
 
 def _one_step(precision_plugin: MixedPrecision | None, tmp_path) -> tuple[dict, dict, list[float]]:
     """One training step of a tiny Pixel-BERT from fixed weights; returns weights before/after and the clip norms."""
+    from vislang.pixelbert.model import PixelBERTSpec
     from vislang.pixelbert.module import PixelBERTModule
+    from vislang.singlestream.module import OptimiserRecipe
 
     torch.manual_seed(0)
     module = PixelBERTModule(
-        preset="tiny",
+        PixelBERTSpec(preset="tiny"),
         tokenizer=SYNTHETIC_TOKENIZER_DIR,
         num_answers=8,
-        grad_clip=CLIP,
-        warmup_steps=0,
-        cnn_weight_decay=0.0,
-        weight_decay=0.0,
+        max_text_len=40,
+        optimiser=OptimiserRecipe(grad_clip=CLIP, warmup_steps=0, cnn_weight_decay=0.0, weight_decay=0.0),
     )
     for m in module.modules():  # dropout off: fp16 and fp32 runs then differ only by rounding
         if isinstance(m, torch.nn.Dropout):

@@ -13,14 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import FAILURES_KEY, RobustDataset
 from vislang.shared.data.vl import CaptionedImage, EntailmentExample, VQAExample
 from vislang.singlestream.data import (
     CaptionPairDataset,
     EntailmentDataset,
     ImageTransform,
-    SingleStreamDataModule,
     VQADataset,
+    collate,
 )
 
 skdata = pytest.importorskip("skimage.data")
@@ -69,19 +70,15 @@ def _datasets(paths: list[Path]) -> dict[str, torch.utils.data.Dataset]:
 @pytest.mark.parametrize("broken", ["empty", "truncated"])
 def test_one_bad_photo_is_counted_once_per_split_and_never_stands_in(tmp_path: Path, broken: str) -> None:
     paths, bad = _photos(tmp_path / "images", broken)
-    dm = SingleStreamDataModule(
-        str(tmp_path),
-        task=None,
-        pretrain_epochs=1,
-        batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-        max_failure_fraction=0.2,
-    )
+    # the loaders SingleStreamDataModule builds: its train and evaluation loaders of batch 4, 20 % tolerated
+    options = {"collate": collate, "num_workers": 0, "max_failure_fraction": 0.2}
     torch.manual_seed(0)
     for task, dataset in _datasets(paths).items():
         for train in (True, False):
-            loader = dm._loader(dataset, train=train)
+            if train:
+                loader = train_loader(dataset, 4, None, persistent_workers=False, **options)
+            else:
+                loader = eval_loader(dataset, 4, **options)
             robust = loader.dataset
             assert isinstance(robust, RobustDataset) and robust.num_files == len(PHOTOS), task
             counted = delivered = 0

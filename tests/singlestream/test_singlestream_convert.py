@@ -13,6 +13,7 @@ from timm.models.resnet import ResNet as TimmResNet
 from transformers import BertForPreTraining
 
 from vislang.shared.checkpoint import load_into
+from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
 from vislang.singlestream.convert import cnn_state_to_trunk, load_cnn_weights, load_text_weights, text_state
 from vislang.singlestream.model import (
     GridEncoder,
@@ -22,7 +23,6 @@ from vislang.singlestream.model import (
     build_cnn,
     text_config,
 )
-from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
 
 LIBRARY_CNNS = {
     ("torchvision", "resnet50"): lambda: torchvision.models.resnet50(),

@@ -44,17 +44,17 @@ def _predict(paper: str, tmp_path: Path) -> object:
 def test_predict_writes_answers_and_rankings_and_a_rerun_replaces_them(paper: str, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lightning"])
     cli = _predict(paper, tmp_path)
-    datasets = cli.datamodule.datasets
+    held_out = cli.datamodule.held_out
     files = {task: tmp_path / "out" / f"{paper}_predictions_{task}.jsonl" for task in ("vqa", "retrieval")}
     first = {task: path.read_text().splitlines() for task, path in files.items()}
     vqa = [json.loads(line) for line in first["vqa"]]
-    assert len(vqa) == len(datasets["val/vqa"]) > 0
-    assert [row["question_id"] for row in vqa] == [e.question_id for e in datasets["val/vqa"].examples]
+    assert len(vqa) == len(held_out.vqa) > 0
+    assert [row["question_id"] for row in vqa] == [e.question_id for e in held_out.vqa.examples]
     assert all(row["answer"] == row["top5"][0][0] and row["answer"] in cli.model.answers for row in vqa)
     assert all(Path(row["image"]).is_file() for row in vqa)
     ranking = [json.loads(line) for line in first["retrieval"]]
-    assert len(ranking) == len(datasets["val/retrieval"]) > 0
-    texts = set(datasets["val/retrieval"].texts)
+    assert len(ranking) == len(held_out.retrieval) > 0
+    texts = set(held_out.retrieval.texts)
     for row in ranking:
         scores = [score for _, score in row["captions"]]
         assert len(row["captions"]) == 10 and scores == sorted(scores, reverse=True)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from vislang.shared.data.loaders import eval_loader
 from vislang.shared.data.robust import FAILURES_KEY, TooManyLoadFailures
-from vislang.singlestream.data import SingleStreamDataModule
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+from vislang.singlestream.data import SingleStreamDataModule, collate
 
 # the task heads are trained by their tasks, not by pre-training
 TASK_HEADS = ("model.vqa_head.", "model.nlvr2_head.", "model.snli_ve_head.")
@@ -63,20 +64,23 @@ def _fit_steps(module, tmp_path):
 
 
 def test_one_soho_pretraining_step_with_dictionary_mvm_mlm_itm(tmp_path):
+    from vislang.singlestream.module import OptimiserRecipe
+    from vislang.soho.model import SOHOSpec
     from vislang.soho.module import SOHOModule
 
     torch.manual_seed(0)
     # MVM with the official anchor (one position for the whole batch); every image masked at p = 1 so the
     # step has MVM targets (official 1.5 % per image would leave most batches without any)
     module = SOHOModule(
-        preset="tiny",
+        SOHOSpec(preset="tiny", mvm_anchor="batch", mvm_mask_prob=1.0),
         tokenizer=SYNTHETIC_TOKENIZER_DIR,
         num_answers=4,
-        mvm_anchor="batch",
-        mvm_mask_prob=1.0,
-        warmup_steps=0,
+        optimiser=OptimiserRecipe(warmup_steps=0),
     )
-    assert module.model.embedder.dictionary_downstream and module.hparams.mvm_anchor == "batch"
+    assert module.model.embedder.dictionary_downstream and module.paper.mvm_anchor == "batch"
+    # the hyper-parameters a checkpoint stores are plain data (read back with weights_only=True)
+    assert module.hparams["paper"]["init_args"]["mvm_anchor"] == "batch"
+    assert module.hparams["optimiser"]["warmup_steps"] == 0
     table = module.model.embedder.dictionary.embed.clone()
     losses, no_grad, not_moved = _fit_steps(module, tmp_path)
     assert {"loss_mlm", "loss_itm", "loss_mvm"} <= set(losses) and losses["mvm_masked"] > 0
@@ -87,11 +91,17 @@ def test_one_soho_pretraining_step_with_dictionary_mvm_mlm_itm(tmp_path):
 
 
 def test_one_pixelbert_pretraining_step(tmp_path):
+    from vislang.pixelbert.model import PixelBERTSpec
     from vislang.pixelbert.module import PixelBERTModule
+    from vislang.singlestream.module import OptimiserRecipe
 
     torch.manual_seed(0)
     module = PixelBERTModule(
-        preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4, num_samples=10, warmup_steps=0
+        PixelBERTSpec(preset="tiny", num_samples=10),
+        tokenizer=SYNTHETIC_TOKENIZER_DIR,
+        num_answers=4,
+        max_text_len=40,
+        optimiser=OptimiserRecipe(warmup_steps=0),
     )
     losses, no_grad, not_moved = _fit_steps(module, tmp_path)
     assert {"loss_mlm", "loss_itm"} <= set(losses) and all(losses[k] > 0 for k in ("loss_mlm", "loss_itm"))
@@ -133,16 +143,16 @@ def test_corrupt_jpeg_in_a_single_stream_dataset_is_skipped_and_counted(tmp_path
     )
     dm.prepare_data()
     dm.setup("fit")
-    dataset = dm.datasets["pretrain"]
+    dataset = dm.train_sets["pretrain"]
     bad = dataset.images[2].image_path
     bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG: header only
     captions = sum(1 for i, _ in dataset.pairs if dataset.images[i].image_path == bad)
-    loader = dm._loader(dataset, train=False)
+    loader = eval_loader(dataset, 8, collate=collate, num_workers=0, max_failure_fraction=0.5)
     batches = list(loader)
     # the image is one file behind several captions: counted once, never retried, each caption replaced
     assert captions > 1 and sum(b[FAILURES_KEY] for b in batches) == 1
     assert sum(len(b["text"]) for b in batches) == len(dataset)  # every item still delivered
     assert loader.dataset.failed_files() == {str(bad)}
-    dm.hparams.max_failure_fraction = 0.0  # none tolerated: the run stops and names the file
+    # none tolerated: the run stops and names the file
     with pytest.raises(TooManyLoadFailures, match=bad.name):
-        list(dm._loader(dataset, train=False))
+        list(eval_loader(dataset, 8, collate=collate, num_workers=0, max_failure_fraction=0.0))

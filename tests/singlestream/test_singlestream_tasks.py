@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from vislang.shared.data.vl import CaptionedImage
-from vislang.singlestream.data import ImageTransform, RetrievalRankDataset, SingleStreamDataModule
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+from vislang.singlestream.data import ImageTransform, RetrievalRankDataset, SingleStreamDataModule
 
 
 def test_phases_run_pretraining_then_each_task_in_turn(tmp_path):
@@ -58,10 +58,13 @@ def test_retrieval_items_put_an_own_caption_first_and_other_images_captions_afte
 
 @pytest.fixture(scope="module")
 def tiny_module():
+    from vislang.pixelbert.model import PixelBERTSpec
     from vislang.pixelbert.module import PixelBERTModule
 
     torch.manual_seed(0)
-    return PixelBERTModule(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=8).eval()
+    return PixelBERTModule(
+        PixelBERTSpec(preset="tiny"), tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=8, max_text_len=40
+    ).eval()
 
 
 def test_pair_scores_equal_the_retrieval_evaluation_scores(tiny_module):

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from timm.models.resnet import BasicBlock, ResNet
 from transformers import BertConfig, BertModel
 
-from vislang.singlestream.model import GridEncoder, SingleStreamModel
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+from vislang.singlestream.model import GridEncoder, SingleStreamModel
 from vislang.soho.convert import load_official
 from vislang.soho.model import SOHOEmbedder, VisualDictionary
 
@@ -100,12 +100,14 @@ def test_official_import_names_what_is_missing(tmp_path):
 
 @pytest.mark.parametrize("package", ["soho", "pixelbert"])
 def test_modules_start_from_cnn_and_text_weights(package, tmp_path):
+    from vislang.pixelbert.model import PixelBERTSpec
     from vislang.pixelbert.module import PixelBERTModule
+    from vislang.soho.model import SOHOSpec
     from vislang.soho.module import SOHOModule
 
-    cls = SOHOModule if package == "soho" else PixelBERTModule
+    cls, spec = (SOHOModule, SOHOSpec) if package == "soho" else (PixelBERTModule, PixelBERTSpec)
     torch.manual_seed(0)
-    donor = cls(preset="tiny", tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4)
+    donor = cls(spec(preset="tiny"), tokenizer=SYNTHETIC_TOKENIZER_DIR, num_answers=4)
     # the tiny CNN is a timm ResNet: its state dict is in the timm layout; BERT's in the Hugging Face layout
     cnn = {k: torch.randn(v.shape) for k, v in _timm_names(donor.model.encoder.trunk.state_dict()).items()}
     save_file(cnn, str(tmp_path / "cnn.safetensors"))
@@ -113,7 +115,7 @@ def test_modules_start_from_cnn_and_text_weights(package, tmp_path):
     text["cls.seq_relationship.weight"] = torch.randn(2, 64)
     save_file(text, str(tmp_path / "bert.safetensors"))
     module = cls(
-        preset="tiny",
+        spec(preset="tiny"),
         tokenizer=SYNTHETIC_TOKENIZER_DIR,
         num_answers=4,
         cnn_weights=str(tmp_path / "cnn.safetensors"),

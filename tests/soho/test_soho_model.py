@@ -3,7 +3,7 @@
 import torch
 
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR, load_tokenizer
-from vislang.soho.model import SOHOEmbedder, VisualDictionary, build_soho
+from vislang.soho.model import SOHOEmbedder, SOHOSpec, VisualDictionary
 
 RESNET101_TRUNK = 44_549_160 - 2_049_000  # torchvision resnet101 minus its fc
 
@@ -11,7 +11,7 @@ RESNET101_TRUNK = 44_549_160 - 2_049_000  # torchvision resnet101 minus its fc
 def test_paper_preset_sizes_on_meta():
     tok = load_tokenizer(SYNTHETIC_TOKENIZER_DIR)
     with torch.device("meta"):
-        model = build_soho("soho_r101", tok)
+        model = SOHOSpec(preset="soho_r101").build(tok)
     trunk = sum(p.numel() for p in model.encoder.trunk.parameters())
     bert = sum(p.numel() for p in model.bert.encoder.parameters())
     assert trunk == RESNET101_TRUNK

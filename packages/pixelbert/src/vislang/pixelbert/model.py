@@ -13,7 +13,7 @@ VQA / NLVR2 / SNLI-VE heads) is ``vislang.singlestream.model``; this file adds w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,13 +21,14 @@ from torch import Tensor, nn
 from vislang.singlestream.model import (
     GridEncoder,
     SingleStreamModel,
+    SingleStreamPaper,
     VisualEmbedder,
     VisualTokens,
     build_cnn,
     text_config,
 )
 
-__all__ = ["PRESETS", "PixelBERTEmbedder", "PixelBERTPreset", "build_pixelbert", "sample_pixels"]
+__all__ = ["PRESETS", "PixelBERTEmbedder", "PixelBERTPreset", "PixelBERTSpec", "sample_pixels"]
 
 
 def sample_pixels(valid: Tensor, num_samples: int, per: Literal["image", "batch"] = "image") -> Tensor:
@@ -112,27 +113,37 @@ PRESETS: dict[str, PixelBERTPreset] = {
 }
 
 
-def build_pixelbert(
-    preset: str,
-    tokenizer: object,
-    num_answers: int = 3129,
-    num_samples: int = 100,
-    sample_per: Literal["image", "batch"] = "image",
-    position_2d: bool = False,
-    neck: Literal["soho", "clipbert"] = "soho",
-    neck_relu: bool = True,
-) -> SingleStreamModel:
-    """Pixel-BERT of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it).
+@dataclass(frozen=True)
+class PixelBERTSpec(SingleStreamPaper):
+    """Pixel-BERT's part of the single-stream model (``paper:`` of ``PixelBERTModule``): the preset, the pixel
+    embedding and Random Pixel Sampling.
 
-    ``neck``: ``soho`` (2x2 max-pool, 1x1 conv + BN, as the shared core; ``neck_relu`` adds a ReLU, on by
-    default here: Pixel-BERT has no official code, and its demo learns retrieval with it -- text->image R@1
-    4.0 without, below the 5x-chance bar) or ``clipbert`` (ClipBERT's grid encoder: 3x3 conv, 2x2 max-pool,
-    ReLU); with ``position_2d=True`` the visual side is ClipBERT's.
+    Args:
+        preset: ``pixelbert_r50``, ``pixelbert_x152`` (paper) or ``tiny`` (demos/tests).
+        num_samples: Random Pixel Sampling size in pre-training (100); 0 = off.
+        sample_per: ``image`` or ``batch`` (ClipBERT's shared indices).
+        position_2d: Learned row/column embeddings on pixels (ClipBERT-style code, not the paper).
+        neck: ``soho`` (2x2 max-pool, 1x1 conv + BN, as the shared core) or ``clipbert`` (ClipBERT's grid
+            encoder: 3x3 conv, 2x2 max-pool, ReLU); with ``position_2d=True`` the visual side is ClipBERT's.
+        neck_relu: ReLU after the ``soho`` neck's BN, on by default here: Pixel-BERT has no official code, and
+            its demo learns retrieval with it (text->image R@1 4.0 without, below the 5x-chance bar).
+        mlm_on_negatives: Also train MLM on ITM-negative captions (Pixel-BERT, as UNITER / ViLT: False).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown Pixel-BERT preset {preset!r}; choose from {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    config = text_config(tokenizer, p.layers, p.hidden, p.heads)
-    embedder = PixelBERTEmbedder(p.hidden, num_samples, sample_per, position_2d)
-    encoder = GridEncoder(build_cnn(p.cnn), p.hidden, neck_relu=neck_relu, neck_type=neck)
-    return SingleStreamModel(encoder, embedder, config, num_answers)
+
+    preset: Literal["pixelbert_r50", "pixelbert_x152", "tiny"] = "pixelbert_r50"
+    num_samples: int = 100
+    sample_per: Literal["image", "batch"] = "image"
+    position_2d: bool = False
+    neck: Literal["soho", "clipbert"] = "soho"
+    neck_relu: bool = True
+    mlm_on_negatives: bool = False
+
+    def build(self, tokenizer: Any, num_answers: int = 3129) -> SingleStreamModel:
+        """Pixel-BERT of the preset with the tokenizer's vocabulary (under ``torch.device("meta")`` to size it)."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown Pixel-BERT preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        p = PRESETS[self.preset]
+        config = text_config(tokenizer, p.layers, p.hidden, p.heads)
+        embedder = PixelBERTEmbedder(p.hidden, self.num_samples, self.sample_per, self.position_2d)
+        encoder = GridEncoder(build_cnn(p.cnn), p.hidden, neck_relu=self.neck_relu, neck_type=self.neck)
+        return SingleStreamModel(encoder, embedder, config, num_answers)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -30,8 +31,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from vislang.shared.data.images import load_image
 from vislang.shared.data.loaders import eval_loader, train_loader
-from vislang.shared.data.robust import SampleLoadError
 from vislang.shared.data.vl import (
     SNLI_VE_LABELS,
     CaptionedImage,
@@ -52,14 +53,18 @@ __all__ = [
     "IMAGE_STD",
     "CaptionPairDataset",
     "EntailmentDataset",
+    "HeldOut",
     "ImageTransform",
     "NLVR2Dataset",
+    "Phase",
     "RetrievalImageDataset",
     "RetrievalRankDataset",
+    "SingleStreamData",
     "SingleStreamDataModule",
+    "Task",
     "VQADataset",
     "collate",
-    "load_image",
+    "pad_images",
 ]
 
 IMAGE_MEAN = (123.675, 116.28, 103.53)
@@ -67,16 +72,11 @@ IMAGE_STD = (58.395, 57.12, 57.375)
 """SOHO's (mmdet's) RGB normalisation, on 0-255 pixel values."""
 
 Task = Literal["vqa", "retrieval", "nlvr2", "snli_ve"]
-TASKS: tuple[str, ...] = get_args(Task)
-
-
-def load_image(path: Path) -> Image.Image:
-    """An RGB PIL image; a missing or broken file raises ``SampleLoadError`` (skipped and counted)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise SampleLoadError(str(path), str(error)) from None
+"""A downstream task; every batch names its own (``batch["task"]``)."""
+TASKS: tuple[Task, ...] = get_args(Task)
+Phase = Literal["pretrain", "vqa", "retrieval", "nlvr2", "snli_ve"]
+"""What an epoch trains: pre-training (MLM + ITM [+ the paper's extras]) or one task."""
+PretrainSource = Literal["coco", "vg", "flickr30k"]
 
 
 class ImageTransform:
@@ -100,7 +100,7 @@ class ImageTransform:
         return TF.normalize(x, list(IMAGE_MEAN), list(IMAGE_STD))
 
 
-def _pad_images(images: list[Tensor], divisor: int = 32) -> tuple[Tensor, Tensor]:
+def pad_images(images: list[Tensor], divisor: int = 32) -> tuple[Tensor, Tensor]:
     """Pad to a common size divisible by ``divisor`` (bottom/right); returns (images, pixel mask)."""
     h = math.ceil(max(x.shape[1] for x in images) / divisor) * divisor
     w = math.ceil(max(x.shape[2] for x in images) / divisor) * divisor
@@ -118,7 +118,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for key in samples[0]:
         values = [s[key] for s in samples]
         if key.startswith("image") and isinstance(values[0], Tensor):
-            batch[key], batch[key.replace("image", "pixel_mask", 1)] = _pad_images(values)
+            batch[key], batch[key.replace("image", "pixel_mask", 1)] = pad_images(values)
         elif isinstance(values[0], Tensor):
             batch[key] = torch.stack(values)
         elif isinstance(values[0], (bool, int, float)) and not isinstance(values[0], str):
@@ -315,6 +315,59 @@ _LAYOUT = {
 }
 
 
+@dataclass
+class HeldOut:
+    """The evaluation split of each task, as ``SingleStreamDataModule.setup`` built them (None: not evaluated).
+
+    Attributes:
+        vqa: VQA v2 questions scored with the official metric.
+        nlvr2: NLVR2 dev statements.
+        snli_ve: SNLI-VE dev pairs.
+        retrieval: The retrieval split's images; its ``texts`` are scored against each image.
+        vqa_train: The VQA training questions the majority and question-type priors are counted on.
+    """
+
+    vqa: VQADataset | None = None
+    nlvr2: NLVR2Dataset | None = None
+    snli_ve: EntailmentDataset | None = None
+    retrieval: RetrievalImageDataset | None = None
+    vqa_train: list[VQAExample] = field(default_factory=list)
+
+    def splits(self) -> dict[Task, Dataset]:
+        """The splits present, in validation-loader order."""
+        ordered = (("vqa", self.vqa), ("nlvr2", self.nlvr2), ("snli_ve", self.snli_ve), ("retrieval", self.retrieval))
+        return {task: dataset for task, dataset in ordered if dataset is not None}
+
+    def item_images(self, task: Task, index: int) -> dict[str, str]:
+        """The image file(s) of evaluation item ``index`` of ``task`` (for the prediction rows)."""
+        if task == "retrieval" and self.retrieval is not None:
+            return {"image": str(self.retrieval.images[index].image_path)}
+        if task == "nlvr2" and self.nlvr2 is not None:
+            example = self.nlvr2.examples[index]
+            return {"image_left": str(example.left_image), "image_right": str(example.right_image)}
+        dataset = self.vqa if task == "vqa" else self.snli_ve if task == "snli_ve" else None
+        return {"image": str(dataset.examples[index].image_path)} if dataset is not None else {}
+
+
+@runtime_checkable
+class SingleStreamData(Protocol):
+    """What ``SingleStreamModule`` reads from its data module, after ``setup``; nothing else.
+
+    Attributes:
+        tasks: The downstream tasks, in training order.
+        answers: The VQA answer vocabulary (label -> answer); empty without VQA.
+        held_out: The evaluation splits.
+    """
+
+    tasks: list[Task]
+    answers: list[str]
+    held_out: HeldOut
+
+    def phase(self, epoch: int) -> Phase:
+        """What epoch ``epoch`` trains."""
+        ...
+
+
 class SingleStreamDataModule(LightningDataModule):
     """Pre-training (MLM + ITM on captions) followed by downstream tasks, for SOHO and Pixel-BERT.
 
@@ -357,7 +410,7 @@ class SingleStreamDataModule(LightningDataModule):
     def __init__(
         self,
         root: str,
-        pretrain_sources: list[str] | None = None,
+        pretrain_sources: list[PretrainSource] | None = None,
         pretrain_epochs: int = 0,
         task: Task | list[Task] | None = "vqa",
         task_epochs: list[int] | None = None,
@@ -390,7 +443,7 @@ class SingleStreamDataModule(LightningDataModule):
             raise ValueError(f"pretrain_sources: unknown {sorted(unknown)}; choose from coco, vg, flickr30k")
         if pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be >= 0, got {pretrain_epochs}")
-        self.tasks: list[str] = [] if task is None else [task] if isinstance(task, str) else list(task)
+        self.tasks: list[Task] = [] if task is None else [task] if isinstance(task, str) else list(task)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"task: {self.tasks} must name distinct tasks from {list(TASKS)}")
@@ -405,10 +458,11 @@ class SingleStreamDataModule(LightningDataModule):
         self.pretrain_epochs = pretrain_epochs
         self.vqa_train = list(vqa_train) if vqa_train is not None else ["train2014"]
         self.answers: list[str] = []
-        self.datasets: dict[str, Dataset] = {}
+        self.train_sets: dict[Phase, Dataset] = {}
+        self.held_out = HeldOut()
 
     # -- phases ------------------------------------------------------------------------------------------
-    def phase(self, epoch: int) -> str:
+    def phase(self, epoch: int) -> Phase:
         """What epoch ``epoch`` trains: ``pretrain`` (always, without a task), then each task in turn."""
         if epoch < self.pretrain_epochs or not self.tasks:
             return "pretrain"
@@ -486,75 +540,59 @@ class SingleStreamDataModule(LightningDataModule):
         return read_vqa_v2(questions, annotations, images)
 
     def setup(self, stage: str) -> None:
+        """Build the training set of every phase (``train_sets``) and the evaluation splits (``held_out``)."""
         h = self.hparams
         if self.pretrain_epochs:
-            captioned: list[CaptionedImage] = []
-            for source in self.pretrain_sources:
-                if source == "vg":
-                    captioned += read_vg_regions(
-                        self.root / "vg" / "region_descriptions.json", self.root / "vg" / "VG_100K"
-                    )
-                else:
-                    captioned += self._karpathy(source, ["train", "restval"])
-            self.datasets["pretrain"] = CaptionPairDataset(captioned, self._transform(False), h.itm_negative_prob)
+            self.train_sets["pretrain"] = self._pretrain_set()
         if "vqa" in self.tasks:
-            train = [ex for sub in self.vqa_train for ex in self._vqa(sub)]
-            annotations = [{"multiple_choice_answer": ex.multiple_choice_answer or ""} for ex in train]
-            self.answers = build_answer_vocab(annotations, h.vqa_min_answer_count)
-            if not self.answers:
-                raise ValueError(f"no answer is seen >= {h.vqa_min_answer_count} times in {self.vqa_train}")
-            vocab = set(self.answers)
-            # ViLT/bottom-up: training questions without any in-vocabulary answer are dropped.
-            train = [ex for ex in train if any(a in vocab for a in ex.answers)]
-            self.datasets["vqa"] = VQADataset(train, self._transform(True), self.answers)
-            self.datasets["val/vqa"] = VQADataset(self._vqa(h.vqa_eval), self._transform(False), self.answers)
+            self._setup_vqa()
         if "retrieval" in self.tasks:
             images = self._karpathy(h.retrieval_dataset, ["train", "restval"])
-            self.datasets["retrieval"] = RetrievalRankDataset(images, self._transform(True), h.retrieval_negatives)
+            self.train_sets["retrieval"] = RetrievalRankDataset(images, self._transform(True), h.retrieval_negatives)
         if "nlvr2" in self.tasks:
             nlvr = self.root / "nlvr2"
-            self.datasets["nlvr2"] = NLVR2Dataset(
-                read_nlvr2(nlvr / "train.json", nlvr / "images" / "train"), self._transform(True)
-            )
-            self.datasets["val/nlvr2"] = NLVR2Dataset(
-                read_nlvr2(nlvr / "dev.json", nlvr / "images" / "dev"), self._transform(False)
-            )
+            read = {s: read_nlvr2(nlvr / f"{s}.json", nlvr / "images" / s) for s in ("train", "dev")}
+            self.train_sets["nlvr2"] = NLVR2Dataset(read["train"], self._transform(True))
+            self.held_out.nlvr2 = NLVR2Dataset(read["dev"], self._transform(False))
         if "snli_ve" in self.tasks:
             ve = self.root / "snli_ve"
-            images = ve / "flickr30k_images"
-            self.datasets["snli_ve"] = EntailmentDataset(
-                read_snli_ve(ve / "snli_ve_train.jsonl", images), self._transform(True)
-            )
-            self.datasets["val/snli_ve"] = EntailmentDataset(
-                read_snli_ve(ve / "snli_ve_dev.jsonl", images), self._transform(False)
-            )
+            read = {s: read_snli_ve(ve / f"snli_ve_{s}.jsonl", ve / "flickr30k_images") for s in ("train", "dev")}
+            self.train_sets["snli_ve"] = EntailmentDataset(read["train"], self._transform(True))
+            self.held_out.snli_ve = EntailmentDataset(read["dev"], self._transform(False))
         if "retrieval" in self.tasks or h.eval_retrieval:
             images = self._karpathy(h.retrieval_dataset, [h.retrieval_split])[: h.retrieval_max_images]
-            self.datasets["val/retrieval"] = RetrievalImageDataset(images, self._transform(False))
+            self.held_out.retrieval = RetrievalImageDataset(images, self._transform(False))
+
+    def _pretrain_set(self) -> CaptionPairDataset:
+        """Image-caption pairs of every pre-training source (Karpathy train + restval; VG regions)."""
+        captioned: list[CaptionedImage] = []
+        for source in self.pretrain_sources:
+            if source == "vg":
+                captioned += read_vg_regions(
+                    self.root / "vg" / "region_descriptions.json", self.root / "vg" / "VG_100K"
+                )
+            else:
+                captioned += self._karpathy(source, ["train", "restval"])
+        return CaptionPairDataset(captioned, self._transform(False), self.hparams.itm_negative_prob)
+
+    def _setup_vqa(self) -> None:
+        """The answer vocabulary from the training questions, then the training and evaluation sets."""
+        h = self.hparams
+        train = [ex for sub in self.vqa_train for ex in self._vqa(sub)]
+        annotations = [{"multiple_choice_answer": ex.multiple_choice_answer or ""} for ex in train]
+        self.answers = build_answer_vocab(annotations, h.vqa_min_answer_count)
+        if not self.answers:
+            raise ValueError(f"no answer is seen >= {h.vqa_min_answer_count} times in {self.vqa_train}")
+        vocab = set(self.answers)
+        # ViLT/bottom-up: training questions without any in-vocabulary answer are dropped.
+        train = [ex for ex in train if any(a in vocab for a in ex.answers)]
+        self.train_sets["vqa"] = VQADataset(train, self._transform(True), self.answers)
+        self.held_out.vqa = VQADataset(self._vqa(h.vqa_eval), self._transform(False), self.answers)
+        self.held_out.vqa_train = train
 
     # -- loaders -----------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        h = self.hparams
-        if train:
-            return train_loader(
-                dataset,
-                h.batch_size,
-                self.trainer,
-                collate=collate,
-                num_workers=h.num_workers,
-                max_failure_fraction=h.max_failure_fraction,
-                persistent_workers=False,
-            )
-        return eval_loader(
-            dataset,
-            h.eval_batch_size,
-            collate=collate,
-            num_workers=h.num_workers,
-            max_failure_fraction=h.max_failure_fraction,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
+        h, trainer = self.hparams, self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         phases = int(self.pretrain_epochs > 0) + len(self.tasks)
         if phases > 1 and trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1:
@@ -562,16 +600,30 @@ class SingleStreamDataModule(LightningDataModule):
                 "more than one training phase (pre-training, tasks) in one run needs "
                 "trainer.reload_dataloaders_every_n_epochs=1"
             )
-        return self._loader(self.datasets[self.phase(epoch)], train=True)
+        return train_loader(
+            self.train_sets[self.phase(epoch)],
+            h.batch_size,
+            trainer,
+            collate=collate,
+            num_workers=h.num_workers,
+            max_failure_fraction=h.max_failure_fraction,
+            persistent_workers=False,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.datasets[k], train=False) for k in self.val_tasks]
+        """One loader per evaluation split (``held_out.splits()`` order)."""
+        h = self.hparams
+        return [
+            eval_loader(
+                dataset,
+                h.eval_batch_size,
+                collate=collate,
+                num_workers=h.num_workers,
+                max_failure_fraction=h.max_failure_fraction,
+            )
+            for dataset in self.held_out.splits().values()
+        ]
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """``lightning predict`` runs on the evaluation splits (``val_tasks``), every item once."""
+        """``lightning predict`` runs on the evaluation splits, every item once."""
         return self.val_dataloader()
-
-    @property
-    def val_tasks(self) -> list[str]:
-        """Keys of the validation datasets, in loader order."""
-        return [k for k in ("val/vqa", "val/nlvr2", "val/snli_ve", "val/retrieval") if k in self.datasets]

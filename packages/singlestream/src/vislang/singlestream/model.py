@@ -36,6 +36,7 @@ __all__ = [
     "NLVR2Head",
     "SNLIVEHead",
     "SingleStreamModel",
+    "SingleStreamPaper",
     "VQAHead",
     "VisualEmbedder",
     "VisualTokens",
@@ -289,6 +290,28 @@ class SingleStreamModel(nn.Module):
         grid, valid = self.encode_image(images, pixel_mask)
         visual = self.embed_visual(grid, valid, pretraining)
         return self.fuse(input_ids, text_mask, visual), visual
+
+
+class SingleStreamPaper:
+    """What a paper adds to the single-stream core, as one typed ``SingleStreamModule`` argument (``paper:``).
+
+    A paper package subclasses it with a dataclass of its preset and visual-embedding switches
+    (``vislang.soho.model.SOHOSpec``, ``vislang.pixelbert.model.PixelBERTSpec``) and implements ``build``.
+
+    Attributes:
+        mlm_on_negatives: Also train MLM on ITM-negative captions (official SOHO code: True; Pixel-BERT,
+            UNITER, ViLT: False).
+    """
+
+    mlm_on_negatives: bool = True
+
+    def build(self, tokenizer: Any, num_answers: int) -> SingleStreamModel:
+        """The paper's model of its preset with the tokenizer's vocabulary and a VQA head of ``num_answers``."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a model")
+
+    def load_official(self, model: SingleStreamModel) -> None:
+        """Load the paper's released weights into ``model`` when the spec names a file (SOHO:
+        ``official_weights``); after the ImageNet / BERT starts, before ``init_weights``. Default: none."""
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ list says otherwise; each deviation is a switch (see the package README).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -29,13 +29,14 @@ from vislang.shared.losses import IGNORE_INDEX
 from vislang.singlestream.model import (
     GridEncoder,
     SingleStreamModel,
+    SingleStreamPaper,
     VisualEmbedder,
     VisualTokens,
     build_cnn,
     text_config,
 )
 
-__all__ = ["PRESETS", "SOHOEmbedder", "SOHOPreset", "VisualDictionary", "build_soho", "mvm_logits"]
+__all__ = ["PRESETS", "SOHOEmbedder", "SOHOPreset", "SOHOSpec", "VisualDictionary", "mvm_logits"]
 
 
 class VisualDictionary(nn.Module):
@@ -303,50 +304,86 @@ PRESETS: dict[str, SOHOPreset] = {
 }
 
 
-def build_soho(
-    preset: str,
-    tokenizer: object,
-    num_answers: int = 3129,
-    vd_decay: float = 0.4,
-    vd_decay_ramp: bool = False,
-    vd_max_decay: float = 0.99,
-    vd_restart_dead: bool = False,
-    visual_input: Literal["gate", "sum", "quantized"] = "gate",
-    dictionary_downstream: bool = True,
-    mvm_mask_prob: float = 0.015,
-    mvm_anchor: Literal["batch", "image"] = "batch",
-    vd_quantize_from: Literal["updated", "lookup"] = "updated",
-    vd_statistics: Literal["valid", "all"] = "valid",
-    gate_norm: bool = True,
-    neck_relu: bool = False,
-    valid_mask: Literal["covered", "official"] = "covered",
-) -> SingleStreamModel:
-    """SOHO of a named preset with the tokenizer's vocabulary (use ``torch.device("meta")`` to size it).
+@dataclass(frozen=True)
+class SOHOSpec(SingleStreamPaper):
+    """SOHO's part of the single-stream model (``paper:`` of ``SOHOModule``): the preset, the visual dictionary,
+    masked visual modelling and their switches (the package README's table says which one is official).
 
-    The switches are those of ``VisualDictionary``, ``SOHOEmbedder`` and ``GridEncoder`` (README table).
+    Args:
+        preset: ``soho_r101`` (paper: ResNet-101 + BERT-base), ``soho_r18`` (official release: ResNet-18 +
+            3 layers), ``tiny`` (demos/tests).
+        vd_decay: Visual-dictionary EMA momentum (official config 0.4).
+        vd_decay_ramp: Ramp the momentum as min(vd_decay * t, vd_max_decay) (defined, never called officially).
+        vd_max_decay: End of the ramp.
+        vd_restart_dead: Re-seed unused codes from batch features (not official; see the README).
+        visual_input: ``gate`` (official), ``sum`` or ``quantized`` (paper's f(v) alone).
+        dictionary_downstream: Keep the VD in fine-tuning (official VQA neck: False).
+        mvm_mask_prob: Per-image probability of masking a visual word (official 0.015).
+        mvm_anchor: ``batch`` (official: one anchor position per batch) or ``image``.
+        mvm_temperature: Temperature of MVM's cosine logits (official: none = 1.0).
+        mvm_weight: Weight of the MVM loss in the sum (official 1).
+        vd_quantize_from: ``updated`` (official: training output reads the table after the momentum update)
+            or ``lookup``.
+        vd_statistics: ``valid`` (padding cells do not update the VD) or ``all`` (official).
+        gate_norm: The gate's scores pass a BatchNorm (official ``gate_fc``); False = Linear with bias.
+        neck_relu: ReLU after the neck's 1x1 conv + BN (not official).
+        valid_mask: ``covered`` or ``official`` (height used as width; a bug, kept for parity).
+        mlm_on_negatives: Also train MLM on ITM-negative captions (official SOHO code: True).
+        official_weights: A checkpoint of the official SOHO code (``researchmm/soho`` release, preset
+            ``soho_r18``) to start from (``vislang.soho.convert``); applied before ``init_weights``.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown SOHO preset {preset!r}; choose from {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    config = text_config(tokenizer, p.layers, p.hidden, p.heads)
-    dictionary = VisualDictionary(
-        p.num_tokens,
-        p.hidden,
-        vd_decay,
-        vd_decay_ramp,
-        vd_max_decay,
-        quantize_from=vd_quantize_from,
-        restart_dead=vd_restart_dead,
-    )
-    embedder = SOHOEmbedder(
-        p.hidden,
-        dictionary,
-        visual_input,
-        dictionary_downstream,
-        mvm_mask_prob,
-        mvm_anchor,
-        gate_norm=gate_norm,
-        vd_statistics=vd_statistics,
-    )
-    encoder = GridEncoder(build_cnn(p.cnn), p.hidden, p.frozen_stages, neck_relu=neck_relu, valid_mask=valid_mask)
-    return SingleStreamModel(encoder, embedder, config, num_answers)
+
+    preset: Literal["soho_r101", "soho_r18", "tiny"] = "soho_r101"
+    vd_decay: float = 0.4
+    vd_decay_ramp: bool = False
+    vd_max_decay: float = 0.99
+    vd_restart_dead: bool = False
+    visual_input: Literal["gate", "sum", "quantized"] = "gate"
+    dictionary_downstream: bool = True
+    mvm_mask_prob: float = 0.015
+    mvm_anchor: Literal["batch", "image"] = "batch"
+    mvm_temperature: float = 1.0
+    mvm_weight: float = 1.0
+    vd_quantize_from: Literal["updated", "lookup"] = "updated"
+    vd_statistics: Literal["valid", "all"] = "valid"
+    gate_norm: bool = True
+    neck_relu: bool = False
+    valid_mask: Literal["covered", "official"] = "covered"
+    mlm_on_negatives: bool = True
+    official_weights: str | None = None
+
+    def build(self, tokenizer: Any, num_answers: int = 3129) -> SingleStreamModel:
+        """SOHO of the preset with the tokenizer's vocabulary (under ``torch.device("meta")`` to size it)."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown SOHO preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        p = PRESETS[self.preset]
+        config = text_config(tokenizer, p.layers, p.hidden, p.heads)
+        dictionary = VisualDictionary(
+            p.num_tokens,
+            p.hidden,
+            self.vd_decay,
+            self.vd_decay_ramp,
+            self.vd_max_decay,
+            quantize_from=self.vd_quantize_from,
+            restart_dead=self.vd_restart_dead,
+        )
+        embedder = SOHOEmbedder(
+            p.hidden,
+            dictionary,
+            self.visual_input,
+            self.dictionary_downstream,
+            self.mvm_mask_prob,
+            self.mvm_anchor,
+            gate_norm=self.gate_norm,
+            vd_statistics=self.vd_statistics,
+        )
+        cnn = build_cnn(p.cnn)
+        encoder = GridEncoder(cnn, p.hidden, p.frozen_stages, neck_relu=self.neck_relu, valid_mask=self.valid_mask)
+        return SingleStreamModel(encoder, embedder, config, num_answers)
+
+    def load_official(self, model: SingleStreamModel) -> None:
+        """``official_weights`` (an official SOHO checkpoint), when given."""
+        if self.official_weights:
+            from vislang.soho.convert import load_official
+
+            load_official(model, self.official_weights)
