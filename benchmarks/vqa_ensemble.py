@@ -1,6 +1,6 @@
 """What the VQA entry pays for its features, measured in one run on this machine.
 
-1. Extraction per image with the *trained* demo detector (the checkpoint ``python -m vislang.vqa_ensemble.demo``
+1. Extraction per image with the *trained* demo detector (the checkpoint ``python packages/vqa_ensemble/scripts/demo.py``
    wrote): wall time per image of region features (bottom-up rule) and full-resolution grid features, on the
    demo's own images, with the demo's settings.
 2. Extraction per image for the full-size presets at 600 x 1000 px (the entry's ResNeXt-152 / -101 FPN
@@ -81,7 +81,9 @@ def demo_extraction(demo: Path, count: int) -> dict[str, float]:
     """Seconds per image of the trained demo detector's region and grid extraction on the demo's val images."""
     ckpt = demo / "detector" / "demo" / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise SystemExit(f"{ckpt}: no trained demo detector; run `python -m vislang.vqa_ensemble.demo --out {demo}`")
+        raise SystemExit(
+            f"{ckpt}: no trained demo detector; run `python packages/vqa_ensemble/scripts/demo.py --out {demo}`"
+        )
     detector, _ = load_detector(ckpt)
     detector.transform.min_size = (max(detector.transform.min_size),)  # as extract.py: the largest training scale
     images = [load_rgb(p) for _, p in image_files(demo / "vqa2" / "val2014")[:count]]

@@ -15,9 +15,9 @@ from vislang.shared.cli import build_cli
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
 from vislang.shared.metrics.vqa import build_answer_vocab, read_vqa_results
 from vislang.shared.text import SYNTHETIC_TOKENIZER_DIR
+from vislang.vqa_ensemble.checks import LeakError
 from vislang.vqa_ensemble.ensemble import PRIORS
 from vislang.vqa_ensemble.features import FeatureStoreMismatchError
-from vislang.vqa_ensemble.module import LeakError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "configs"
 

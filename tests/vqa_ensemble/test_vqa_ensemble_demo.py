@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from vislang.vqa_ensemble import demo
+DRIVER = Path(__file__).resolve().parents[2] / "packages" / "vqa_ensemble" / "scripts" / "demo.py"
+_spec = importlib.util.spec_from_file_location("vqa_ensemble_demo_driver", DRIVER)
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(
+    demo
+)  # the driver is a script beside the package (`make demo-vqa_ensemble`), not a module in it
+
+
+def test_demo_driver_finds_its_configs() -> None:
+    for name in ("demo_detector.yaml", "demo.yaml", "demo_ensemble.yaml"):
+        assert (demo.CONFIGS / name).is_file()
 
 
 @pytest.mark.slow

@@ -26,10 +26,11 @@ import torch
 from vislang.app.checkpoints import checkpoint_hparams, resolve_relative
 from vislang.app.inputs import CheckedImage, check_question
 from vislang.shared.text import load_tokenizer
+from vislang.vqa_ensemble.checks import FEATURE_IDENTITY
 from vislang.vqa_ensemble.ensemble import combine
 from vislang.vqa_ensemble.extract import build_extractor
 from vislang.vqa_ensemble.extract import parser as extract_parser
-from vislang.vqa_ensemble.module import FEATURE_IDENTITY, VQAModule, load_member
+from vislang.vqa_ensemble.module import VQAModule, load_member
 
 __all__ = ["VQAAnswer", "VQAPredictor"]
 

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, cat
 
+from vislang.shared.checkpoint import load_checkpoint
+
 __all__ = [
     "BOTTOM_UP_CAFFE_R101",
     "GRID_FEATS",
@@ -316,7 +318,7 @@ def import_detector(layout: str, source: str | Path, out: str | Path) -> Path:
         with open(source, "rb") as f:
             checkpoint = pickle.load(f, encoding="latin1")  # noqa: S301 (the user's own download)
     else:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(source)
     state = convert(checkpoint)
     with torch.device("meta"):
         detector = build_detector(**args)

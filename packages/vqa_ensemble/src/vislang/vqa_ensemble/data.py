@@ -20,16 +20,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vislang.shared.data.images import as_rgb_array
+from vislang.shared.data.images import load_image
 from vislang.shared.data.loaders import eval_loader, train_loader
 from vislang.shared.data.robust import RobustDataset
 from vislang.shared.data.vl import read_vqa_v2, vqa_v2_paths
@@ -39,13 +38,23 @@ from vislang.vqa_ensemble.features import FeatureStore
 
 __all__ = [
     "COCODetectionDataModule",
+    "DetectionBatch",
     "QAItem",
+    "Split",
+    "VQABatch",
+    "VQAData",
     "VQADataModule",
     "VQAFeatureDataset",
+    "VisualBatch",
     "image_files",
+    "load_rgb",
     "read_coco_instances",
     "read_vg_qa",
 ]
+
+Split = Literal["train", "val", "test"]
+"""The data module's splits: ``test`` is the held-out part of ``val_subtype`` or ``test_subtype``."""
+Source = Literal["vqa", "vg"]
 
 VG_QA_LAYOUT = "[{'id': image_id, 'qas': [{'qa_id', 'image_id', 'question', 'answer'}]}]"
 
@@ -60,7 +69,7 @@ class QAItem:
     answers: tuple[str, ...]
     question_type: str
     answer_type: str
-    source: str  # "vqa" or "vg": VG image ids overlap COCO's, so each source has its own stores
+    source: Source  # VG image ids overlap COCO's, so each source has its own stores
 
 
 def read_vg_qa(question_answers_json: str | Path) -> list[QAItem]:
@@ -153,6 +162,52 @@ class VQAFeatureDataset(Dataset):
         return {"index": index, "item": item, "visual": visual}
 
 
+# ---- what the modules read (VQAModule, VQAEnsemble) ------------------------------------------------------
+
+
+class VisualBatch(TypedDict):
+    """One feature set of a batch, padded to its longest image."""
+
+    features: Tensor  # (B, N, D)
+    boxes: Tensor  # (B, N, 4) normalised x1, y1, x2, y2
+    mask: Tensor  # (B, N) True where a feature is real
+
+
+class VQABatch(TypedDict):
+    """A batch of `VQADataModule.collate`; a member reads ``visual[its feature_set]``."""
+
+    index: Tensor  # (B,) position in the split's dataset
+    question_id: list[int]
+    answers: list[tuple[str, ...]]  # the ten human answers; empty on a split without annotations
+    answer_type: list[str]
+    question_type: list[str]
+    input_ids: Tensor  # (B, L)
+    attention_mask: Tensor  # (B, L)
+    visual: dict[str, VisualBatch]
+    targets: Tensor  # (B, A) soft scores over the answer vocabulary (VQA eq. / MCAN eq. 9 targets)
+
+
+@runtime_checkable
+class VQAData(Protocol):
+    """What `VQAModule` and `VQAEnsemble` read from their data module (`VQADataModule` is one).
+
+    Attributes:
+        answers: the answer vocabulary (label order of the targets).
+        splits: the datasets set up so far, by split; their ``items`` give question and image ids.
+    """
+
+    answers: list[str]
+    splits: dict[Split, VQAFeatureDataset]
+
+    def use_answer_vocab(self, answers: Sequence[str]) -> None:
+        """Adopt a model's vocabulary for the targets."""
+        ...
+
+    def feature_store(self, name: str) -> FeatureStore:
+        """A store of feature set ``name`` (its spec and feature dimension)."""
+        ...
+
+
 class VQADataModule(LightningDataModule):
     """VQA v2 (+ VG QA) over stored features, with the answer vocabulary and soft-score targets.
 
@@ -207,7 +262,7 @@ class VQADataModule(LightningDataModule):
         self.root = Path(root)
         self.answers: list[str] = []
         self.answer_to_label: dict[str, int] = {}
-        self.splits: dict[str, VQAFeatureDataset] = {}
+        self.splits: dict[Split, VQAFeatureDataset] = {}
         self._tokenizer: Any = None
         self._stores: dict[str, dict[int, FeatureStore]] = {}
 
@@ -247,28 +302,17 @@ class VQADataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         if not self.answers:
-            anns = [a for s in h.vocab_subtypes for a in self._read(s)[1]]
-            self.use_answer_vocab(build_answer_vocab(anns, h.min_answer_count))
-            if not self.answers:
-                raise ValueError(
-                    f"no answer is seen {h.min_answer_count} times in {h.vocab_subtypes}: empty vocabulary"
-                )
+            self.use_answer_vocab(self._vocabulary())
         stores = {"vqa": {n: _open_stores(p, f"features[{n}]") for n, p in h.features.items()}}
         self._stores = stores["vqa"]
         if h.vg_qa is not None:
             stores["vg"] = {n: _open_stores(p, f"vg_features[{n}]") for n, p in (h.vg_features or {}).items()}
         if stage in (None, "fit"):
-            train = [i for s in h.train_subtypes for i in self._read(s)[0]]
-            if h.vg_qa is not None:
-                train += read_vg_qa(h.vg_qa)
-            if h.drop_unanswerable:
-                train = [i for i in train if vqa_soft_targets(i.answers, self.answer_to_label)[0]]
-            self.splits["train"] = VQAFeatureDataset(train, stores)
+            self.splits["train"] = VQAFeatureDataset(self._train_items(), stores)
         val, _ = self._read(h.val_subtype)
-        if h.heldout_fraction > 0:
+        if h.heldout_fraction > 0:  # the last images (by id) of the validation subtype are the test split
             images = sorted({i.image_id for i in val})
-            cut = len(images) - max(1, round(h.heldout_fraction * len(images)))
-            heldout = set(images[cut:])
+            heldout = set(images[len(images) - max(1, round(h.heldout_fraction * len(images))) :])
             self.splits["val"] = VQAFeatureDataset([i for i in val if i.image_id not in heldout], stores)
             self.splits["test"] = VQAFeatureDataset([i for i in val if i.image_id in heldout], stores)
         else:
@@ -276,8 +320,26 @@ class VQADataModule(LightningDataModule):
             if stage in ("test", "predict"):
                 self.splits["test"] = VQAFeatureDataset(self._read(h.test_subtype)[0], stores)
 
+    def _vocabulary(self) -> list[str]:
+        """Answers seen ``min_answer_count`` times in the ``vocab_subtypes`` annotations (bottom-up's rule)."""
+        h = self.hparams
+        answers = build_answer_vocab([a for s in h.vocab_subtypes for a in self._read(s)[1]], h.min_answer_count)
+        if not answers:
+            raise ValueError(f"no answer is seen {h.min_answer_count} times in {h.vocab_subtypes}: empty vocabulary")
+        return answers
+
+    def _train_items(self) -> list[QAItem]:
+        """The training questions: ``train_subtypes`` (+ VG QA), without the unanswerable ones if asked."""
+        h = self.hparams
+        items = [i for s in h.train_subtypes for i in self._read(s)[0]]
+        if h.vg_qa is not None:
+            items += read_vg_qa(h.vg_qa)
+        if h.drop_unanswerable:
+            items = [i for i in items if vqa_soft_targets(i.answers, self.answer_to_label)[0]]
+        return items
+
     # -- batching --------------------------------------------------------------------------------------
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(self, samples: list[dict[str, Any]]) -> VQABatch:
         items: list[QAItem] = [s["item"] for s in samples]
         tokens = self.tokenizer(
             [i.question for i in items],
@@ -286,19 +348,6 @@ class VQADataModule(LightningDataModule):
             max_length=self.hparams.max_question_tokens,
             return_tensors="pt",
         )
-        visual = {}
-        for name in samples[0]["visual"]:
-            feats = [s["visual"][name] for s in samples]
-            n = max(1, max(len(f) for f, _ in feats))
-            dim = feats[0][0].shape[-1]
-            x = torch.zeros(len(feats), n, dim)
-            boxes = torch.zeros(len(feats), n, 4)
-            mask = torch.zeros(len(feats), n, dtype=torch.bool)
-            for k, (f, b) in enumerate(feats):
-                x[k, : len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
-                boxes[k, : len(b)] = torch.from_numpy(b)
-                mask[k, : len(f)] = True
-            visual[name] = {"features": x, "boxes": boxes, "mask": mask}
         targets = torch.zeros(len(items), max(1, len(self.answers)))
         for k, item in enumerate(items):
             if item.answers:
@@ -312,44 +361,57 @@ class VQADataModule(LightningDataModule):
             "question_type": [i.question_type for i in items],
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "visual": visual,
+            "visual": {name: _pad_visual([s["visual"][name] for s in samples]) for name in samples[0]["visual"]},
             "targets": targets,
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _split(self, split: Split) -> VQAFeatureDataset:
         if split not in self.splits:
             raise RuntimeError(f"split {split!r} not set up (call setup first)")
+        return self.splits[split]
+
+    def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        if shuffle:
-            return train_loader(
-                self.splits[split],
-                h.batch_size,
-                self.trainer,
-                collate=self.collate,
-                num_workers=h.num_workers,
-                drop_last=False,
-                max_failure_fraction=h.max_failure_fraction,
-            )
-        return eval_loader(
-            self.splits[split],
-            h.eval_batch_size,
+        return train_loader(
+            self._split("train"),
+            h.batch_size,
+            self.trainer,
             collate=self.collate,
             num_workers=h.num_workers,
-            persistent_workers=True,
+            drop_last=False,
             max_failure_fraction=h.max_failure_fraction,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return eval_loader(self._split("val"), self.hparams.eval_batch_size, **self._eval_options)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return eval_loader(self._split("test"), self.hparams.eval_batch_size, **self._eval_options)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    predict_dataloader = test_dataloader  # predictions are made for the test split
+
+    @property
+    def _eval_options(self) -> dict[str, Any]:
+        h = self.hparams
+        return {
+            "collate": self.collate,
+            "num_workers": h.num_workers,
+            "persistent_workers": True,
+            "max_failure_fraction": h.max_failure_fraction,
+        }
+
+
+def _pad_visual(feats: list[tuple[np.ndarray, np.ndarray]]) -> VisualBatch:
+    """(features (n, D), boxes (n, 4)) per sample -> zero-padded tensors and the mask of real entries."""
+    n = max(1, max(len(f) for f, _ in feats))
+    x = torch.zeros(len(feats), n, feats[0][0].shape[-1])
+    boxes = torch.zeros(len(feats), n, 4)
+    mask = torch.zeros(len(feats), n, dtype=torch.bool)
+    for k, (f, b) in enumerate(feats):
+        x[k, : len(f)] = torch.from_numpy(np.asarray(f, dtype=np.float32))
+        boxes[k, : len(b)] = torch.from_numpy(b)
+        mask[k, : len(f)] = True
+    return {"features": x, "boxes": boxes, "mask": mask}
 
 
 # ---- detector training data ---------------------------------------------------------------------------
@@ -378,10 +440,11 @@ def read_coco_instances(instances_json: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_rgb(image: str | Path | Image.Image | np.ndarray) -> Tensor:
-    """An RGB image as a float tensor in [0, 1], (3, H, W), from a path, a PIL image or an array (any input
-    `vislang.shared.data.images.as_rgb` takes); unreadable files raise ``SampleLoadError``."""
-    array = as_rgb_array(image).astype(np.float32) / 255.0
+def load_rgb(path: str | Path) -> Tensor:
+    """An image file as a float RGB tensor in [0, 1], (3, H, W), read by `vislang.shared.data.images.load_image`
+    (``convert("RGB")``, as the detectors' official pipelines read); an unreadable file raises ``SampleLoadError``."""
+    # name= the whole path: load_image would name a pathlib.Path by its `.name` (the file name) alone
+    array = np.asarray(load_image(path, name=str(path)), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -406,7 +469,14 @@ class _DetectionDataset(Dataset):
         return {"image": image, "target": {"boxes": boxes, "labels": torch.from_numpy(r["labels"])}}
 
 
-def _detection_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+class DetectionBatch(TypedDict):
+    """A batch of detector training data, what `DetectorModule` reads (torchvision's detection format)."""
+
+    images: list[Tensor]  # (3, H, W) each, in [0, 1]
+    targets: list[dict[str, Tensor]]  # "boxes" (n, 4) xyxy pixels, "labels" (n,)
+
+
+def _detection_collate(samples: list[dict[str, Any]]) -> DetectionBatch:
     return {"images": [s["image"] for s in samples], "targets": [s["target"] for s in samples]}
 
 

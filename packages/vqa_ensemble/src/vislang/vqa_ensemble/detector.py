@@ -29,7 +29,7 @@ import contextlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torchvision
@@ -45,6 +45,9 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, nms
 
 __all__ = [
     "BACKBONES",
+    "Backbone",
+    "Head",
+    "Norm",
     "HEADS",
     "AttributeHead",
     "GridFeatureExtractor",
@@ -58,7 +61,7 @@ __all__ = [
     "select_boxes",
 ]
 
-BACKBONES = (
+Backbone = Literal[
     "resnet18",
     "resnet50",
     "resnet101",
@@ -66,12 +69,13 @@ BACKBONES = (
     "resnext101_32x8d",
     "resnext101_64x4d",
     "resnext152_32x8d",
-)
+]
 """Backbones of the detector; the entry used ResNeXt-101 and ResNeXt-152 (ResNet-101 is bottom-up's)."""
-
-NORMS = ("frozen_bn", "bn")
-HEADS = ("fpn", "c4", "c5")
+Norm = Literal["frozen_bn", "bn"]
+Head = Literal["fpn", "c4", "c5"]
 """Detector layouts: the entry's FPN, bottom-up attention's C4 + res5 head, grid-feats-vqa's dilated C5."""
+
+BACKBONES, NORMS, HEADS = get_args(Backbone), get_args(Norm), get_args(Head)
 
 
 def _resnet(name: str, norm_layer: type[nn.Module], stride_in_1x1: bool = False, res5_dilation: int = 1) -> ResNet:
@@ -160,17 +164,17 @@ def _single_level_rpn_head(in_channels: int, num_anchors: int, width: int) -> RP
 
 
 def build_detector(
-    backbone: str = "resnext152_32x8d",
+    backbone: Backbone = "resnext152_32x8d",
     num_classes: int = 1601,
     min_size: Sequence[int] = (600,),
     max_size: int = 1000,
     anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
     representation_size: int = 1024,
-    norm: str = "frozen_bn",
+    norm: Norm = "frozen_bn",
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 512,
     rpn_proposals: int = 1000,
-    head: str = "fpn",
+    head: Head = "fpn",
     num_attributes: int = 0,
     stride_in_1x1: bool = False,
     res5_dilation: int = 1,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vislang.shared.checkpoint import load_weights
+from vislang.shared.checkpoint import load_checkpoint, load_weights
 from vislang.shared.data.robust import SampleLoadError, TooManyLoadFailures
 from vislang.vqa_ensemble.data import image_files, load_rgb, read_coco_instances
 from vislang.vqa_ensemble.detector import (
@@ -60,8 +60,8 @@ def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: detector checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in checkpoint:
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
         raise KeyError(f"{path}: no 'hyper_parameters': not a DetectorModule checkpoint")
     args = detector_hparams(dict(checkpoint["hyper_parameters"]))
     detector = build_detector(**args)

@@ -21,11 +21,12 @@ an official state dict onto this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRESETS", "MCAN", "MCANConfig", "MCANLayerNorm", "AttFlat", "SA", "SGA"]
+__all__ = ["PRESETS", "Preset", "MCAN", "MCANConfig", "MCANLayerNorm", "AttFlat", "SA", "SGA"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class MCANConfig:
     dropout: float = 0.1
 
 
-PRESETS: dict[str, MCANConfig] = {
+Preset = Literal["tiny", "small", "large"]
+"""MCAN sizes: ``small`` and ``large`` are the paper's (MCAN Table 1), ``tiny`` runs the demo on a CPU."""
+
+PRESETS: dict[Preset, MCANConfig] = {
     "tiny": MCANConfig(hidden=64, heads=4, layers=2, ff=256, flat_mlp=64, flat_out=128),
     "small": MCANConfig(hidden=512, heads=8, layers=6, ff=2048, flat_mlp=512, flat_out=1024),
     "large": MCANConfig(hidden=1024, heads=8, layers=6, ff=4096, flat_mlp=512, flat_out=2048),

@@ -6,29 +6,30 @@
 * ``VQAEnsemble`` loads member checkpoints, fits averaging weights on the validation split
   (``lightning validate``) and evaluates / predicts like a single model (``lightning test|predict``).
 
-``validate``/``test`` with ``results_dir`` write the EvalAI results file
-(``[{"question_id", "answer"}]``, every question of the split exactly once) with
-``vislang.shared.metrics.write_vqa_results``.
+Members and ensemble read their data module through ``data.VQAData`` and its batches as ``data.VQABatch``.
+``validate``/``test`` with ``results_dir`` write the EvalAI results file and the metrics (``results.py``).
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
-import math
-import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
 from torch import Tensor, nn
 
-from vislang.shared.metrics.vqa import VQAAccuracy, aggregate_vqa, vqa_accuracy, write_vqa_results
-from vislang.shared.predictions import replace_text
+from vislang.shared.checkpoint import load_checkpoint
+from vislang.shared.metrics.vqa import VQAAccuracy, aggregate_vqa, vqa_accuracy
+from vislang.shared.schedules import epoch_step_decay, step_schedule, warmup_cosine
 from vislang.shared.text import load_text_model, load_tokenizer, tiny_bert_config
-from vislang.vqa_ensemble.detector import build_detector
+from vislang.vqa_ensemble.checks import check_member_features, check_no_leak
+from vislang.vqa_ensemble.data import DetectionBatch, VQABatch, VQAData
+from vislang.vqa_ensemble.detector import Backbone, Head, Norm, build_detector, detector_hparams
 from vislang.vqa_ensemble.ensemble import (
     PRIORS,
     OfficialScorer,
@@ -37,10 +38,26 @@ from vislang.vqa_ensemble.ensemble import (
     fit_ensemble_weights,
     gain_over_equal,
 )
-from vislang.vqa_ensemble.features import check_spec
-from vislang.vqa_ensemble.model import MCAN, PRESETS
+from vislang.vqa_ensemble.model import MCAN, PRESETS, Preset
+from vislang.vqa_ensemble.results import Stage, split_question_ids, write_metrics, write_results
 
-__all__ = ["DetectorModule", "LeakError", "VQAEnsemble", "VQAModule", "check_no_leak", "load_member"]
+__all__ = ["CollectedQuestion", "DetectorModule", "VQAEnsemble", "VQAModule", "load_member", "vqa_data"]
+
+MetricVersion = Literal["2021", "2017"]
+"""Official VQA accuracy versions (``vislang.shared.metrics.vqa``): EvalAI's since 2021, and LAVIS / MCAN's."""
+
+
+def vqa_data(trainer: Trainer | None) -> VQAData | None:
+    """The trainer's data module as what members and ensemble read (``data.VQAData``), or None without one."""
+    dm = trainer.datamodule if trainer is not None else None
+    if dm is None:
+        return None
+    if not isinstance(dm, VQAData):
+        raise TypeError(
+            f"{type(dm).__name__} is not a VQA data module: vislang.vqa_ensemble.data.VQAData needs answers, "
+            "splits, use_answer_vocab() and feature_store() (vislang.vqa_ensemble.data.VQADataModule has them)"
+        )
+    return dm
 
 
 # ---- detector ---------------------------------------------------------------------------------------
@@ -57,17 +74,17 @@ class DetectorModule(LightningModule):
 
     def __init__(
         self,
-        backbone: str = "resnext152_32x8d",
+        backbone: Backbone = "resnext152_32x8d",
         num_classes: int = 1601,
         min_size: list[int] = [600],  # noqa: B006
         max_size: int = 1000,
         anchor_sizes: list[int] = [32, 64, 128, 256, 512],  # noqa: B006
         representation_size: int = 1024,
-        norm: str = "frozen_bn",
+        norm: Norm = "frozen_bn",
         rpn_batch_size_per_image: int = 256,
         box_batch_size_per_image: int = 512,
         rpn_proposals: int = 1000,
-        head: str = "fpn",
+        head: Head = "fpn",
         stride_in_1x1: bool = False,
         res5_dilation: int = 1,
         rpn_channels: int | None = None,
@@ -78,32 +95,16 @@ class DetectorModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.detector = build_detector(
-            backbone,
-            num_classes,
-            min_size,
-            max_size,
-            anchor_sizes,
-            representation_size,
-            norm,
-            rpn_batch_size_per_image,
-            box_batch_size_per_image,
-            rpn_proposals,
-            head,
-            0,
-            stride_in_1x1,
-            res5_dilation,
-            rpn_channels,
-        )
+        self.detector = build_detector(**detector_hparams(self.hparams))  # no attribute head (num_attributes 0)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: DetectionBatch, batch_idx: int) -> Tensor:
         losses = self.detector(batch["images"], batch["targets"])
         loss = sum(losses.values())
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(batch["images"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: DetectionBatch, batch_idx: int) -> None:
         self.detector.train()  # torchvision returns losses only in training mode
         with torch.no_grad():
             losses = self.detector(batch["images"], batch["targets"])
@@ -115,14 +116,7 @@ class DetectorModule(LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def factor(step: int) -> float:
-            if step < h.warmup_steps:
-                return (step + 1) / h.warmup_steps
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - h.warmup_steps) / max(1, total - h.warmup_steps))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return step_schedule(opt, warmup_cosine(total, h.warmup_steps))
 
 
 # ---- one member -------------------------------------------------------------------------------------
@@ -162,7 +156,7 @@ class VQAModule(LightningModule):
 
     def __init__(
         self,
-        preset: str = "large",
+        preset: Preset = "large",
         feature_set: str = "region",
         text_model: str = "bert-base-uncased",
         tokenizer: str = "bert-base-uncased",
@@ -175,7 +169,7 @@ class VQAModule(LightningModule):
         decay_epochs: list[int] = [10, 12],  # noqa: B006
         decay_factor: float = 0.2,
         weight_decay: float = 0.0,
-        metric_version: str = "2021",
+        metric_version: MetricVersion = "2021",
         results_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -202,16 +196,16 @@ class VQAModule(LightningModule):
         self.model = MCAN(text, len(self.answers), self.visual_dim, PRESETS[h.preset], h.use_boxes)
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is None:
+        data = vqa_data(self._trainer)
+        if data is None:
             return
         if self.model is None:
-            store = dm.feature_store(self.hparams.feature_set)
-            self.build(dm.answers, store.feature_dim, store.spec)
-        dm.use_answer_vocab(self.answers)  # targets in this model's label order
-        check_member_features(self, dm)
+            store = data.feature_store(self.hparams.feature_set)
+            self.build(data.answers, store.feature_dim, store.spec)
+        data.use_answer_vocab(self.answers)  # targets in this model's label order
+        check_member_features(self, data)
         if stage == "fit":  # recorded in the checkpoint: an ensemble refuses to fit weights on these questions
-            ids = sorted({i.question_id for i in dm.splits["train"].items if i.source == "vqa"})
+            ids = sorted({i.question_id for i in data.splits["train"].items if i.source == "vqa"})
             self.train_question_ids = torch.tensor(ids, dtype=torch.long)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -236,32 +230,35 @@ class VQAModule(LightningModule):
                 [self.train_question_ids] if self.train_question_ids is not None else []
             )
             self.train_question_ids = torch.cat(seen).unique()
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "use_answer_vocab"):
-            dm.use_answer_vocab(self.answers)
-            check_member_features(self, dm)
+        data = vqa_data(self._trainer)
+        if data is not None:
+            data.use_answer_vocab(self.answers)
+            check_member_features(self, data)
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: VQABatch) -> Tensor:
         if self.model is None:
             raise RuntimeError("VQAModule is not built: run it with a data module or load a checkpoint")
         v = batch["visual"][self.hparams.feature_set]
         return self.model(batch["input_ids"], batch["attention_mask"], v["features"], v["mask"], v["boxes"])
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: VQABatch, batch_idx: int) -> Tensor:
         logits = self(batch)
         # Sigmoid + soft scores (MCAN eq. 9), summed over answers, mean over the batch (BAN / ViLT scale).
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="sum") / len(logits)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], metric: VQAAccuracy) -> list[str]:
+    def _predict(self, batch: VQABatch) -> list[str]:
+        """The top answer of each question, remembered for the results file."""
         preds = [self.answers[i] for i in self(batch).argmax(-1).tolist()]
-        for q, p in zip(batch["question_id"], preds, strict=True):
-            self._predictions[int(q)] = p
+        self._predictions.update({int(q): p for q, p in zip(batch["question_id"], preds, strict=True)})
+        return preds
+
+    def _evaluate(self, batch: VQABatch, metric: VQAAccuracy) -> None:
+        preds = self._predict(batch)
         if batch["answers"][0]:
             metric.update(preds, batch["answers"], batch["index"], batch["answer_type"], batch["question_type"])
-        return preds
 
     def on_validation_epoch_start(self) -> None:
         self._predictions = {}
@@ -269,26 +266,32 @@ class VQAModule(LightningModule):
     on_test_epoch_start = on_validation_epoch_start
     on_predict_epoch_start = on_validation_epoch_start
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metric)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: VQABatch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metric)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        preds = [self.answers[i] for i in self(batch).argmax(-1).tolist()]
-        self._predictions.update({int(q): p for q, p in zip(batch["question_id"], preds, strict=True)})
+    def predict_step(self, batch: VQABatch, batch_idx: int) -> list[dict[str, Any]]:
+        preds = self._predict(batch)
         return [{"question_id": int(q), "answer": p} for q, p in zip(batch["question_id"], preds, strict=True)]
 
-    def _finish(self, split: str, metric: VQAAccuracy) -> None:
-        scores = metric.compute() if metric.update_count else {}
-        metric.reset()
+    def _finish(self, stage: Stage, metric: VQAAccuracy | None) -> None:
+        scores = metric.compute() if metric is not None and metric.update_count else {}
+        if metric is not None:
+            metric.reset()
         if scores:
-            self.log(f"{split}/vqa_acc", scores["overall"], prog_bar=True)
+            self.log(f"{stage}/vqa_acc", scores["overall"], prog_bar=True)
             for k, v in scores.items():
                 if k.startswith("answer_type/"):
-                    self.log(f"{split}/{k}", v)
-        _write_outputs(self, split, self._predictions, scores)
+                    self.log(f"{stage}/{k}", v)
+        results_dir = self.hparams.results_dir
+        if not results_dir or not self._predictions or self.trainer.world_size > 1:
+            return
+        out = Path(results_dir)
+        write_results(self._predictions, out / f"{stage}_results.json", split_question_ids(self.trainer, stage))
+        if scores:
+            write_metrics(out / f"{stage}_metrics.json", scores)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -298,7 +301,7 @@ class VQAModule(LightningModule):
         self._finish("test", self.test_metric)
 
     def on_predict_epoch_end(self) -> None:
-        _write_outputs(self, "predict", self._predictions, {})
+        self._finish("predict", None)
 
     def configure_optimizers(self) -> dict[str, Any]:
         assert self.model is not None
@@ -309,108 +312,12 @@ class VQAModule(LightningModule):
         ]
         opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-9, weight_decay=h.weight_decay)
         steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
-
-        def factor(step: int) -> float:
-            epoch = step // steps_per_epoch
-            if epoch < h.warmup_epochs:  # MCAN: 1/4, 2/4, 3/4 of the base lr in epochs 1-3
-                return (epoch + 1) / (h.warmup_epochs + 1)
-            return h.decay_factor ** sum(epoch >= e for e in h.decay_epochs)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _write_outputs(module: LightningModule, split: str, predictions: dict[int, str], scores: dict[str, Any]) -> None:
-    """Write the EvalAI results file (every question of the split exactly once) and the metrics."""
-    results_dir = module.hparams.get("results_dir")
-    if not results_dir or not predictions or module.trainer.world_size > 1:
-        return
-    out = Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _replace_results(predictions, out / f"{split}_results.json", _split_question_ids(module, split))
-    if scores:
-        replace_text(out / f"{split}_metrics.json", json.dumps(scores, indent=1))
-
-
-def _replace_results(predictions: dict[int, str], path: Path, question_ids: list[int] | None) -> None:
-    """The official results file, written under a temporary name and renamed: a re-run replaces it, an
-    interrupted run leaves the previous one whole."""
-    partial = path.with_name(f".{path.name}.partial")
-    write_vqa_results(predictions, partial, question_ids=question_ids)
-    os.replace(partial, path)
-
-
-FEATURE_IDENTITY = (
-    "kind",
-    "backbone",
-    "head",
-    "detector_weights",
-    "feature_dim",
-    "box_source",
-    "grid_size",
-    "min_size",
-)
-"""Extractor settings a member's features must keep between training and evaluation."""
-
-
-def check_member_features(member: VQAModule, datamodule: Any) -> None:
-    """Refuse to evaluate a member on features from another extractor than the one it was trained on."""
-    if not member.feature_spec or not hasattr(datamodule, "feature_store"):
-        return
-    store = datamodule.feature_store(member.hparams.feature_set)
-    keys = [k for k in FEATURE_IDENTITY if k in member.feature_spec]
-    check_spec(
-        {k: member.feature_spec[k] for k in keys},
-        {k: store.spec.get(k) for k in keys},
-        f"feature set {member.hparams.feature_set!r} ({store.root})",
-        ("the member was trained on", "is in this store", ""),
-    )
-
-
-def _split_question_ids(module: LightningModule, split: str) -> list[int] | None:
-    """Question ids of the data module's split behind ``split`` (val -> val, test / predict -> test).
-
-    For ``val`` and ``test`` the questions about images that could not be read (skipped and counted by the
-    loader's `RobustDataset`) are left out, so one bad image does not stop a run at its results file; a
-    ``predict`` file (an EvalAI submission) must hold every question, and is refused without them.
-    """
-    dm = module.trainer.datamodule
-    if dm is None:
-        return None
-    dataset = dm.splits["val" if split == "val" else "test"]
-    loaders = {"val": module.trainer.val_dataloaders, "test": module.trainer.test_dataloaders}.get(split)
-    failed = getattr(getattr(loaders, "dataset", None), "failed_files", set)()
-    return [
-        item.question_id for k, item in enumerate(dataset.items) if not failed or dataset.sample_file(k) not in failed
-    ]
-
-
-class LeakError(ValueError):
-    """A member was trained on questions an ensemble would fit its weights on (or be scored on)."""
-
-
-def check_no_leak(members: list[VQAModule], paths: list[str], question_ids: list[int], split: str) -> None:
-    """Refuse questions a member trained on: fitting weights on them rewards memorisation, scoring on them
-    flatters the ensemble. Members record their training question ids in their checkpoints."""
-    wanted = torch.tensor(sorted(set(question_ids)), dtype=torch.long)
-    for member, path in zip(members, paths, strict=True):
-        seen = member.train_question_ids
-        if seen is None:
-            raise LeakError(
-                f"{path}: the checkpoint records no training questions, so a leak into the {split} split cannot be "
-                "ruled out: retrain the member with this version of vislang"
-            )
-        shared = wanted[torch.isin(wanted, seen)]
-        if shared.numel():
-            raise LeakError(
-                f"{path} was trained on {shared.numel()} of the {wanted.numel()} {split} questions (e.g. question "
-                f"{int(shared[0])}): fit the weights with members trained without them "
-                "(vqa2_mcan_large_*_train.yaml + vqa2_ensemble_fit.yaml, README 'Ensemble protocol')"
-            )
+        # MCAN: 1/4, 2/4, 3/4 of the base rate in epochs 1-3, then x decay_factor at each of decay_epochs
+        return step_schedule(opt, epoch_step_decay(steps_per_epoch, h.warmup_epochs, h.decay_epochs, h.decay_factor))
 
 
 def load_member(path: str | Path, overrides: Mapping[str, Any] | None = None) -> VQAModule:
-    """A trained member from its Lightning checkpoint (read with ``weights_only=True``: no code runs).
+    """A trained member from its Lightning checkpoint (read by ``vislang.shared.checkpoint``: no code runs).
 
     ``overrides`` replace recorded hyper-parameters, e.g. a tokenizer path recorded relative to where the
     training run started (the web app resolves those from its own working directory).
@@ -418,9 +325,9 @@ def load_member(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: member checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     for key in ("hyper_parameters", "state_dict", "vqa_member"):
-        if key not in checkpoint:
+        if not isinstance(checkpoint, dict) or key not in checkpoint:
             raise KeyError(f"{path}: missing {key!r}: not a VQAModule checkpoint")
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     hparams.update(overrides or {})
@@ -433,6 +340,19 @@ def load_member(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 # ---- the ensemble ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectedQuestion:
+    """What the ensemble keeps of one evaluated question until the epoch ends (weights are fitted and
+    accuracy is scored over the whole split at once)."""
+
+    index: int  # position in the split's dataset: orders the questions, drops the sampler's padding repeats
+    question_id: int
+    answers: tuple[str, ...]  # the ten human answers; empty on a split without annotations
+    answer_type: str
+    question_type: str
+    probabilities: Tensor  # (M, A) each member's sigmoid scores over the ensemble's answers
 
 
 class VQAEnsemble(LightningModule):
@@ -469,7 +389,7 @@ class VQAEnsemble(LightningModule):
         prior: float | None = None,
         cv_folds: int = 5,
         min_gain_se: float = 2.0,
-        metric_version: str = "2021",
+        metric_version: MetricVersion = "2021",
         results_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -489,27 +409,26 @@ class VQAEnsemble(LightningModule):
         for k, m in enumerate(self.members):  # member label -> ensemble label
             self.register_buffer(f"_map{k}", torch.tensor([vocab[a] for a in m.answers]), persistent=False)
         self.weights = list(weights) if weights is not None else None
-        self._rows: list[tuple[int, int, tuple[str, ...], str, str, Tensor]] = []
+        self._collected: list[CollectedQuestion] = []
         self.fitted: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self.trainer is not None else None
+        data = vqa_data(self._trainer)
         for member in self.members:
-            check_member_features(member, dm)
+            check_member_features(member, data)
         split = "val" if stage == "validate" else "test"
-        if dm is not None and split in getattr(dm, "splits", {}):
-            check_no_leak(self.members, self.hparams.members, [i.question_id for i in dm.splits[split].items], split)
+        if data is not None and split in data.splits:
+            check_no_leak(self.members, self.hparams.members, [i.question_id for i in data.splits[split].items], split)
         if self.weights is None and stage != "validate":
             path = self.hparams.weights_path
-            if path and Path(path).is_file():
-                self.weights = json.loads(Path(path).read_text(encoding="utf-8"))["weights"]
-            else:
+            if not path or not Path(path).is_file():
                 raise FileNotFoundError(
                     f"{path}: no fitted ensemble weights; run `lightning validate` with this config first "
                     "(or set model.init_args.weights)"
                 )
+            self.weights = json.loads(Path(path).read_text(encoding="utf-8"))["weights"]
 
-    def member_probabilities(self, batch: dict[str, Any]) -> Tensor:
+    def member_probabilities(self, batch: VQABatch) -> Tensor:
         """(M, B, A_union) sigmoid answer scores, zero where a member's vocabulary lacks an answer."""
         out = []
         for k, m in enumerate(self.members):
@@ -519,85 +438,113 @@ class VQAEnsemble(LightningModule):
             out.append(full)
         return torch.stack(out)
 
-    def _collect(self, batch: dict[str, Any]) -> None:
-        probs = self.member_probabilities(batch).cpu()
+    def _collect(self, batch: VQABatch) -> Tensor:
+        """Keep each question's member probabilities for the epoch's end; returns them (M, B, A)."""
+        probs = self.member_probabilities(batch)
+        on_cpu = probs.cpu()
         for j, q in enumerate(batch["question_id"]):
-            self._rows.append(
-                (
-                    int(batch["index"][j]),
-                    int(q),
-                    tuple(batch["answers"][j]),
-                    batch["answer_type"][j],
-                    batch["question_type"][j],
-                    probs[:, j],
+            self._collected.append(
+                CollectedQuestion(
+                    index=int(batch["index"][j]),
+                    question_id=int(q),
+                    answers=tuple(batch["answers"][j]),
+                    answer_type=batch["answer_type"][j],
+                    question_type=batch["question_type"][j],
+                    probabilities=on_cpu[:, j],
                 )
             )
+        return probs
 
     def on_validation_epoch_start(self) -> None:
-        self._rows = []
+        self._collected = []
 
     on_test_epoch_start = on_validation_epoch_start
     on_predict_epoch_start = on_validation_epoch_start
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
         self._collect(batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: VQABatch, batch_idx: int) -> None:
         self._collect(batch)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        self._collect(batch)
+    def predict_step(self, batch: VQABatch, batch_idx: int) -> list[dict[str, Any]]:
+        probs = self._collect(batch)
         assert self.weights is not None
-        labels = combine(self.member_probabilities(batch), self.weights).argmax(-1).tolist()
+        labels = combine(probs, self.weights).argmax(-1).tolist()
         return [
             {"question_id": int(q), "answer": self.answers[a]}
             for q, a in zip(batch["question_id"], labels, strict=True)
         ]
 
-    def _table(self, split: str) -> dict[str, Any]:
-        rows = sorted({r[0]: r for r in self._rows}.values())  # one row per question (sampler padding)
-        probs = torch.stack([r[5] for r in rows], dim=1)  # (M, N, A)
-        answers = [r[2] for r in rows]
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def on_predict_epoch_end(self) -> None:
+        self._report("predict")
+
+    def configure_optimizers(self) -> None:  # nothing to train: the members are fixed
+        return None
+
+    # -- the epoch's end: fit (validate), score, write -----------------------------------------------
+    def _report(self, stage: Stage) -> dict[str, Any]:
+        """Fit the weights (``validate`` without fixed weights), then score and write the results of the
+        ensemble and of each member over the questions collected; the report is kept in ``fitted[stage]``."""
+        questions = sorted({q.index: q for q in self._collected}.values(), key=lambda q: q.index)
+        probs = torch.stack([q.probabilities for q in questions], dim=1)  # (M, N, A)
         report: dict[str, Any] = {}
-        if split == "val" and self.hparams.weights is None:
-            report.update(self._fit(probs, answers, rows))
+        if stage == "val" and self.hparams.weights is None:
+            report.update(self._fit(probs, questions))
         assert self.weights is not None
-        predictions = {
+        report["weights"] = list(self.weights)
+        scored = bool(questions and questions[0].answers)
+        for name, labels in self._top_answers(probs).items():
+            if scored:
+                report[name] = self._score(stage, name, questions, labels)
+            self._write_results(stage, name, questions, labels)
+        if self._writes_files():
+            write_metrics(Path(self.hparams.results_dir) / f"{stage}_metrics.json", report)
+        self.fitted[stage] = report
+        return report
+
+    def _top_answers(self, probs: Tensor) -> dict[str, list[int]]:
+        """The ensemble's and each member's top answer (ensemble label) per question."""
+        return {
             "ensemble": combine(probs, self.weights).argmax(-1).tolist(),
             **{f"member{k}": probs[k].argmax(-1).tolist() for k in range(len(self.members))},
         }
-        report["weights"] = list(self.weights)
-        scored = bool(answers and answers[0])
-        for name, labels in predictions.items():
-            preds = {r[1]: self.answers[a] for r, a in zip(rows, labels, strict=True)}
-            if scored:
-                accs = [
-                    vqa_accuracy(self.answers[a], list(r[2]), self.hparams.metric_version)
-                    for r, a in zip(rows, labels, strict=True)
-                ]
-                agg = aggregate_vqa(accs, [r[3] for r in rows], [r[4] for r in rows])
-                report[name] = {
-                    "overall": agg["overall"],
-                    **{f"answer_type/{t}": v for t, v in agg["perAnswerType"].items()},
-                }
-                self.log(f"{split}/{name}/vqa_acc", agg["overall"])
-            if self.hparams.results_dir and self.trainer.world_size == 1:
-                out = Path(self.hparams.results_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                # checked against the split's question list, not the rows collected: a question lost on the way
-                # (a dropped batch, a feature-store gap) stops here
-                _replace_results(preds, out / f"{split}_{name}_results.json", _split_question_ids(self, split))
-        if self.hparams.results_dir and self.trainer.world_size == 1:
-            replace_text(Path(self.hparams.results_dir) / f"{split}_metrics.json", json.dumps(report, indent=1))
-        self.fitted[split] = report
-        return report
 
-    def _fit(self, probs: Tensor, answers: list[tuple[str, ...]], rows: list[tuple]) -> dict[str, Any]:
-        """Fit the weights on the validation rows; write them (with how they were chosen) to ``weights_path``."""
+    def _score(self, stage: Stage, name: str, questions: list[CollectedQuestion], labels: list[int]) -> dict:
+        """Official accuracy of one answer list, overall and per answer type (logged as ``{stage}/{name}/vqa_acc``)."""
+        accs = [
+            vqa_accuracy(self.answers[a], list(q.answers), self.hparams.metric_version)
+            for q, a in zip(questions, labels, strict=True)
+        ]
+        agg = aggregate_vqa(accs, [q.answer_type for q in questions], [q.question_type for q in questions])
+        self.log(f"{stage}/{name}/vqa_acc", agg["overall"])
+        return {"overall": agg["overall"], **{f"answer_type/{t}": v for t, v in agg["perAnswerType"].items()}}
+
+    def _writes_files(self) -> bool:
+        return bool(self.hparams.results_dir) and self.trainer.world_size == 1
+
+    def _write_results(self, stage: Stage, name: str, questions: list[CollectedQuestion], labels: list[int]) -> None:
+        """``{stage}_{name}_results.json``, checked against the split's question list, not the questions
+        collected: a question lost on the way (a dropped batch, a feature-store gap) stops here."""
+        if not self._writes_files():
+            return
+        answers = {q.question_id: self.answers[a] for q, a in zip(questions, labels, strict=True)}
+        path = Path(self.hparams.results_dir) / f"{stage}_{name}_results.json"
+        write_results(answers, path, split_question_ids(self.trainer, stage))
+
+    def _fit(self, probs: Tensor, questions: list[CollectedQuestion]) -> dict[str, Any]:
+        """Fit the weights on the validation questions; write them (with how they were chosen) to ``weights_path``."""
         h = self.hparams
-        scorer = OfficialScorer(answers, self.answers, h.metric_version)
+        scorer = OfficialScorer([q.answers for q in questions], self.answers, h.metric_version)
         items = self.trainer.datamodule.splits["val"].items
-        images = [items[r[0]].image_id for r in rows]  # questions about one image stand or fall together
+        images = [items[q.index].image_id for q in questions]  # questions about one image stand or fall together
         if h.prior is None:
             fitted, prior, cv = cross_validate_prior(probs, scorer, h.grid_step, PRIORS, h.cv_folds, groups=images)
         else:
@@ -617,7 +564,7 @@ class VQAEnsemble(LightningModule):
                 "kept": self.weights == fitted,
             },
             "members": list(h.members),
-            "fit_questions": len(rows),
+            "fit_questions": len(questions),
             "leak_check": "no question the weights were fitted on is in any member's training questions",
         }
         if h.weights_path:
@@ -625,16 +572,3 @@ class VQAEnsemble(LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(fit, indent=1))
         return {k: fit[k] for k in ("fitted_weights", "prior", "cv_accuracy_by_prior", "gain_over_equal")}
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._table("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._table("test")
-
-    def on_predict_epoch_end(self) -> None:
-        self._table("predict")
-
-    def configure_optimizers(self) -> None:  # nothing to train: the members are fixed
-        return None

@@ -1,6 +1,6 @@
 """The demo, end to end on the synthetic world (CPU, a few minutes):
 
-    python -m vislang.vqa_ensemble.demo [--out demo_outputs/vqa_ensemble]
+    python packages/vqa_ensemble/scripts/demo.py [--out demo_outputs/vqa_ensemble]     (= make demo-vqa_ensemble)
 
 1. writes the synthetic world as VQA v2 (train2014, val2014) and as COCO instances (train and val images);
 2. trains the feature detector briefly (``configs/demo_detector.yaml``, ``lightning fit``) and measures its box
@@ -15,7 +15,8 @@
 6. checks every results file (members' and ensemble's) against the split's question list, read again from the
    VQA v2 files, and prints the official (2021) VQA accuracy of each beside the majority-answer baselines.
 
-Every step is the same command a user runs on real data; this file only chains them.
+Every step is the same command a user runs on real data; this script only chains them. It is a script beside
+the package, not part of ``vislang.vqa_ensemble``: it needs the repository's ``configs/demo*.yaml``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from vislang.shared.metrics.vqa import read_vqa_results, vqa_prior_baselines
 from vislang.vqa_ensemble import extract
 from vislang.vqa_ensemble.detector import coco_box_map
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEMBERS = (("region", "region", 0), ("grid", "grid", 1), ("region_seed2", "region", 2))
 """(name, feature set, seed) of each member: two on region features, one on grid features, like the entry's
 X152 region / X101 region / X152 grid members."""
@@ -89,7 +90,9 @@ def majority_baselines(root: Path, heldout_fraction: float = 0.5) -> dict[str, f
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    p = argparse.ArgumentParser(prog="python -m vislang.vqa_ensemble.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python packages/vqa_ensemble/scripts/demo.py", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", default="demo_outputs/vqa_ensemble", help="everything is written here")
     p.add_argument("--train-images", type=int, default=400)
     p.add_argument("--val-images", type=int, default=200)
