@@ -623,8 +623,11 @@ class PixelLMDataModule(LightningDataModule):
         synthetic_images: if > 0 and `muse_root` has no `muse_train`, write the synthetic world there as
             MUSE first (train: this many scenes; val: a tenth).
         synthetic_image_size: side of the synthetic scenes.
+        synthetic_seed: seed of the synthetic world, and of the sem_seg sources' class draws.
         image_size / patch_size: the CLIP input and patch (the model's `vision` config).
         normalisation: `sam` (released code) or `clip`.
+        batch_size / eval_batch_size: questions per process in a training / evaluation batch.
+        num_workers: loader worker processes.
         val_limit: evaluate on at most this many questions per validation set (None: all).
         max_failure_fraction: unreadable images are skipped and counted once each; more than this fraction of
             a split's images stops the run naming them.
@@ -798,33 +801,27 @@ class PixelLMDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
-        hp = self.hparams
-        return [
-            eval_loader(
-                s,
-                hp.eval_batch_size,
-                collate=collate,
-                num_workers=hp.num_workers,
-                max_failure_fraction=hp.max_failure_fraction,
-            )
-            for s in self.val_sets
-        ]
+        return self._evaluation_loaders(self.val_sets)
 
     def test_dataloader(self) -> list[DataLoader]:
-        hp = self.hparams
-        return [
-            eval_loader(
-                s,
-                hp.eval_batch_size,
-                collate=collate,
-                num_workers=hp.num_workers,
-                max_failure_fraction=hp.max_failure_fraction,
-            )
-            for s in self.test_sets
-        ]
+        return self._evaluation_loaders(self.test_sets)
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()
+
+    def _evaluation_loaders(self, sets: list[Dataset]) -> list[DataLoader]:
+        """One loader per evaluation set (scored separately), each question on exactly one rank."""
+        hp = self.hparams
+        return [
+            eval_loader(
+                s,
+                hp.eval_batch_size,
+                collate=collate,
+                num_workers=hp.num_workers,
+                max_failure_fraction=hp.max_failure_fraction,
+            )
+            for s in sets
+        ]
 
 
 class _Sources(ConcatDataset):
