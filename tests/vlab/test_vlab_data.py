@@ -98,7 +98,7 @@ def test_datamodule_batches_and_skips_a_corrupt_video(msrvtt_root: Path, tmp_pat
         max_failure_fraction=0.2,
     )
     data.setup("fit")
-    loader = data._loader(data._dataset("retrieval", "train"), train=True)
+    loader = data.train_dataloader().iterables["retrieval"]
     batches = list(loader)
     assert all(b["video"].shape == (4, 4, 3, 32, 32) for b in batches)
     assert sum(b["load_failures"] for b in batches) >= 1  # the empty file was hit, counted and replaced

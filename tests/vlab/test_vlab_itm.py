@@ -12,8 +12,9 @@ import torch
 from vislang.shared.cli import build_cli
 from vislang.shared.data.synthetic import SyntheticWorld, writers
 from vislang.shared.metrics import retrieval_metrics
+from vislang.vlab.metrics import rerank_top_k
 from vislang.vlab.model import build_vlab, sample_hard_negatives
-from vislang.vlab.module import _MAX_CAPTIONS_PER_VIDEO, VLABModule, rerank_top_k
+from vislang.vlab.module import _MAX_CAPTIONS_PER_VIDEO, VLABModule
 
 CONFIG = Path(__file__).resolve().parents[2] / "packages" / "vlab" / "configs" / "msrvtt.yaml"
 

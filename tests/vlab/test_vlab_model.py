@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from typing import get_args
 
 import open_clip
 import pytest
 import torch
 
-from vislang.vlab.model import PRESETS, TemporalAdapter, VLABConfig, build_vlab, load_clip_state_dict
+from vislang.vlab.model import (
+    PRESETS,
+    Preset,
+    TemporalAdapter,
+    TimmVisionSize,
+    VLABConfig,
+    build_vlab,
+    load_clip_state_dict,
+)
 
 NEW_MODULE_KEYS = re.compile(
     r"^(video_visual\.transformer\.resblocks\.\d+\.temporal_adapter\.|blend\.|decoder\.|visual_to_decoder\.|itm_head\.)"
@@ -16,23 +26,16 @@ NEW_MODULE_KEYS = re.compile(
 
 
 def tiny(adapter: str = "attention") -> VLABConfig:
-    config = PRESETS["tiny"]
-    return VLABConfig(**{**config.__dict__, "adapter": adapter})
+    return replace(PRESETS["tiny"], adapter=adapter)
 
 
 def tiny_eva(adapter: str = "attention") -> VLABConfig:
     """EVA-CLIP as open_clip builds EVA02-B-16 (a timm Eva trunk, RoPE, SwiGLU), shrunk to timm's
     smallest EVA-02 (`eva02_tiny_patch14_224`, width 192) and a 2-layer text tower. open_clip 3.3's
     `vision_cfg` has no timm model kwargs, so the trunk's depth and image size are timm's own."""
-    vision = dict(
-        image_size=224,
-        timm_model_name="eva02_tiny_patch14_224",
-        timm_model_pretrained=False,
-        timm_pool="token",
-        timm_proj=None,
-    )
-    overrides = dict(embed_dim=64, vision_cfg=vision, text_cfg=PRESETS["tiny"].clip_overrides["text_cfg"])
-    return VLABConfig(**{**tiny(adapter).__dict__, "clip_arch": "EVA02-B-16", "clip_overrides": overrides})
+    vision = TimmVisionSize(image_size=224, timm_model_name="eva02_tiny_patch14_224")
+    clip_size = replace(PRESETS["tiny"].clip_size, vision=vision)
+    return replace(tiny(adapter), clip_arch="EVA02-B-16", clip_size=clip_size)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +78,7 @@ def test_adapter_mixes_frames_and_image_stream_does_not() -> None:
 def test_open_clip_weights_load_with_only_new_modules_missing() -> None:
     torch.manual_seed(1)
     config = PRESETS["tiny"]
-    clip = open_clip.create_model(config.clip_arch, pretrained=None, **config.clip_overrides)
+    clip = open_clip.create_model(config.clip_arch, pretrained=None, **config.clip_size.create_model_kwargs())
     state = clip.state_dict()
     model = build_vlab("tiny", decoder_vocab_size=50)
     missing, unexpected = load_clip_state_dict(model, state)
@@ -93,6 +96,11 @@ def test_open_clip_weights_load_with_only_new_modules_missing() -> None:
 # open_clip's published sizes of the CLIP towers (text + image), which the presets must reproduce exactly
 CLIP_PARAMETERS_M = {"vlab_b32": 151.28, "vlab_b16": 149.62, "vlab_l14": 427.62}
 FULL_SIZE_PRESETS = sorted(name for name in PRESETS if name != "tiny")
+
+
+def test_preset_names_are_the_presets() -> None:
+    """`preset:` is typed by `Preset`, so the CLI lists and checks the names; each has its sizes."""
+    assert sorted(get_args(Preset)) == sorted(PRESETS)
 
 
 @pytest.mark.parametrize("preset", FULL_SIZE_PRESETS)

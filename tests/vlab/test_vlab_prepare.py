@@ -10,6 +10,7 @@ import http.server
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def mirror(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(bert_dir)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])  # BERT's vocab.txt: one token per id
     (bert_dir / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab))
-    BertForPreTraining(BertConfig(vocab_size=len(tokenizer), **PRESETS["tiny"].decoder)).save_pretrained(bert_dir)
+    BertForPreTraining(BertConfig(vocab_size=len(tokenizer), **asdict(PRESETS["tiny"].decoder))).save_pretrained(
+        bert_dir
+    )
     return base
 
 

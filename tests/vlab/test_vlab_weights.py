@@ -3,6 +3,8 @@ a frozen image stream, and a retrieval-only model without a decoder."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import open_clip
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_clip_tag_is_checked_against_open_clips_tags() -> None:
 
 
 def _tiny_bert(tmp_path, vocab_size: int, **overrides) -> tuple[BertForPreTraining, object]:
-    sizes = dict(PRESETS["tiny"].decoder, **overrides)
+    sizes = dict(asdict(PRESETS["tiny"].decoder), **overrides)
     bert = BertForPreTraining(BertConfig(vocab_size=vocab_size, **sizes))
     _randomise(bert, seed=3)
     directory = tmp_path / "bert"

@@ -162,3 +162,36 @@ def test_video_to_text_conventions_with_several_captions_per_video() -> None:
     )
     with pytest.raises(ValueError, match="video_to_text"):
         video_to_text_metrics(single, one, torch.arange(3), "group")
+
+
+def test_similarities_then_score_is_compute_and_a_reranker_can_change_them() -> None:
+    """The public path a re-ranker takes: `similarities()`, change the matrices, `score()`."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(5)
+    video = torch.nn.functional.normalize(torch.randn(5, 8, generator=gen), dim=-1)
+    text_key = torch.tensor([4, 0, 1, 1, 2, 3, 0])  # two captions for videos 0 and 1, out of order
+    text = torch.nn.functional.normalize(video[text_key] + 0.5 * torch.randn(7, 8, generator=gen), dim=-1)
+    index = torch.tensor([60, 0, 10, 11, 20, 30, 1])
+    for temperature in (None, 0.05):
+        # block_size 2 splits every matrix into several blocks; dual softmax's column pass streams over them
+        metric = RetrievalMetric(dual_softmax_temperature=temperature, block_size=2, video_to_text="groups")
+        metric.update(text[:4], text_key[:4], index[:4], video[text_key[:4]], text_key[:4])
+        metric.update(text[3:], text_key[3:], index[3:], video[text_key[3:]], text_key[3:])  # index 11 twice
+        found = metric.similarities()
+        assert found.text_index.tolist() == [0, 1, 10, 11, 20, 30, 60]
+        assert found.text_key.tolist() == [0, 0, 1, 1, 2, 3, 4] and found.visual_key.tolist() == [0, 1, 2, 3, 4]
+        assert found.positives == [[0], [0], [1], [1], [2], [3], [4]]
+        sim = text[[1, 6, 2, 3, 4, 5, 0]] @ video.T
+        if temperature is None:
+            torch.testing.assert_close(found.text_to_visual, sim)
+            torch.testing.assert_close(found.visual_to_text, sim.T)
+        else:
+            torch.testing.assert_close(found.text_to_visual, sim * torch.softmax(sim / temperature, dim=0) * 7)
+            torch.testing.assert_close(found.visual_to_text, (sim * torch.softmax(sim / temperature, dim=1) * 5).T)
+        assert metric.score(found) == metric.compute()
+        # a perfect re-ranker: every text's own video first, every video's own texts first
+        perfect = torch.tensor(found.positives).reshape(-1, 1) == torch.arange(5)
+        oracle = dataclasses.replace(found, text_to_visual=perfect.double(), visual_to_text=perfect.T.double())
+        scores = metric.score(oracle)
+        assert scores["t2v/R@1"] == scores["v2t/R@1"] == 100.0 and scores["num_text"] == 7.0

@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -32,6 +32,9 @@ from vislang.shared.data.video import VideoReader, tsn_indices
 from vislang.shared.preflight import Missing, PreflightContext
 
 Task = Literal["retrieval", "caption", "qa"]
+"""`retrieval`: contrastive video-text; `caption`: the decoder describes the video; `qa`: it answers a question."""
+TASKS: tuple[Task, ...] = get_args(Task)
+Split = Literal["train", "val", "test"]
 DatasetName = Literal["msrvtt", "msvd", "tgif", "webvid"]
 
 # CLIP's normalisation (OpenAI CLIP, open_clip `OPENAI_DATASET_MEAN/STD`)
@@ -40,8 +43,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = [
     "DATA_SOURCES",
+    "TASKS",
     "MissingDataFiles",
+    "Split",
+    "Task",
     "VLABDataModule",
+    "VideoTextData",
     "VideoTextDataset",
     "VideoTextItem",
     "load_clip",
@@ -60,6 +67,23 @@ class VideoTextItem:
     captions: list[str] = field(default_factory=list)
     question: str | None = None
     answer: str | None = None
+
+
+@runtime_checkable
+class VideoTextData(Protocol):
+    """What `VLABModule` reads from its data module (`VLABDataModule` is one).
+
+    Attributes:
+        tasks: the tasks trained together; a training batch holds one sub-batch per task.
+        eval_tasks: one evaluation loader per task, in this order: loader `i` evaluates `eval_tasks[i]`.
+    """
+
+    tasks: list[Task]
+    eval_tasks: list[Task]
+
+    def dataset_items(self, task: Task, split: Split) -> list[VideoTextItem]:
+        """The items (video path, captions, question, answer) of a task's split, by dataset index."""
+        ...
 
 
 class MissingDataFiles(FileNotFoundError):
@@ -95,9 +119,7 @@ DATA_SOURCES: dict[str, str] = {
 # ---- MSRVTT ------------------------------------------------------------------------------------
 
 
-def read_msrvtt(
-    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
-) -> list[VideoTextItem]:
+def read_msrvtt(root: Path, task: Task, split: Split, videos: str = "videos") -> list[VideoTextItem]:
     """MSRVTT in the CLIP4Clip layout plus MSRVTT-QA.
 
     root/
@@ -134,22 +156,25 @@ def read_msrvtt(
     captions: dict[str, list[str]] = {}
     for sentence in json.loads(data_path.read_text())["sentences"]:
         captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
-    if task == "retrieval":
-        path = root / "MSRVTT_train.9k.csv"
-        _require(path)
-        with path.open(newline="") as handle:
-            video_ids = [row["video_id"] for row in csv.DictReader(handle)]
-    else:
-        split_file = root / f"standardsplit_{split}_id.json"
-        if split_file.exists():
-            video_ids = json.loads(split_file.read_text())
-        else:
-            bounds = {"train": (0, 6513), "val": (6513, 7010), "test": (7010, 10000)}[split]
-            video_ids = [f"video{i}" for i in range(*bounds)]
+    video_ids = _msrvtt_video_ids(root, task, split)
     missing = [v for v in video_ids if v not in captions]
     if missing:
         raise ValueError(f"{data_path}: no sentences for {len(missing)} listed videos, e.g. {missing[:3]}")
     return [VideoTextItem(video_dir / f"{v}.mp4", captions[v]) for v in video_ids]
+
+
+def _msrvtt_video_ids(root: Path, task: Task, split: Split) -> list[str]:
+    """The videos (`videoN`) of a captioned split: the 9k retrieval training list, or the captioning split."""
+    if task == "retrieval":
+        path = root / "MSRVTT_train.9k.csv"
+        _require(path)
+        with path.open(newline="") as handle:
+            return [row["video_id"] for row in csv.DictReader(handle)]
+    split_file = root / f"standardsplit_{split}_id.json"
+    if split_file.exists():
+        return json.loads(split_file.read_text())
+    bounds = {"train": (0, 6513), "val": (6513, 7010), "test": (7010, 10000)}[split]
+    return [f"video{i}" for i in range(*bounds)]
 
 
 # ---- MSVD --------------------------------------------------------------------------------------
@@ -162,9 +187,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is allowed")
 
 
-def read_msvd(
-    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
-) -> list[VideoTextItem]:
+def read_msvd(root: Path, task: Task, split: Split, videos: str = "videos") -> list[VideoTextItem]:
     """MSVD in the CLIP4Clip layout plus MSVD-QA.
 
     root/
@@ -206,9 +229,7 @@ def _find_video(video_dir: Path, stem: str) -> Path:
 # ---- TGIF-FrameQA ------------------------------------------------------------------------------
 
 
-def read_tgif_frameqa(
-    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "gifs"
-) -> list[VideoTextItem]:
+def read_tgif_frameqa(root: Path, task: Task, split: Split, videos: str = "gifs") -> list[VideoTextItem]:
     """TGIF-QA FrameQA: tab-separated `{Train,Test}_frameqa_question.csv` and `gifs/<gif_name>.gif`.
 
     Header: gif_name, question, answer, type, vid_id, key, description. TGIF has no validation
@@ -228,9 +249,7 @@ def read_tgif_frameqa(
 # ---- WebVid ------------------------------------------------------------------------------------
 
 
-def read_webvid(
-    root: Path, task: Task, split: Literal["train", "val", "test"], videos: str = "videos"
-) -> list[VideoTextItem]:
+def read_webvid(root: Path, task: Task, split: Split, videos: str = "videos") -> list[VideoTextItem]:
     """WebVid-2.5M/10M: `results_2M_{train,val}.csv` (videoid, contentUrl, duration, page_dir, name)
     with videos at `videos/<page_dir>/<videoid>.mp4`, as the download script lays them out."""
     if task == "qa":
@@ -245,10 +264,15 @@ def read_webvid(
 
 
 READERS = {"msrvtt": read_msrvtt, "msvd": read_msvd, "tgif": read_tgif_frameqa, "webvid": read_webvid}
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+_STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+}
 
 
-def _read(dataset: str, root: Path, task: str, split: str, videos_dir: str | None) -> list[VideoTextItem]:
+def _read(dataset: DatasetName, root: Path, task: Task, split: Split, videos_dir: str | None) -> list[VideoTextItem]:
     """`READERS[dataset]`, with the video folder given in the config or the layout's own."""
     reader = READERS[dataset]
     return reader(root, task, split) if videos_dir is None else reader(root, task, split, videos=videos_dir)
@@ -257,6 +281,32 @@ def _read(dataset: str, root: Path, task: str, split: str, videos_dir: str | Non
 def _examples(paths: Sequence[Path], count: int = 3) -> str:
     shown = ", ".join(str(p) for p in paths[:count])
     return shown + (f" (+{len(paths) - count} more)" if len(paths) > count else "")
+
+
+def _missing_videos(videos: list[Path], dataset: DatasetName, root: Path) -> list[Missing]:
+    """The preflight's line for the listed videos that are not on disk (none when all are)."""
+    absent = [video for video in videos if not video.is_file()]
+    if not absent:
+        return []
+    fetch = " (`python -m vislang.vlab.prepare msrvtt --videos` fetches them)" if dataset == "msrvtt" else ""
+    return [
+        Missing(
+            "data.videos_dir",
+            f"{len(absent)} of {len(videos)} listed videos are missing, e.g. {_examples(absent)}",
+            f"put them in {absent[0].parent}, or set data.videos_dir to the folder inside {root} that holds them"
+            + fetch,
+        )
+    ]
+
+
+def _missing_shards(train_shards: str) -> list[Missing]:
+    """The preflight's line for training shards that cannot be found (none when they are there)."""
+    try:
+        expand_shards(train_shards)
+    except (FileNotFoundError, ValueError) as err:
+        fix = "write them with `python -m vislang.shared.data.shards write --from <config> --out <folder>`"
+        return [Missing("data.train_shards", str(err), fix)]
+    return []
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -404,13 +454,13 @@ class VLABDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.tasks: list[str] = list(tasks or ["retrieval"])
-        bad = set(self.tasks) - {"retrieval", "caption", "qa"}
+        self.tasks: list[Task] = list(tasks or ["retrieval"])
+        bad = set(self.tasks) - set(TASKS)
         if bad:
-            raise ValueError(f"tasks: unknown {sorted(bad)}; choose from retrieval, caption, qa")
-        self.eval_tasks = list(self.tasks)
+            raise ValueError(f"tasks: unknown {sorted(bad)}; choose from {', '.join(TASKS)}")
+        self.eval_tasks: list[Task] = list(self.tasks)
         self.root = Path(root)
-        self._splits: dict[tuple[str, str], Dataset] = {}
+        self._splits: dict[tuple[Task, Split], RobustDataset] = {}
 
     def prepare_data(self) -> None:
         if self.hparams.synthetic_videos:
@@ -424,7 +474,7 @@ class VLABDataModule(LightningDataModule):
             world = SyntheticWorld(seed=self.hparams.seed, image_size=self.hparams.image_size)
             writer(world, self.root, num_videos=self.hparams.synthetic_videos)
 
-    def _dataset(self, task: str, split: str) -> Dataset:
+    def _dataset(self, task: Task, split: Split) -> RobustDataset:
         key = (task, split)
         if key not in self._splits:
             items = _read(self.hparams.dataset, self.root, task, split, self.hparams.videos_dir)
@@ -470,32 +520,9 @@ class VLABDataModule(LightningDataModule):
         found = (
             [Missing("data.root", f"{len(files)} annotation file(s) missing: {_examples(files)}", fix)] if files else []
         )
-        absent = [video for video in videos if not video.is_file()]
-        if absent:
-            folder = absent[0].parent
-            found.append(
-                Missing(
-                    "data.videos_dir",
-                    f"{len(absent)} of {len(videos)} listed videos are missing, e.g. {_examples(absent)}",
-                    f"put them in {folder}, or set data.videos_dir to the folder inside {root} that holds them"
-                    + (
-                        " (`python -m vislang.vlab.prepare msrvtt --videos` fetches them)"
-                        if dataset == "msrvtt"
-                        else ""
-                    ),
-                )
-            )
+        found += _missing_videos(list(videos), dataset, root)
         if init_args.get("train_shards") and context.stage == "fit":
-            try:
-                expand_shards(init_args["train_shards"])
-            except (FileNotFoundError, ValueError) as err:
-                found.append(
-                    Missing(
-                        "data.train_shards",
-                        str(err),
-                        "write them with `python -m vislang.shared.data.shards write --from <config> --out <folder>`",
-                    )
-                )
+            found += _missing_shards(init_args["train_shards"])
         return found
 
     def setup(self, stage: str) -> None:
@@ -505,36 +532,49 @@ class VLABDataModule(LightningDataModule):
                 if not (split == "train" and self.hparams.train_shards):
                     self._dataset(task, split)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        hp = self.hparams
-        if train:
-            return train_loader(dataset, hp.batch_size, self.trainer, collate=collate, num_workers=hp.num_workers)
-        return eval_loader(
-            dataset, hp.eval_batch_size, collate=collate, num_workers=hp.num_workers, persistent_workers=True
-        )
-
     def train_dataloader(self) -> CombinedLoader:
-        if self.hparams.train_shards:
+        """One loader per task, cycled to the longest (Lightning's `max_size_cycle`)."""
+        hp = self.hparams
+        if hp.train_shards:
             return CombinedLoader({task: self._shard_loader(task) for task in self.tasks}, mode="max_size_cycle")
-        loaders = {task: self._loader(self._dataset(task, "train"), train=True) for task in self.tasks}
+        loaders = {
+            task: train_loader(
+                self._dataset(task, "train"), hp.batch_size, self.trainer, collate=collate, num_workers=hp.num_workers
+            )
+            for task in self.tasks
+        }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self._dataset(task, "val"), train=False) for task in self.eval_tasks]
+        return self._eval_loaders("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self._dataset(task, "test"), train=False) for task in self.eval_tasks]
+        return self._eval_loaders("test")
 
-    def dataset_items(self, task: str, split: str) -> list[VideoTextItem]:
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")  # predictions are made on the test split
+
+    def _eval_loaders(self, split: Split) -> list[DataLoader]:
+        """One loader per evaluation task, in `eval_tasks` order: loader `i` is the module's `dataloader_idx` i."""
+        hp = self.hparams
+        return [
+            eval_loader(
+                self._dataset(task, split),
+                hp.eval_batch_size,
+                collate=collate,
+                num_workers=hp.num_workers,
+                persistent_workers=True,
+            )
+            for task in self.eval_tasks
+        ]
+
+    def dataset_items(self, task: Task, split: Split) -> list[VideoTextItem]:
         """The items (video path, captions, question, answer) of a task's split, by dataset index."""
         return self._dataset(task, split).items
 
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self.test_dataloader()
-
     # ---- shards --------------------------------------------------------------------------------
 
-    def _shard_loader(self, task: str) -> ShardLoader:
+    def _shard_loader(self, task: Task) -> ShardLoader:
         hp = self.hparams
         dataset = ShardDataset(
             hp.train_shards,
@@ -549,7 +589,7 @@ class VLABDataModule(LightningDataModule):
         )
         return ShardLoader(dataset, self.trainer)
 
-    def shard_samples(self, split: str = "train") -> tuple[Iterator[dict[str, Any]], int]:
+    def shard_samples(self, split: Split = "train") -> tuple[Iterator[dict[str, Any]], int]:
         """The split's videos as video2dataset-layout samples (``{key}.mp4``, ``.txt`` = first caption,
         ``.json`` = ``{"video", "captions", "qa"}`` over this module's tasks), and how many there are;
         `vislang.shared.data.shards.write_shards` writes them."""
@@ -587,7 +627,7 @@ class ShardVideoText:
     (seed, epoch, sample key) only.
     """
 
-    def __init__(self, task: str, num_frames: int, image_size: int) -> None:
+    def __init__(self, task: Task, num_frames: int, image_size: int) -> None:
         self.task, self.num_frames, self.image_size = task, num_frames, image_size
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:

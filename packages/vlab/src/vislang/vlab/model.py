@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,11 +44,19 @@ from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecod
 from vislang.shared.checkpoint import LoadReport, StateDictMismatchError, load_into, load_state_dict, rename_keys
 
 __all__ = [
+    "BERT_BASE",
+    "BERT_LARGE",
     "PRESETS",
+    "ClipSize",
+    "ClipTextSize",
+    "ClipVisionSize",
+    "DecoderSize",
     "GatedCrossAttentionBlend",
     "TemporalAdapter",
+    "TimmVisionSize",
     "VLAB",
     "VLABConfig",
+    "Preset",
     "build_vlab",
     "clip_uses_quick_gelu",
     "load_bert_decoder",
@@ -57,15 +65,76 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
+class ClipVisionSize:
+    """open_clip `vision_cfg` of a shrunk CLIP image tower (it replaces the architecture's whole dict)."""
+
+    image_size: int
+    patch_size: int
+    width: int
+    layers: int
+    head_width: int
+
+
+@dataclass(frozen=True)
+class TimmVisionSize:
+    """open_clip `vision_cfg` of an image tower timm builds by name (EVA-CLIP's Eva trunk), e.g. timm's
+    smallest EVA-02 for a tiny EVA-CLIP; depth and width are the timm model's own."""
+
+    image_size: int
+    timm_model_name: str
+    timm_model_pretrained: bool = False
+    timm_pool: str = "token"
+    timm_proj: str | None = None
+
+
+@dataclass(frozen=True)
+class ClipTextSize:
+    """open_clip `text_cfg` of a shrunk CLIP text tower (it replaces the architecture's whole dict)."""
+
+    context_length: int
+    vocab_size: int
+    width: int
+    heads: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class ClipSize:
+    """A CLIP smaller than its `clip_arch`: the `embed_dim`, `vision_cfg` and `text_cfg` overrides of
+    open_clip's `create_model` (how the tiny preset shrinks CLIP)."""
+
+    embed_dim: int
+    vision: ClipVisionSize | TimmVisionSize
+    text: ClipTextSize
+
+    def create_model_kwargs(self) -> dict[str, Any]:
+        return dict(embed_dim=self.embed_dim, vision_cfg=asdict(self.vision), text_cfg=asdict(self.text))
+
+
+@dataclass(frozen=True)
+class DecoderSize:
+    """BERT sizes of the generative decoder (transformers `BertConfig` fields); the default is BERT-base."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+
+
+BERT_BASE = DecoderSize()
+BERT_LARGE = DecoderSize(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+
+
+@dataclass(frozen=True)
 class VLABConfig:
     """Sizes and switches of a VLAB model. Named presets are in `PRESETS`.
 
     Args:
         clip_arch: open_clip architecture name: a native ViT (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, ...)
             or EVA-CLIP (`EVA02-B-16`, `EVA02-L-14`, `EVA01-g-14`, ...: a timm Eva trunk).
-        clip_overrides: open_clip `create_model` keyword overrides (whole `vision_cfg`/`text_cfg`
-            dicts, `embed_dim`); how the tiny preset shrinks CLIP.
+        clip_size: a CLIP smaller than `clip_arch`'s (the tiny preset); None builds the architecture as is.
         adapter: temporal mixing inside the video adapter: `attention` (self-attention over the
             T frames of every spatial token, TimeSformer's divided attention) or `conv` (depthwise
             temporal convolution, ST-Adapter style).
@@ -73,47 +142,33 @@ class VLABConfig:
         adapter_ratio: adapter bottleneck width as a fraction of the ViT width.
         max_frames: longest clip the adapter's temporal position embedding supports.
         blend_heads: heads of the blending cross-attention.
-        decoder: BERT sizes of the generative decoder (`hidden_size`, `num_hidden_layers`,
-            `num_attention_heads`, `intermediate_size`, `max_position_embeddings`).
+        decoder: BERT sizes of the generative decoder.
     """
 
     clip_arch: str = "ViT-B-16"
-    clip_overrides: dict[str, Any] = field(default_factory=dict)
+    clip_size: ClipSize | None = None
     adapter: Literal["attention", "conv"] = "attention"
     adapter_every: int = 1
     adapter_ratio: float = 0.25
     max_frames: int = 16
     blend_heads: int = 8
-    decoder: dict[str, int] = field(
-        default_factory=lambda: dict(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=512,
-        )
-    )
+    decoder: DecoderSize = BERT_BASE
 
 
-_BERT_BASE = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512
-)
-_BERT_LARGE = dict(
-    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=512
-)
+Preset = Literal["tiny", "vlab_b32", "vlab_b16", "vlab_l14", "vlab_eva02_b16", "vlab_eva02_l14", "vlab_eva01_g14"]
 
-PRESETS: dict[str, VLABConfig] = {
+PRESETS: dict[Preset, VLABConfig] = {
     # Runs on a laptop CPU in minutes: CLIP shrunk to 2 layers of width 64 at 32 px.
     "tiny": VLABConfig(
         clip_arch="ViT-B-32",
-        clip_overrides=dict(
+        clip_size=ClipSize(
             embed_dim=64,
-            vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-            text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
+            vision=ClipVisionSize(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+            text=ClipTextSize(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
         ),
         adapter_ratio=0.5,
         blend_heads=2,
-        decoder=dict(
+        decoder=DecoderSize(
             hidden_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
@@ -121,14 +176,14 @@ PRESETS: dict[str, VLABConfig] = {
             max_position_embeddings=64,
         ),
     ),
-    "vlab_b32": VLABConfig(clip_arch="ViT-B-32", decoder=_BERT_BASE),
-    "vlab_b16": VLABConfig(clip_arch="ViT-B-16", decoder=_BERT_BASE),
-    "vlab_l14": VLABConfig(clip_arch="ViT-L-14", blend_heads=16, decoder=_BERT_LARGE),
+    "vlab_b32": VLABConfig(clip_arch="ViT-B-32"),
+    "vlab_b16": VLABConfig(clip_arch="ViT-B-16"),
+    "vlab_l14": VLABConfig(clip_arch="ViT-L-14", blend_heads=16, decoder=BERT_LARGE),
     # EVA-CLIP (Sun et al. 2023): open_clip builds the image tower from timm's Eva (EVA-02: RoPE, SwiGLU)
-    "vlab_eva02_b16": VLABConfig(clip_arch="EVA02-B-16", decoder=_BERT_BASE),
-    "vlab_eva02_l14": VLABConfig(clip_arch="EVA02-L-14", blend_heads=16, decoder=_BERT_LARGE),
+    "vlab_eva02_b16": VLABConfig(clip_arch="EVA02-B-16"),
+    "vlab_eva02_l14": VLABConfig(clip_arch="EVA02-L-14", blend_heads=16, decoder=BERT_LARGE),
     # EVA01-g/14, the giant encoder the survey attributes to VLAB (reference §1.1, unverified)
-    "vlab_eva01_g14": VLABConfig(clip_arch="EVA01-g-14", blend_heads=16, decoder=_BERT_LARGE),
+    "vlab_eva01_g14": VLABConfig(clip_arch="EVA01-g-14", blend_heads=16, decoder=BERT_LARGE),
 }
 
 
@@ -236,7 +291,7 @@ class VLAB(nn.Module):
             pretrained=None,
             device=device,
             force_quick_gelu=clip_uses_quick_gelu(config.clip_arch, clip_tag),
-            **config.clip_overrides,
+            **(config.clip_size.create_model_kwargs() if config.clip_size else {}),
         )
         visual = self.clip.visual
         width = _vit_width(visual, config.clip_arch)
@@ -267,7 +322,7 @@ class VLAB(nn.Module):
             pad_token_id=decoder_pad_token_id,
             is_decoder=True,
             add_cross_attention=True,
-            **config.decoder,
+            **asdict(config.decoder),
         )
         self.visual_to_decoder = nn.Linear(width, decoder_config.hidden_size)
         self.decoder = BertLMHeadModel(decoder_config)
@@ -480,7 +535,7 @@ def _run_adapter_first(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tup
 
 
 def build_vlab(
-    preset: str | VLABConfig,
+    preset: Preset | VLABConfig,
     decoder_vocab_size: int | None,
     decoder_pad_token_id: int = 0,
     clip_tag: str | None = None,

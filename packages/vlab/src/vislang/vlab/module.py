@@ -5,15 +5,14 @@ tower, a BERT WordPiece for the decoder), so a checkpoint and its tokenizers alw
 and the inference calls (`rank_captions`, `answer`) take plain text.
 
 Training batches arrive as a dict of task → batch (Lightning's CombinedLoader), evaluation loaders
-one per task; `vislang.vlab.data.VLABDataModule` builds both.
+one per task; the module reads the tasks from its data module through `vislang.vlab.data.VideoTextData`,
+which `vislang.vlab.data.VLABDataModule` implements.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,28 +21,41 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from vislang.shared.checkpoint import load_state_dict
+from vislang.shared.checkpoint import StateDictMismatchError, load_into, load_state_dict, strip_prefix
 from vislang.shared.losses import symmetric_info_nce
-from vislang.shared.metrics import (
-    CaptionMetric,
-    RetrievalMetric,
-    SampleMetric,
-    blockwise_similarity,
-    dual_softmax,
-    first_occurrence,
-    positives_from_keys,
-    retrieval_metrics,
-    video_to_text_metrics,
-)
+from vislang.shared.metrics import CaptionMetric, RetrievalMetric, SampleMetric
 from vislang.shared.predictions import gather_objects, write_json_lines
 from vislang.shared.preflight import Missing, PreflightContext, check_path, check_tokenizer
+from vislang.shared.schedules import step_schedule, warmup_cosine
 from vislang.shared.text import load_tokenizer
-from vislang.vlab.model import VLAB, build_vlab, load_bert_decoder, load_clip_state_dict
+from vislang.vlab.data import TASKS, Task, VideoTextData, load_clip
+from vislang.vlab.metrics import ExactMatchAccuracy, format_scores, rerank_top_k
+from vislang.vlab.model import VLAB, Preset, build_vlab, load_bert_decoder, load_clip_state_dict
 
-Task = Literal["retrieval", "caption", "qa"]
+__all__ = ["VLABModule"]
+
 _DECODER_PARTS = ("decoder.", "visual_to_decoder.", "itm_head.")
-
-__all__ = ["VLABModule", "rerank_top_k"]
+# the image stream feeds the blending with its tokens only: CLIP's own pooling head is unused
+_IMAGE_STREAM_HEAD = (
+    "clip.visual.ln_post",
+    "clip.visual.proj",
+    "clip.visual.head.",
+    "clip.visual.trunk.norm.",
+    "clip.visual.trunk.fc_norm",
+    "clip.visual.trunk.head",
+)
+# CLIP's text tower, temperature and the video stream's output projection serve only retrieval
+_RETRIEVAL_PARTS = (
+    "clip.token_embedding",
+    "clip.positional_embedding",
+    "clip.transformer.",
+    "clip.ln_final",
+    "clip.text_projection",
+    "clip.logit_scale",
+    "video_visual.proj",
+    "video_visual.head.",
+)
+_MAX_CAPTIONS_PER_VIDEO = 10_000  # caption ids are video index x this + caption number
 
 
 class VLABModule(LightningModule):
@@ -100,8 +112,8 @@ class VLABModule(LightningModule):
 
     def __init__(
         self,
-        preset: str = "vlab_b16",
-        loss_weights: dict[str, float] | None = None,
+        preset: Preset = "vlab_b16",
+        loss_weights: dict[Task, float] | None = None,
         decoder_tokenizer: str | None = "bert-base-uncased",
         decoder_weights: str | None = None,
         clip_weights: str | None = None,
@@ -125,19 +137,9 @@ class VLABModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        unknown = set(loss_weights or {}) - {"retrieval", "caption", "qa"}
-        if unknown:
-            raise ValueError(f"loss_weights: unknown tasks {sorted(unknown)}; choose from retrieval, caption, qa")
-        self.loss_weights = {"retrieval": 1.0, "caption": 1.0, "qa": 1.0, **(loss_weights or {})}
-        if itm_weight < 0 or itm_rerank_k < 0:
-            raise ValueError(f"itm_weight and itm_rerank_k must be >= 0, got {itm_weight} and {itm_rerank_k}")
-        self.loss_weights["itm"] = itm_weight
-
-        if decoder_tokenizer is None and (itm_weight > 0 or itm_rerank_k > 0 or decoder_weights):
-            raise ValueError(
-                "decoder_tokenizer: null builds no decoder, but itm_weight/itm_rerank_k/decoder_weights need one; "
-                "set decoder_tokenizer (e.g. bert-base-uncased)"
-            )
+        _check_arguments(loss_weights, decoder_tokenizer, decoder_weights, itm_weight, itm_rerank_k)
+        # the weight of each loss in the sum: one per task, and ITM's on retrieval batches
+        self.loss_weights: dict[str, float] = {**dict.fromkeys(TASKS, 1.0), **(loss_weights or {}), "itm": itm_weight}
         self.tokenizer = load_tokenizer(decoder_tokenizer) if decoder_tokenizer is not None else None
         self.model: VLAB = build_vlab(
             preset,
@@ -148,29 +150,8 @@ class VLABModule(LightningModule):
         self.clip_tokenizer = open_clip.get_tokenizer(
             self.model.config.clip_arch, context_length=self.model.clip.context_length
         )
-        if clip_weights:
-            missing, unexpected = load_clip_state_dict(self.model, load_state_dict(clip_weights))
-            if unexpected:
-                raise ValueError(f"{clip_weights}: not an open_clip CLIP checkpoint (unexpected keys {unexpected[:5]})")
-        if decoder_weights:
-            load_bert_decoder(self.model, decoder_weights)
-        if init_weights:
-            state = load_state_dict(init_weights)
-            state = {k.removeprefix("model."): v for k, v in state.items()}
-            if self.model.decoder is None:  # a retrieval-only model fine-tuned from a full one
-                state = {k: v for k, v in state.items() if not k.startswith(_DECODER_PARTS)}
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            # a checkpoint from before the ITM head (or pre-trained without it) may lack only that
-            missing = [k for k in missing if not k.startswith("itm_head.")]
-            if missing or unexpected:
-                raise ValueError(
-                    f"{init_weights}: not a VLAB checkpoint of this preset (missing {missing[:5]}, "
-                    f"unexpected {unexpected[:5]})"
-                )
-        frozen = [*(freeze or []), *(["clip.visual."] if freeze_image_stream else [])]
-        for name, parameter in self.model.named_parameters():
-            if any(name.startswith(prefix) for prefix in frozen):
-                parameter.requires_grad_(False)
+        self._load_initial_weights(clip_weights, decoder_weights, init_weights)
+        self._freeze([*(freeze or []), *(["clip.visual."] if freeze_image_stream else [])])
         if gradient_checkpointing:
             self.model.clip.visual.set_grad_checkpointing(True)
             self.model.video_visual.set_grad_checkpointing(True)
@@ -204,6 +185,64 @@ class VLABModule(LightningModule):
         for key in ("clip_weights", "decoder_weights", "init_weights"):
             found += check_path(f"model.{key}", init_args.get(key), fix)
         return found
+
+    # ---- initial weights and frozen parts ------------------------------------------------------
+
+    def _load_initial_weights(
+        self, clip_weights: str | None, decoder_weights: str | None, init_weights: str | None
+    ) -> None:
+        """CLIP into both streams and the text tower, BERT into the decoder, then a whole VLAB checkpoint."""
+        if clip_weights:
+            _, unexpected = load_clip_state_dict(self.model, load_state_dict(clip_weights))
+            if unexpected:
+                raise ValueError(f"{clip_weights}: not an open_clip CLIP checkpoint (unexpected keys {unexpected[:5]})")
+        if decoder_weights:
+            load_bert_decoder(self.model, decoder_weights)
+        if init_weights:
+            self._load_vlab_checkpoint(init_weights)
+
+    def _load_vlab_checkpoint(self, path: str) -> None:
+        """`init_weights`: a VLABModule checkpoint (keys `model.*`) or the bare model's weights."""
+        state = strip_prefix(load_state_dict(path), "model.")
+        if self.model.decoder is None:  # a retrieval-only model fine-tuned from a full one
+            state = {k: v for k, v in state.items() if not k.startswith(_DECODER_PARTS)}
+        try:
+            # a checkpoint from before the ITM head (or pre-trained without it) may lack only that
+            load_into(self.model, state, strict=True, allowed_missing=[r"itm_head\..*"])
+        except StateDictMismatchError as err:
+            raise ValueError(f"{path}: not a VLAB checkpoint of this preset ({err.report})") from None
+
+    def _freeze(self, prefixes: list[str]) -> None:
+        for name, parameter in self.model.named_parameters():
+            if name.startswith(tuple(prefixes)):
+                parameter.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        """Freeze the parts the data module's tasks never use, before DDP wraps the model.
+
+        DDP fails on trainable parameters that get no gradient (a retrieval-only run never touches the
+        decoder; a QA-only run never touches the text tower), and such parameters would only
+        carry weight decay. What stays trainable is exactly what the losses reach, which a test checks.
+        """
+        if stage != "fit" or self.trainer is None or self.trainer.datamodule is None:
+            return
+        tasks = set(self._data().tasks)
+        if self.model.decoder is None and tasks & {"caption", "qa"}:
+            raise ValueError(
+                f"data.tasks {sorted(tasks)} need the generative decoder, but model.decoder_tokenizer is null; "
+                "set it (e.g. bert-base-uncased)"
+            )
+        self._freeze(_unused_parameters(tasks, itm=self.hparams.itm_weight > 0 and "retrieval" in tasks))
+
+    def _data(self) -> VideoTextData:
+        """The trainer's data module, read through the contract VLAB needs (tasks, evaluation order, items)."""
+        data = self.trainer.datamodule
+        if not isinstance(data, VideoTextData):
+            raise TypeError(
+                f"VLABModule reads tasks, eval_tasks and dataset_items from its data module "
+                f"(vislang.vlab.data.VideoTextData); {type(data).__name__} has not all of them"
+            )
+        return data
 
     # ---- text helpers -----------------------------------------------------------------------
 
@@ -249,70 +288,13 @@ class VLABModule(LightningModule):
         )
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
-    def setup(self, stage: str) -> None:
-        """Freeze the parts the data module's tasks never use, before DDP wraps the model.
-
-        DDP fails on trainable parameters that get no gradient (a retrieval-only run never touches the
-        decoder; a QA-only run never touches the text tower), and such parameters would only
-        carry weight decay. What stays trainable is exactly what the losses reach, which a test checks.
-        """
-        if stage != "fit" or self.trainer is None or self.trainer.datamodule is None:
-            return
-        tasks = set(self.trainer.datamodule.tasks)
-        if self.model.decoder is None and tasks & {"caption", "qa"}:
-            raise ValueError(
-                f"data.tasks {sorted(tasks)} need the generative decoder, but model.decoder_tokenizer is null; "
-                "set it (e.g. bert-base-uncased)"
-            )
-        itm = self.hparams.itm_weight > 0 and "retrieval" in tasks
-        # the image stream feeds the blending with its tokens only: CLIP's own pooling head is unused
-        unused: list[str] = [
-            "clip.visual.ln_post",
-            "clip.visual.proj",
-            "clip.visual.head.",
-            "clip.visual.trunk.norm.",
-            "clip.visual.trunk.fc_norm",
-            "clip.visual.trunk.head",
-        ]
-        if not tasks & {"caption", "qa"}:
-            unused += ["decoder.cls."] if itm else ["decoder.", "visual_to_decoder."]
-        if not itm:
-            unused.append("itm_head.")
-        if "retrieval" not in tasks:
-            # CLIP's text tower, temperature and the video stream's output projection serve only retrieval
-            unused += [
-                "clip.token_embedding",
-                "clip.positional_embedding",
-                "clip.transformer.",
-                "clip.ln_final",
-                "clip.text_projection",
-                "clip.logit_scale",
-                "video_visual.proj",
-                "video_visual.head.",
-            ]
-        for name, parameter in self.model.named_parameters():
-            if name.startswith(tuple(unused)):
-                parameter.requires_grad_(False)
-
     # ---- training ---------------------------------------------------------------------------
 
-    def _task_losses(self, task: str, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def _task_losses(self, task: Task, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The task's loss, and on retrieval batches also `itm` when `itm_weight` > 0."""
         video_embedding, tokens = self.model.encode_video(batch["video"])
         if task == "retrieval":
-            text_embedding = self.model.encode_text(self._clip_ids(batch["caption"]))
-            # symmetric InfoNCE over the global batch (keys gathered from every process), CLIP §2.3
-            scale = self.model.logit_scale()
-            losses = {"retrieval": symmetric_info_nce(video_embedding, text_embedding, temperature=1.0 / scale)}
-            if self.hparams.itm_weight > 0 and len(batch["caption"]) > 1:
-                # ALBEF §3.2: hard negatives drawn from this process's batch similarities; a text equal
-                # to the positive caption is never a negative
-                captions = batch["caption"]
-                same = torch.tensor([[a == b for b in captions] for a in captions], device=self.device)
-                ids, mask = self._itm_text(captions)
-                similarity = scale * video_embedding @ text_embedding.t()
-                losses["itm"] = self.model.itm_loss(self.model.decoder_memory(tokens), ids, mask, similarity, same)
-            return losses
+            return self._retrieval_losses(batch["caption"], video_embedding, tokens)
         memory = self.model.decoder_memory(tokens)
         if task == "caption":
             ids, mask, labels = self._decoder_batch(self._caption_prompt(len(batch["caption"])), batch["caption"])
@@ -320,7 +302,21 @@ class VLABModule(LightningModule):
             ids, mask, labels = self._decoder_batch(batch["question"], batch["answer"])
         return {task: self.model.decoder_loss(memory, ids, mask, labels)}
 
-    def training_step(self, batch: dict[str, dict[str, Any]], batch_idx: int) -> Tensor:
+    def _retrieval_losses(self, captions: list[str], video_embedding: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        text_embedding = self.model.encode_text(self._clip_ids(captions))
+        # symmetric InfoNCE over the global batch (keys gathered from every process), CLIP §2.3
+        scale = self.model.logit_scale()
+        losses = {"retrieval": symmetric_info_nce(video_embedding, text_embedding, temperature=1.0 / scale)}
+        if self.hparams.itm_weight > 0 and len(captions) > 1:
+            # ALBEF §3.2: hard negatives drawn from this process's batch similarities; a text equal
+            # to the positive caption is never a negative
+            same = torch.tensor([[a == b for b in captions] for a in captions], device=self.device)
+            ids, mask = self._itm_text(captions)
+            similarity = scale * video_embedding @ text_embedding.t()
+            losses["itm"] = self.model.itm_loss(self.model.decoder_memory(tokens), ids, mask, similarity, same)
+        return losses
+
+    def training_step(self, batch: dict[Task, dict[str, Any] | None], batch_idx: int) -> Tensor:
         total = torch.zeros((), device=self.device)
         for task, task_batch in batch.items():
             if task_batch is None:  # a shorter task loader that has run out in this epoch
@@ -334,37 +330,40 @@ class VLABModule(LightningModule):
 
     # ---- evaluation -------------------------------------------------------------------------
 
-    def _eval_task(self, dataloader_idx: int) -> str:
-        return self.trainer.datamodule.eval_tasks[dataloader_idx]
+    def _eval_task(self, dataloader_idx: int) -> Task:
+        return self._data().eval_tasks[dataloader_idx]
 
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
         task = self._eval_task(dataloader_idx)
         video_embedding, tokens = self.model.encode_video(batch["video"])
-        index = batch["index"]
         if task == "retrieval":
-            # an evaluation item is a video with all its captions; each caption keeps its video's key
-            captions = [c for caps in batch["captions"] for c in caps]
-            owner = torch.tensor([int(i) for i, caps in zip(index, batch["captions"], strict=True) for _ in caps])
-            caption_number = torch.tensor([j for caps in batch["captions"] for j in range(len(caps))])
-            text_index = owner * _MAX_CAPTIONS_PER_VIDEO + caption_number
-            self.retrieval_metric.update(
-                self.model.encode_text(self._clip_ids(captions)).float(),
-                text_key=owner,
-                index=text_index,
-                visual_emb=video_embedding.float(),
-                visual_key=index,
-            )
-            if self.hparams.itm_rerank_k > 0:  # kept for the ITM re-ranking at the epoch's end
-                memory = self.model.decoder_memory(tokens).float().cpu()
-                self._rerank_memory.update({int(key): m for key, m in zip(index, memory, strict=True)})
-                self._rerank_text.update(dict(zip(text_index.tolist(), captions, strict=True)))
+            self._update_retrieval(batch, video_embedding, tokens)
             return
         prompts = batch["question"] if task == "qa" else self._caption_prompt(len(batch["video"]))
         texts = self._generate(tokens, prompts, task)
         if task == "qa":
-            self.qa_metric.update(texts, batch["answer"], index)
+            self.qa_metric.update(texts, batch["answer"], batch["index"])
         else:
-            self.caption_metric.update(texts, batch["captions"], index)
+            self.caption_metric.update(texts, batch["captions"], batch["index"])
+
+    def _update_retrieval(self, batch: dict[str, Any], video_embedding: Tensor, tokens: Tensor) -> None:
+        """An evaluation item is a video with all its captions; each caption keeps its video's key."""
+        index = batch["index"]
+        captions = [c for caps in batch["captions"] for c in caps]
+        owner = torch.tensor([int(i) for i, caps in zip(index, batch["captions"], strict=True) for _ in caps])
+        caption_number = torch.tensor([j for caps in batch["captions"] for j in range(len(caps))])
+        text_index = owner * _MAX_CAPTIONS_PER_VIDEO + caption_number
+        self.retrieval_metric.update(
+            self.model.encode_text(self._clip_ids(captions)).float(),
+            text_key=owner,
+            index=text_index,
+            visual_emb=video_embedding.float(),
+            visual_key=index,
+        )
+        if self.hparams.itm_rerank_k > 0:  # kept for the ITM re-ranking at the epoch's end
+            memory = self.model.decoder_memory(tokens).float().cpu()
+            self._rerank_memory.update({int(key): m for key, m in zip(index, memory, strict=True)})
+            self._rerank_text.update(dict(zip(text_index.tolist(), captions, strict=True)))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
@@ -392,36 +391,37 @@ class VLABModule(LightningModule):
 
     def _finish_evaluation(self, split: str) -> dict[str, dict[str, float]]:
         """Compute each task's metrics over the whole split (every sample once, under DDP too) and log them."""
+        metrics: dict[Task, SampleMetric] = {
+            "retrieval": self.retrieval_metric,
+            "qa": self.qa_metric,
+            "caption": self.caption_metric,
+        }
         results: dict[str, dict[str, float]] = {}
-        for task in self.trainer.datamodule.eval_tasks:
-            metric = {"retrieval": self.retrieval_metric, "qa": self.qa_metric, "caption": self.caption_metric}[task]
+        for task in self._data().eval_tasks:
+            metric = metrics[task]
             if not metric.update_called:
                 continue
-            if task == "retrieval" and self.hparams.dual_softmax:
-                metric.dual_softmax_temperature = float(1.0 / self.model.logit_scale())
-            if task == "retrieval" and self.hparams.itm_rerank_k > 0:
-                scores = self._reranked_retrieval_scores(metric)
-            else:
-                scores = metric.compute()
-            if task == "retrieval":  # a random ranking finds the one right video of N with probability 1/N
-                scores["chance/R@1"] = 100.0 / scores["num_visual"]
+            scores = self._retrieval_scores() if task == "retrieval" else metric.compute()
             metric.reset()
             results[task] = scores
             # every rank holds the same, already gathered scores: sync_dist averages identical values
             self.log_dict({f"{split}/{task}/{name}": value for name, value in scores.items()}, sync_dist=True)
         return results
 
+    def _retrieval_scores(self) -> dict[str, float]:
+        """Both directions' recalls: contrastive (optionally dual-softmaxed), or ITM re-ranked."""
+        if self.hparams.dual_softmax:
+            self.retrieval_metric.dual_softmax_temperature = float(1.0 / self.model.logit_scale())
+        rerank = self.hparams.itm_rerank_k > 0
+        scores = self._reranked_retrieval_scores() if rerank else self.retrieval_metric.compute()
+        # a random ranking finds the one right video of N with probability 1/N
+        scores["chance/R@1"] = 100.0 / scores["num_visual"]
+        return scores
+
     @torch.no_grad()
-    def _reranked_retrieval_scores(self, metric: RetrievalMetric) -> dict[str, float]:
-        with metric.sync_context():  # every rank's embeddings, as `metric.compute` would see them
-            return self._rerank(metric)
-
-    def _rerank(self, metric: RetrievalMetric) -> dict[str, float]:
-        """`RetrievalMetric.compute` with each direction's contrastive top-k re-scored by ITM (UMT's `k_test`).
-
-        The similarity matrix is built exactly as `RetrievalMetric` builds it (texts deduplicated and
-        ordered by index, videos by key, optional dual softmax), then `rerank_top_k` per direction.
-        """
+    def _reranked_retrieval_scores(self) -> dict[str, float]:
+        """`RetrievalMetric`'s scores with each direction's contrastive top-k re-scored by ITM (UMT's `k_test`)."""
+        similarities = self.retrieval_metric.similarities()  # every rank's embeddings, as `compute` sees them
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # every rank gathers every video's memory and caption and re-ranks the whole matrix itself
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
@@ -429,38 +429,22 @@ class VLABModule(LightningModule):
             for memory, texts in gathered:
                 self._rerank_memory.update(memory)
                 self._rerank_text.update(texts)
-        keep = metric._kept()
-        text = metric._gathered("text_emb", keep)
-        text_key = metric._gathered("text_key", keep)
-        text_index = metric._gathered("index", keep).long().tolist()
-        visual_keys_all = metric._state("visual_key").long()
-        vkeep = first_occurrence(visual_keys_all)
-        visual = metric._state("visual_emb")[vkeep]
-        visual_key = visual_keys_all[vkeep].tolist()
-        sim = blockwise_similarity(text, visual, metric.block_size)
-        positives = positives_from_keys(text_key, visual_key)
-        sim_v2t = sim.t().clone()
-        if metric.dual_softmax_temperature is not None:
-            sim_v2t = dual_softmax(sim.clone(), metric.dual_softmax_temperature, dim=1).t().clone()
-            dual_softmax(sim, metric.dual_softmax_temperature, dim=0)
+        text_index, video_key = similarities.text_index.tolist(), similarities.visual_key.tolist()
         k = self.hparams.itm_rerank_k
 
         def t2v_scores(rows: Tensor, cols: Tensor) -> Tensor:
-            return self._itm_pair_scores([text_index[r] for r in rows.tolist()], [visual_key[c] for c in cols.tolist()])
+            return self._itm_pair_scores([text_index[r] for r in rows.tolist()], [video_key[c] for c in cols.tolist()])
 
         def v2t_scores(rows: Tensor, cols: Tensor) -> Tensor:
-            return self._itm_pair_scores([text_index[c] for c in cols.tolist()], [visual_key[r] for r in rows.tolist()])
+            return self._itm_pair_scores([text_index[c] for c in cols.tolist()], [video_key[r] for r in rows.tolist()])
 
-        sim = rerank_top_k(sim, k, t2v_scores)
-        sim_v2t = rerank_top_k(sim_v2t, k, v2t_scores)
+        reranked = replace(
+            similarities,
+            text_to_visual=rerank_top_k(similarities.text_to_visual, k, t2v_scores),
+            visual_to_text=rerank_top_k(similarities.visual_to_text.contiguous(), k, v2t_scores),
+        )
         self._rerank_memory, self._rerank_text = {}, {}
-        t2v = retrieval_metrics(sim, positives, block_size=metric.block_size)
-        v2t = video_to_text_metrics(sim_v2t, positives, text_key, metric.video_to_text, metric.block_size)
-        out = {f"t2v/{name}": value for name, value in t2v.items()}
-        out.update({f"v2t/{name}": value for name, value in v2t.items()})
-        out["rsum"] = sum(value for name, value in out.items() if "/R@" in name)
-        out["num_text"], out["num_visual"] = float(text.shape[0]), float(visual.shape[0])
-        return out
+        return self.retrieval_metric.score(reranked)
 
     @torch.no_grad()
     def _itm_pair_scores(self, text_indices: list[int], video_keys: list[int], batch_size: int = 64) -> Tensor:
@@ -505,7 +489,7 @@ class VLABModule(LightningModule):
         return rows
 
     def on_predict_epoch_start(self) -> None:
-        self._predictions: dict[str, list[dict[str, Any]]] = {}
+        self._predictions: dict[Task, list[dict[str, Any]]] = {}
 
     def on_predict_epoch_end(self) -> None:
         """Write `vlab_predictions_<task>.jsonl` (in `results_dir`, or the logger's directory), replacing any
@@ -516,9 +500,9 @@ class VLABModule(LightningModule):
             return
         directory = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
         directory.mkdir(parents=True, exist_ok=True)
-        for task in self.trainer.datamodule.eval_tasks:
+        for task in self._data().eval_tasks:
             rows = {row["index"]: row for part in gathered for row in part.get(task, [])}
-            items = self.trainer.datamodule.dataset_items(task, "test")
+            items = self._data().dataset_items(task, "test")
             ordered = [rows[index] for index in sorted(rows)]
             lines = (
                 _retrieval_rankings(ordered, items)
@@ -554,14 +538,12 @@ class VLABModule(LightningModule):
         return self._generate(tokens, self._caption_prompt(1), "caption")[0]
 
     def _load_video(self, video: str | Path, num_frames: int) -> Tensor:
-        from vislang.vlab.data import load_clip
-
         self.eval()
         image_size = self.model.clip.visual.image_size
         size = image_size[0] if isinstance(image_size, tuple) else image_size
         return load_clip(video, num_frames, size).unsqueeze(0).to(self.device)
 
-    def _generate(self, tokens: Tensor, prompts: list[str], task: str) -> list[str]:
+    def _generate(self, tokens: Tensor, prompts: list[str], task: Task) -> list[str]:
         if self.model.decoder is None:
             raise ValueError(
                 "this VLAB was built for retrieval only (decoder_tokenizer: null): it has no decoder "
@@ -576,6 +558,13 @@ class VLABModule(LightningModule):
     # ---- optimisation -----------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # AdamW with VALOR's betas (0.9, 0.98); linear warm-up over `warmup_ratio` of the steps, then cosine to 0
+        optimizer = torch.optim.AdamW(self._parameter_groups(), betas=(0.9, 0.98))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return step_schedule(optimizer, warmup_cosine(total, int(total * self.hparams.warmup_ratio)))
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """CLIP's towers at `clip_lr`, the rest at `lr`; no weight decay on biases, norms, embeddings and gates."""
         groups: dict[tuple[bool, bool], list[Tensor]] = {}
         for name, parameter in self.model.named_parameters():
             if not parameter.requires_grad:
@@ -583,7 +572,7 @@ class VLABModule(LightningModule):
             is_clip = name.startswith(("clip.", "video_visual.")) and ".temporal_adapter." not in name
             no_decay = parameter.ndim < 2 or "embedding" in name or name.endswith("_gate")
             groups.setdefault((is_clip, no_decay), []).append(parameter)
-        param_groups = [
+        return [
             {
                 "params": params,
                 "lr": self.hparams.clip_lr if is_clip else self.hparams.lr,
@@ -591,22 +580,37 @@ class VLABModule(LightningModule):
             }
             for (is_clip, no_decay), params in groups.items()
         ]
-        # AdamW with VALOR's betas (0.9, 0.98)
-        optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.98))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * self.hparams.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-_MAX_CAPTIONS_PER_VIDEO = 10_000  # caption ids are video index x this + caption number
+def _check_arguments(
+    loss_weights: dict[Task, float] | None,
+    decoder_tokenizer: str | None,
+    decoder_weights: str | None,
+    itm_weight: float,
+    itm_rerank_k: int,
+) -> None:
+    unknown = set(loss_weights or {}) - set(TASKS)
+    if unknown:
+        raise ValueError(f"loss_weights: unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+    if itm_weight < 0 or itm_rerank_k < 0:
+        raise ValueError(f"itm_weight and itm_rerank_k must be >= 0, got {itm_weight} and {itm_rerank_k}")
+    if decoder_tokenizer is None and (itm_weight > 0 or itm_rerank_k > 0 or decoder_weights):
+        raise ValueError(
+            "decoder_tokenizer: null builds no decoder, but itm_weight/itm_rerank_k/decoder_weights need one; "
+            "set decoder_tokenizer (e.g. bert-base-uncased)"
+        )
+
+
+def _unused_parameters(tasks: set[Task], itm: bool) -> list[str]:
+    """Parameter-name prefixes that no loss of `tasks` (and ITM, if `itm`) reaches."""
+    unused = list(_IMAGE_STREAM_HEAD)
+    if not tasks & {"caption", "qa"}:
+        unused += ["decoder.cls."] if itm else ["decoder.", "visual_to_decoder."]
+    if not itm:
+        unused.append("itm_head.")
+    if "retrieval" not in tasks:
+        unused += _RETRIEVAL_PARTS
+    return unused
 
 
 def _retrieval_rankings(rows: list[dict[str, Any]], items: Any, top: int = 10) -> list[dict[str, Any]]:
@@ -639,67 +643,3 @@ def _retrieval_rankings(rows: list[dict[str, Any]], items: Any, top: int = 10) -
             }
         )
     return lines
-
-
-def rerank_top_k(sim: Tensor, k: int, score_pairs: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Re-score each row's top-k entries of `sim` (queries × targets) with a cross-encoder (UMT's `k_test`).
-
-    `score_pairs(rows, cols)` scores the (query, target) pairs given by two (P,) index tensors. As in
-    ALBEF/UMT, only the top-k of a query are candidates: their new scores are shifted above every
-    other entry of the matrix, so they rank first among themselves by the cross-encoder's score,
-    and the remaining targets keep their contrastive order behind them. Returns a new matrix.
-    """
-    k = min(k, sim.shape[1])
-    if k <= 0:
-        return sim.clone()
-    top = sim.topk(k, dim=1).indices  # (N, k)
-    rows = torch.arange(sim.shape[0], device=sim.device).repeat_interleave(k)
-    cols = top.reshape(-1)
-    scores = torch.as_tensor(score_pairs(rows.cpu(), cols.cpu()), dtype=torch.float64).reshape(-1)
-    # shift the cross-encoder scores above the whole matrix: min(new) > max(old)
-    shifted = scores - scores.min() + sim.max().double() + 1.0
-    out = sim.double().clone()
-    out[rows, cols] = shifted.to(out.device)
-    return out
-
-
-def _normalise_answer(answer: str) -> str:
-    # exact match after the decoder tokenizer's own normalisation (lower case, single spaces)
-    return " ".join(answer.lower().split())
-
-
-class ExactMatchAccuracy(SampleMetric):
-    """Open-ended QA accuracy: generated answer == ground truth (VALOR/COSA's `validate_qa`), in percent,
-    beside the majority-answer baseline of the same questions (the chance level of open-ended QA).
-    Exact under DDP: samples are kept once by dataset index."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._add_string_state("prediction")
-        self._add_string_state("answer")
-
-    def update(self, predictions: list[str], answers: list[str], index: Tensor) -> None:
-        self._append_index(index, len(predictions))
-        self._append_strings("prediction", [_normalise_answer(p) for p in predictions])
-        self._append_strings("answer", [_normalise_answer(a) for a in answers])
-
-    def compute(self) -> dict[str, float]:
-        keep = self._kept()
-        predictions = self._gathered_strings("prediction", keep)
-        answers = self._gathered_strings("answer", keep)
-        correct = sum(p == a for p, a in zip(predictions, answers, strict=True))
-        majority = Counter(answers).most_common(1)[0][1]
-        return {
-            "accuracy": 100.0 * correct / len(answers),
-            "chance/majority_answer": 100.0 * majority / len(answers),
-            "count": float(len(answers)),
-        }
-
-
-def format_scores(results: dict[str, dict[str, float]]) -> str:
-    """A small table: one block per task, each score beside its chance level where one exists."""
-    lines = []
-    for task, scores in results.items():
-        lines.append(f"[{task}]")
-        lines.extend(f"  {name:>24}: {value:8.2f}" for name, value in scores.items())
-    return "\n".join(lines)

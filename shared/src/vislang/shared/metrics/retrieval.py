@@ -18,6 +18,7 @@ result plus one block (see ``benchmarks/retrieval.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ from vislang.shared.metrics.ddp import SampleMetric, first_occurrence
 __all__ = [
     "Positives",
     "RetrievalMetric",
+    "RetrievalSimilarities",
     "blockwise_similarity",
     "dual_softmax",
     "positives_from_keys",
@@ -235,6 +237,35 @@ def video_to_text_metrics(
     return retrieval_metrics(grouped, group_of_visual, block_size=block_size)
 
 
+@dataclass
+class RetrievalSimilarities:
+    """An evaluation set as `RetrievalMetric` ranks it: every text and visual once, and both directions' scores.
+
+    Texts are ordered by dataset index, visuals by key; a text is correct for the visual with its key.
+    A re-ranker (e.g. a cross-encoder re-scoring each query's top-k, UMT's ``k_test``) replaces the two
+    matrices and hands the result back to `RetrievalMetric.score`.
+
+    Attributes:
+        text_to_visual: ``(texts, visuals)`` scores, rows queries (after dual softmax over texts, if set).
+        visual_to_text: ``(visuals, texts)`` scores, rows queries (after dual softmax over visuals, if set);
+            may be a transposed view, so ``.contiguous()`` it before writing into it.
+        text_index: ``(texts,)`` dataset index of each row of ``text_to_visual``.
+        text_key: ``(texts,)`` key (image or video id) of each text.
+        visual_key: ``(visuals,)`` key of each visual.
+    """
+
+    text_to_visual: Tensor
+    visual_to_text: Tensor
+    text_index: Tensor
+    text_key: Tensor
+    visual_key: Tensor
+
+    @property
+    def positives(self) -> list[list[int]]:
+        """Each text's correct visuals (columns of ``text_to_visual``): those with its key."""
+        return positives_from_keys(self.text_key, self.visual_key)
+
+
 class RetrievalMetric(SampleMetric):
     """Text <-> visual retrieval over a whole evaluation set, exact under DDP.
 
@@ -244,6 +275,9 @@ class RetrievalMetric(SampleMetric):
     correct for the visual with the same key. ``compute`` returns both directions plus ``rsum``:
     ``t2v/R@1 ... t2v/MnR, v2t/R@1 ... v2t/MnR``. With several texts per visual, ``video_to_text`` picks
     the convention (see ``video_to_text_metrics``): ``captions`` (ALBEF, default) or ``groups`` (CLIP4Clip).
+
+    ``compute()`` is ``score(similarities())``; a re-ranker calls the two itself and changes the
+    similarities in between (see `RetrievalSimilarities`).
     """
 
     def __init__(
@@ -280,28 +314,49 @@ class RetrievalMetric(SampleMetric):
             self.visual_emb.append(visual_emb.detach())
             self.visual_key.append(torch.as_tensor(visual_key, device=self.device).long().reshape(-1))
 
-    def compute(self) -> dict[str, float]:
-        keep = self._kept()
-        text = self._gathered("text_emb", keep)
-        text_key = self._gathered("text_key", keep)
-        visual_keys_all = self._state("visual_key").long()
-        if visual_keys_all.numel() == 0:
-            raise RuntimeError("RetrievalMetric got no visual embeddings")
-        vkeep = first_occurrence(visual_keys_all)
-        visual = self._state("visual_emb")[vkeep]
-        visual_key = visual_keys_all[vkeep]
-        sim = blockwise_similarity(text, visual, self.block_size)
-        positives = positives_from_keys(text_key, visual_key)
-        if self.dual_softmax_temperature is not None:
-            sim_v2t = dual_softmax(sim.clone(), self.dual_softmax_temperature, dim=1, block_size=self.block_size).T
-            dual_softmax(sim, self.dual_softmax_temperature, dim=0, block_size=self.block_size)
-        else:
-            sim_v2t = sim.T
-        t2v = retrieval_metrics(sim, positives, block_size=self.block_size)
-        v2t = video_to_text_metrics(sim_v2t, positives, text_key, self.video_to_text, self.block_size)
+    def similarities(self) -> RetrievalSimilarities:
+        """The similarity matrices ``compute`` ranks, over every process's samples (gathered as
+        ``compute`` gathers them; every rank gets the whole set)."""
+        with self.sync_context(self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync):
+            return self._similarities()
+
+    def score(self, similarities: RetrievalSimilarities) -> dict[str, float]:
+        """Both directions' R@K, MdR and MnR, ``rsum`` and the set sizes, as ``compute`` reports them."""
+        positives = similarities.positives
+        t2v = retrieval_metrics(similarities.text_to_visual, positives, block_size=self.block_size)
+        v2t = video_to_text_metrics(
+            similarities.visual_to_text, positives, similarities.text_key, self.video_to_text, self.block_size
+        )
         out = {f"t2v/{k}": v for k, v in t2v.items()}
         out.update({f"v2t/{k}": v for k, v in v2t.items()})
         out["rsum"] = sum(v for k, v in out.items() if "/R@" in k)
         # set sizes after deduplication: a random ranking's R@1 is 100 / num_visual
-        out["num_text"], out["num_visual"] = float(text.shape[0]), float(visual.shape[0])
+        num_text, num_visual = similarities.text_to_visual.shape
+        out["num_text"], out["num_visual"] = float(num_text), float(num_visual)
         return out
+
+    def compute(self) -> dict[str, float]:
+        return self.score(self._similarities())
+
+    def _similarities(self) -> RetrievalSimilarities:
+        # the states as they are: gathered inside `compute`, or by `similarities`
+        keep = self._kept()
+        text = self._gathered("text_emb", keep)
+        visual_keys_all = self._state("visual_key").long()
+        if visual_keys_all.numel() == 0:
+            raise RuntimeError("RetrievalMetric got no visual embeddings")
+        vkeep = first_occurrence(visual_keys_all)
+        sim = blockwise_similarity(text, self._state("visual_emb")[vkeep], self.block_size)
+        if self.dual_softmax_temperature is not None:
+            temperature, block = self.dual_softmax_temperature, self.block_size
+            sim_v2t = dual_softmax(sim.clone(), temperature, dim=1, block_size=block).T
+            dual_softmax(sim, temperature, dim=0, block_size=block)
+        else:
+            sim_v2t = sim.T
+        return RetrievalSimilarities(
+            text_to_visual=sim,
+            visual_to_text=sim_v2t,
+            text_index=self._gathered("index", keep).long(),
+            text_key=self._gathered("text_key", keep),
+            visual_key=visual_keys_all[vkeep],
+        )
