@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -16,6 +17,7 @@ from vislang.cmae.data import (
     TemporalShiftViews,
     read_items,
 )
+from vislang.cmae.module import CMAEPretrainModule
 from vislang.shared.data.loaders import eval_loader
 from vislang.shared.data.synthetic import SyntheticWorld
 from vislang.shared.data.synthetic.classification_writers import (
@@ -142,3 +144,13 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
     loader = eval_loader(data._pretrain("train"), batch_size=6)
     batch = next(iter(loader))
     assert batch["load_failures"] == 1 and batch["online"].shape[0] == 6
+
+
+def test_a_data_module_feeding_another_input_than_the_preset_stops_at_setup(tmp_path: Path) -> None:
+    root = write_imagenet_folder(WORLD, tmp_path / "in", num_train=4, num_val=2)
+    data = CMAEPretrainDataModule(root=str(root), image_size=24, max_shift=4, batch_size=2, num_workers=0)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    with pytest.raises(ValueError, match="preset takes images of 32 px; the data module feeds images of 24 px:"):
+        trainer.fit(CMAEPretrainModule(preset="tiny"), datamodule=data)

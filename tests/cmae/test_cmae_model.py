@@ -283,8 +283,8 @@ def test_pretraining_refuses_fsdp_in_one_line() -> None:
 
     module = CMAEPretrainModule(preset="tiny")
     cpu = [torch.device("cpu")]
-    module._trainer = types.SimpleNamespace(strategy=FSDPStrategy(parallel_devices=cpu))
+    module._trainer = types.SimpleNamespace(strategy=FSDPStrategy(parallel_devices=cpu), datamodule=None)
     with pytest.raises(ValueError, match="does not run under FSDP.*strategy=ddp"):
         module.setup("fit")
-    module._trainer = types.SimpleNamespace(strategy=DDPStrategy(parallel_devices=cpu))
+    module._trainer = types.SimpleNamespace(strategy=DDPStrategy(parallel_devices=cpu), datamodule=None)
     module.setup("fit")

@@ -59,6 +59,7 @@ __all__ = [
     "CMAEPretrainDataModule",
     "ClassificationBatch",
     "ClassificationDataset",
+    "InputData",
     "Item",
     "PixelShiftViews",
     "PredictionData",
@@ -397,6 +398,17 @@ class ClassificationBatch(TypedDict):
     input: Tensor  # (B, 3, S, S), (B, 3, T, S, S), or (B, V, 3, T, S, S) for multi-view video evaluation
     label: Tensor  # (B,) class index
     index: Tensor  # (B,) position in the split
+
+
+@runtime_checkable
+class InputData(Protocol):
+    """What a data module tells the modules about its inputs (checked against the model's preset in ``setup``)."""
+
+    image_size: int
+    num_frames: int
+
+    @property
+    def is_video(self) -> bool: ...
 
 
 @runtime_checkable

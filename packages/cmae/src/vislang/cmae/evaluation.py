@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,8 @@ __all__ = [
     "encoder_features",
     "few_label_indices",
     "finetune_accuracy",
+    "format_evaluation",
+    "format_linear_probe",
     "knn_accuracy",
     "labelled_tensors",
     "train_linear_probe",
@@ -225,9 +227,14 @@ class FewLabelEvaluation(Callback):
 
     Args:
         label_fraction: share of the training labels used (0.1).
-        finetune_steps / finetune_lr / layer_decay / batch_size: the fine-tuning budget and recipe.
-        knn_k / knn_temperature: neighbours and vote temperature of the kNN probe (20, 0.07).
-        probe_epochs / probe_lr: the linear probe (full-batch AdamW).
+        finetune_steps: optimiser steps of the fine-tuning, the same for every encoder (300).
+        finetune_lr: peak learning rate of the fine-tuning (1e-3).
+        layer_decay: layer-wise lr decay of the fine-tuning (0.75).
+        batch_size: fine-tuning batch size (64).
+        knn_k: neighbours of the kNN probe (20).
+        knn_temperature: vote temperature of the kNN probe (0.07).
+        probe_epochs: full-batch AdamW steps of the linear probe (300).
+        probe_lr: learning rate of the linear probe (0.01).
         random_init: also evaluate a random-init encoder (off when another run already measured it).
         seed: of the subset, the random-init encoder, heads and batches; default the run's ``seed_everything``.
     """
@@ -393,13 +400,18 @@ class LinearProbeCallback(Callback):
     logged as ``probe/<task>/<encoder>_top1``.
 
     Args:
-        epochs / lr: full-batch AdamW steps and learning rate of the probe.
+        epochs: full-batch AdamW steps of the probe.
+        lr: learning rate of the probe.
         seed: seed of the random-init encoder and of the probe head.
         synthetic_attributes: extra label sets read from the synthetic world (only for synthetic data).
     """
 
     def __init__(
-        self, epochs: int = 300, lr: float = 0.01, seed: int = 0, synthetic_attributes: list[str] | None = None
+        self,
+        epochs: int = 300,
+        lr: float = 0.01,
+        seed: int = 0,
+        synthetic_attributes: list[Literal["background", "shape"]] | None = None,
     ) -> None:
         self.epochs, self.lr, self.seed = epochs, lr, seed
         self.synthetic_attributes = list(synthetic_attributes or [])
@@ -442,19 +454,21 @@ class LinearProbeCallback(Callback):
             if getattr(logger, "log_dir", None):
                 Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
                 (Path(logger.log_dir) / "linear_probe.json").write_text(json.dumps(results, indent=2))
-        names = {
-            "class": f"class ({', '.join(datamodule.classes[:5])}{', ...' if len(datamodule.classes) > 5 else ''})"
-        }
-        lines = [f"  {'probe task':<48}{'pre-trained':>12}{'random init':>12}{'majority':>10}"]
-        for task, row in results.items():
-            label = names.get(task, f"{task} (synthetic scene attribute)")
-            lines.append(
-                f"  {label:<48}{row['pretrained']:>12.1f}{row['random_init']:>12.1f}{row['majority_class']:>10.1f}"
-            )
-        print(
-            "\nLinear probe, top-1 % on held-out images "
-            f"({len(train_y)} train / {len(val_y)} val; frozen mean-pooled features; same probe for both encoders)\n"
-            + "\n".join(lines)
-            + "\n",
-            flush=True,
+        print(format_linear_probe(results, datamodule.classes, len(train_y), len(val_y)), flush=True)
+
+
+def format_linear_probe(results: dict[str, dict[str, float]], classes: list[str], train: int, val: int) -> str:
+    """``LinearProbeCallback``'s table: one row per probe task (pre-trained, random init, majority class)."""
+    names = {"class": f"class ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"}
+    lines = [f"  {'probe task':<48}{'pre-trained':>12}{'random init':>12}{'majority':>10}"]
+    for task, row in results.items():
+        label = names.get(task, f"{task} (synthetic scene attribute)")
+        lines.append(
+            f"  {label:<48}{row['pretrained']:>12.1f}{row['random_init']:>12.1f}{row['majority_class']:>10.1f}"
         )
+    return (
+        "\nLinear probe, top-1 % on held-out images "
+        f"({train} train / {val} val; frozen mean-pooled features; same probe for both encoders)\n"
+        + "\n".join(lines)
+        + "\n"
+    )

@@ -27,10 +27,18 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from vislang.cmae.convert import load_classifier, load_cmae
-from vislang.cmae.data import IMAGENET_MEAN, IMAGENET_STD, ClassificationBatch, PredictionData, PretrainBatch
+from vislang.cmae.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationBatch,
+    InputData,
+    PredictionData,
+    PretrainBatch,
+)
 from vislang.cmae.model import (
     CMAE,
     CMAEClassifier,
+    CMAEConfig,
     PresetName,
     cosine_momentum,
     get_config,
@@ -52,9 +60,26 @@ def _cpu_full_precision_matmuls(module: LightningModule) -> None:
     On CPU (torch 2.14, oneDNN) "high" selects a reduced-precision emulation path that made the tiny
     demo's step ~15x slower (0.45 s -> 6.9 s, measured); plain fp32 is both faster and exact there.
     """
-    trainer = module._trainer
-    if trainer is not None and trainer.strategy.root_device.type == "cpu":
+    if module.trainer.strategy.root_device.type == "cpu":
         torch.set_float32_matmul_precision("highest")
+
+
+def _inputs(video: bool, size: int, frames: int) -> str:
+    return f"clips of {frames} frames of {size} px" if video else f"images of {size} px"
+
+
+def _check_inputs(module: LightningModule, config: CMAEConfig) -> None:
+    """The data module must feed what the preset is built for: images of its side, or clips of its length."""
+    data = module.trainer.datamodule
+    if not isinstance(data, InputData):
+        return
+    wanted = _inputs(config.is_video, config.img_size, config.num_frames)
+    fed = _inputs(data.is_video, data.image_size, data.num_frames)
+    if fed != wanted:
+        raise ValueError(
+            f"the model's preset takes {wanted}; the data module feeds {fed}: set data.init_args.image_size, "
+            "num_frames or dataset to match model.init_args.preset"
+        )
 
 
 def _warmup_cosine_per_step(
@@ -130,6 +155,7 @@ class CMAEPretrainModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         _cpu_full_precision_matmuls(self)
+        _check_inputs(self, self.model.config)
         if stage == "fit" and type(self.trainer.strategy).__name__.startswith("FSDP"):
             # the EMA target update reads the online encoder's full parameters, which FSDP shards
             raise ValueError(
@@ -303,6 +329,7 @@ class CMAEClassificationModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         _cpu_full_precision_matmuls(self)
+        _check_inputs(self, self.model.config)
 
     def training_step(self, batch: ClassificationBatch, batch_idx: int) -> Tensor:
         x, y = batch["input"], batch["label"]
