@@ -5,6 +5,8 @@ momentum update), MVM with the official ``batch`` anchor, MLM and ITM; Pixel-BER
 MLM and ITM. Both check that every parameter the pre-training losses reach receives a gradient and moves.
 """
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -156,3 +158,28 @@ def test_corrupt_jpeg_in_a_single_stream_dataset_is_skipped_and_counted(tmp_path
     # none tolerated: the run stops and names the file
     with pytest.raises(TooManyLoadFailures, match=bad.name):
         list(eval_loader(dataset, 8, collate=collate, num_workers=0, max_failure_fraction=0.0))
+
+
+def test_a_checkpoint_holds_plain_hyper_parameters_and_loads_back(tmp_path):
+    """The typed ``paper`` and ``optimiser`` arguments are stored as plain data (the checkpoint stays readable
+    with ``weights_only=True``, as ``init_weights`` reads it) and rebuilt by ``load_from_checkpoint``."""
+    from vislang.pixelbert.model import PixelBERTSpec
+    from vislang.pixelbert.module import PixelBERTModule
+    from vislang.singlestream.module import OptimiserRecipe
+
+    torch.manual_seed(0)
+    spec = PixelBERTSpec(preset="tiny", num_samples=10)
+    module = PixelBERTModule(
+        spec, tokenizer=str(SYNTHETIC_TOKENIZER_DIR), num_answers=4, optimiser=OptimiserRecipe(lr_milestones=(3, 5))
+    )
+    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    saved = torch.load(tmp_path / "plain.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["paper"] == {"class_path": "vislang.pixelbert.model.PixelBERTSpec", "init_args": asdict(spec)}
+    assert saved["optimiser"]["lr_milestones"] == [3, 5]
+    loaded = PixelBERTModule.load_from_checkpoint(tmp_path / "plain.ckpt", weights_only=True)
+    assert loaded.paper == spec and list(loaded.optimiser.lr_milestones) == [3, 5]
+    assert all(
+        torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
