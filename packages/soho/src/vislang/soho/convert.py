@@ -75,7 +75,7 @@ def convert_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_official(model: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
-    """Load an official SOHO checkpoint file into a ``build_soho("soho_r18", ...)`` model; returns the report.
+    """Load an official SOHO checkpoint file into a ``SOHOSpec(preset="soho_r18").build(...)`` model; returns the report.
 
     Heads the official code does not have (NLVR2, SNLI-VE, and VQA for a pre-training checkpoint) and the
     dictionary's ``updates`` counter stay as initialised; any other missing or mismatched key raises.
