@@ -538,10 +538,6 @@ class _CMAEDataModule(LightningDataModule):
             raise FileNotFoundError(f"{self.root}: the {split} split of {self.dataset} is empty")
         return items
 
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        # persistent workers: validation runs every few epochs, re-forking its workers each time is slow
-        return eval_loader(dataset, self.eval_batch_size, num_workers=self.num_workers, persistent_workers=True)
-
 
 @dataclass(eq=False, kw_only=True)
 class CMAEPretrainDataModule(_CMAEDataModule):
@@ -654,7 +650,10 @@ class CMAEPretrainDataModule(_CMAEDataModule):
         return samples(), len(items)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._pretrain("val"))
+        # persistent workers: validation runs every few epochs, and re-forking its workers each time is slow
+        return eval_loader(
+            self._pretrain("val"), self.eval_batch_size, num_workers=self.num_workers, persistent_workers=True
+        )
 
     def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """Labelled train/val loaders with the evaluation transform (one view, no augmentation).
@@ -774,7 +773,9 @@ class CMAEClassificationDataModule(_CMAEDataModule):
         return train_loader(self._dataset("train"), self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._dataset("val"))
+        return eval_loader(
+            self._dataset("val"), self.eval_batch_size, num_workers=self.num_workers, persistent_workers=True
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
