@@ -89,6 +89,125 @@ def majority_baselines(root: Path, heldout_fraction: float = 0.5) -> dict[str, f
     }
 
 
+def write_world(out: Path, train_images: int, val_images: int) -> Path:
+    """Step 1: the synthetic world in the VQA v2 and COCO-instances layouts; returns the VQA v2 root."""
+    world = SyntheticWorld(seed=0, image_size=64, num_images=train_images)
+    vqa_root = out / "vqa2"
+    train_ids = list(split_indices("train", train_images))
+    if not (vqa_root / "v2_mscoco_val2014_annotations.json").is_file():
+        write_vqa_v2(world, vqa_root, "train", train_ids)
+        write_vqa_v2(world, vqa_root, "val", split_indices("val", val_images))
+        write_coco_instances(world, out / "coco", "train", train_ids)
+        write_coco_instances(world, out / "coco", "val", split_indices("val", val_images))
+    return vqa_root
+
+
+def train_detector(out: Path, steps: int) -> Path:
+    """Step 2: ``lightning fit -c demo_detector.yaml`` on the train images' instances; returns its checkpoint."""
+    checkpoint = out / "detector" / "demo" / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        _cli(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "demo_detector.yaml"),
+                f"--trainer.max_steps={steps}",
+                f"--trainer.logger.init_args.save_dir={out}",
+                f"--data.init_args.train_json={out / 'coco' / 'annotations' / 'instances_train.json'}",
+                f"--data.init_args.image_dir={out / 'coco' / 'images' / 'train'}",
+            ]
+        )
+    return checkpoint
+
+
+def detector_box_map(out: Path, checkpoint: Path) -> dict[str, float]:
+    """The trained detector's COCO box mAP on the val images' instances, which it never trained on."""
+    detector, _ = extract.load_detector(checkpoint)
+    detector.transform.min_size = (max(detector.transform.min_size),)  # test at the largest training scale
+    return coco_box_map(detector, out / "coco" / "annotations" / "instances_val.json", out / "coco" / "images" / "val")
+
+
+def extract_features(out: Path, vqa_root: Path, checkpoint: Path) -> None:
+    """Step 3: region and grid feature stores of every image (resumable: a re-run skips finished shards)."""
+    for kind in ("region", "grid"):
+        for subtype in ("train2014", "val2014"):
+            extract.main(
+                ["--images", str(vqa_root / subtype), "--out", str(out / "features" / kind / subtype)]
+                + ["--detector", str(checkpoint), "--kind", kind, "--min-boxes", "10", "--max-boxes", "36"]
+                + ["--grid-size", "0", "--shard-size", "100", "--batch-size", "16"]
+            )
+
+
+def data_overrides(out: Path, vqa_root: Path) -> list[str]:
+    """The data module's root and feature stores, for the members and the ensemble."""
+    return [
+        f"--data.init_args.root={vqa_root}",
+        f"--data.init_args.features={{region: [{out}/features/region/train2014, {out}/features/region/val2014], "
+        f"grid: [{out}/features/grid/train2014, {out}/features/grid/val2014]}}",
+    ]
+
+
+def train_member(out: Path, vqa_root: Path, name: str, kind: str, seed: int, epochs: int) -> str:
+    """Step 4, one member: ``lightning fit -c demo.yaml`` on one feature set and seed; returns its checkpoint."""
+    checkpoint = out / name / "demo" / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        _cli(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "demo.yaml"),
+                f"--seed_everything={seed}",
+                f"--model.init_args.feature_set={kind}",
+                f"--trainer.max_epochs={epochs}",
+                f"--trainer.logger.init_args.save_dir={out}",
+                f"--trainer.logger.init_args.name={name}",
+                *data_overrides(out, vqa_root),
+            ]
+        )
+    return str(checkpoint)
+
+
+def fit_and_test_ensemble(out: Path, vqa_root: Path, checkpoints: list[str]) -> tuple[dict, dict]:
+    """Step 5: ``lightning validate`` fits the weights on the first half of val2014, ``lightning test`` scores
+    members and ensemble on the held-out half; returns both reports."""
+    ens = [
+        "-c",
+        str(CONFIGS / "demo_ensemble.yaml"),
+        f"--model.init_args.members=[{', '.join(checkpoints)}]",
+        f"--model.init_args.weights_path={out / 'ensemble' / 'weights.json'}",
+        f"--model.init_args.results_dir={out / 'ensemble' / 'results'}",
+        f"--trainer.default_root_dir={out / 'ensemble'}",
+        *data_overrides(out, vqa_root),
+    ]
+    return _cli(["validate", *ens]).model.fitted["val"], _cli(["test", *ens]).model.fitted["test"]
+
+
+def print_table(out: Path, vqa_root: Path, box_map: dict, val: dict, test: dict, seconds: float) -> dict:
+    """Step 6: the official accuracy of each member and of the ensemble beside the majority-answer baselines."""
+    rows = {"detector box mAP (held-out val instances)": box_map["mAP"]}
+    rows.update(majority_baselines(vqa_root, heldout_fraction=0.5))
+    val_of = {
+        f"member {k + 1}: {kind} features, seed {seed}": f"member{k}" for k, (_, kind, seed) in enumerate(MEMBERS)
+    }
+    for name, key in val_of.items():
+        rows[name] = test[key]["overall"]
+    weights = ", ".join(f"{w:.2f}" for w in test["weights"])
+    rows[f"ensemble (weights {weights})"] = test["ensemble"]["overall"]
+    print(f"\nOfficial VQA accuracy (2021 metric), synthetic val2014 held-out half ({out}); wall {seconds:.0f} s")
+    print(f"{'model':<56} {'val (weight fit)':>16} {'held-out test':>14}")
+    for name, acc in rows.items():
+        key = val_of.get(name, "ensemble" if name.startswith("ensemble") else None)
+        v = f"{val[key]['overall']:.2f}" if key else "-"
+        print(f"{name:<56} {v:>16} {acc:>14.2f}")
+    g = val["gain_over_equal"]
+    print(
+        f"weight fit on the fitting half: cross-validated accuracy by prior strength {val['cv_accuracy_by_prior']};"
+        f" fitted weights {', '.join(f'{w:.2f}' for w in val['fitted_weights'])} gain {g['percent']:+.2f}"
+        f" +- {g['se']:.2f} (clustered by image) over equal weights -> {'kept' if g['kept'] else 'equal weights'}"
+    )
+    return {"val": {k: val[k]["overall"] for k in (*val_of.values(), "ensemble")}, "test": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(
         prog="python packages/vqa_ensemble/scripts/demo.py", description=__doc__.split("\n\n")[0]
@@ -105,135 +224,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     start = time.time()
     stamp = lambda what: print(f"[{time.time() - start:6.1f} s] {what}", flush=True)  # noqa: E731
 
-    # 1. the synthetic world in the VQA v2 and COCO-instances layouts
-    world = SyntheticWorld(seed=0, image_size=64, num_images=args.train_images)
-    vqa_root = out / "vqa2"
-    train_ids = list(split_indices("train", args.train_images))
-    if not (vqa_root / "v2_mscoco_val2014_annotations.json").is_file():
-        write_vqa_v2(world, vqa_root, "train", train_ids)
-        write_vqa_v2(world, vqa_root, "val", split_indices("val", args.val_images))
-        write_coco_instances(world, out / "coco", "train", train_ids)
-        write_coco_instances(world, out / "coco", "val", split_indices("val", args.val_images))
+    vqa_root = write_world(out, args.train_images, args.val_images)
     stamp("synthetic VQA v2 + COCO instances written")
-
-    # 2. the detector
-    det_ckpt = out / "detector" / "demo" / "checkpoints" / "last.ckpt"
-    if not det_ckpt.is_file():
-        _cli(
-            [
-                "fit",
-                "-c",
-                str(CONFIGS / "demo_detector.yaml"),
-                f"--trainer.max_steps={args.detector_steps}",
-                f"--trainer.logger.init_args.save_dir={out}",
-                f"--data.init_args.train_json={out / 'coco' / 'annotations' / 'instances_train.json'}",
-                f"--data.init_args.image_dir={out / 'coco' / 'images' / 'train'}",
-            ]
-        )
-    stamp(f"detector trained: {det_ckpt}")
-    detector, _ = extract.load_detector(det_ckpt)
-    detector.transform.min_size = (max(detector.transform.min_size),)  # test at the largest training scale
-    box_map = coco_box_map(
-        detector, out / "coco" / "annotations" / "instances_val.json", out / "coco" / "images" / "val"
-    )
+    detector = train_detector(out, args.detector_steps)
+    stamp(f"detector trained: {detector}")
+    box_map = detector_box_map(out, detector)
     stamp(
-        f"detector box mAP on the {box_map['images']} held-out val images: {box_map['mAP']:.2f} (AP50 {box_map['mAP50']:.2f})"
+        f"detector box mAP on the {box_map['images']} held-out val images: {box_map['mAP']:.2f} "
+        f"(AP50 {box_map['mAP50']:.2f})"
     )
-
-    # 3. feature stores (resumable: a re-run skips finished shards)
-    for kind in ("region", "grid"):
-        for subtype in ("train2014", "val2014"):
-            extract.main(
-                [
-                    "--images",
-                    str(vqa_root / subtype),
-                    "--out",
-                    str(out / "features" / kind / subtype),
-                    "--detector",
-                    str(det_ckpt),
-                    "--kind",
-                    kind,
-                    "--min-boxes",
-                    "10",
-                    "--max-boxes",
-                    "36",
-                    "--grid-size",
-                    "0",
-                    "--shard-size",
-                    "100",
-                    "--batch-size",
-                    "16",
-                ]
-            )
+    extract_features(out, vqa_root, detector)
     stamp("features extracted")
-
-    # 4. the members, as the entry's (two region-feature members and one grid-feature member): different
-    #    features and seeds
-    data_overrides = [f"--data.init_args.root={vqa_root}"] + [
-        f"--data.init_args.features={{region: [{out}/features/region/train2014, {out}/features/region/val2014], "
-        f"grid: [{out}/features/grid/train2014, {out}/features/grid/val2014]}}"
-    ]
+    # the entry's members: two on region features and one on grid features, with different seeds
     checkpoints = []
     for name, kind, seed in MEMBERS:
-        ckpt = out / name / "demo" / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            _cli(
-                [
-                    "fit",
-                    "-c",
-                    str(CONFIGS / "demo.yaml"),
-                    f"--seed_everything={seed}",
-                    f"--model.init_args.feature_set={kind}",
-                    f"--trainer.max_epochs={args.member_epochs}",
-                    f"--trainer.logger.init_args.save_dir={out}",
-                    f"--trainer.logger.init_args.name={name}",
-                    *data_overrides,
-                ]
-            )
-        checkpoints.append(str(ckpt))
-        stamp(f"member {name} trained: {ckpt}")
-
-    # 5. ensemble: fit weights on val (first half), evaluate on the held-out half
-    ens = [
-        "-c",
-        str(CONFIGS / "demo_ensemble.yaml"),
-        f"--model.init_args.members=[{', '.join(checkpoints)}]",
-        f"--model.init_args.weights_path={out / 'ensemble' / 'weights.json'}",
-        f"--model.init_args.results_dir={out / 'ensemble' / 'results'}",
-        f"--trainer.default_root_dir={out / 'ensemble'}",
-        *data_overrides,
-    ]
-    val = _cli(["validate", *ens]).model.fitted["val"]
-    test = _cli(["test", *ens]).model.fitted["test"]
+        checkpoints.append(train_member(out, vqa_root, name, kind, seed, args.member_epochs))
+        stamp(f"member {name} trained: {checkpoints[-1]}")
+    val, test = fit_and_test_ensemble(out, vqa_root, checkpoints)
     stamp("ensemble fitted and evaluated")
     checked = check_results_files(vqa_root, out / "ensemble" / "results", heldout_fraction=0.5)
     stamp(f"results files checked against the split's question list: {checked}")
-
-    # 6. the table
-    rows = {"detector box mAP (held-out val instances)": box_map["mAP"]}
-    rows.update(majority_baselines(vqa_root, heldout_fraction=0.5))
-    val_of = {
-        f"member {k + 1}: {kind} features, seed {seed}": f"member{k}" for k, (_, kind, seed) in enumerate(MEMBERS)
-    }
-    for name, key in val_of.items():
-        rows[name] = test[key]["overall"]
-    weights = ", ".join(f"{w:.2f}" for w in test["weights"])
-    rows[f"ensemble (weights {weights})"] = test["ensemble"]["overall"]
-    print(
-        f"\nOfficial VQA accuracy (2021 metric), synthetic val2014 held-out half ({out}); wall {time.time() - start:.0f} s"
-    )
-    print(f"{'model':<56} {'val (weight fit)':>16} {'held-out test':>14}")
-    for name, acc in rows.items():
-        key = val_of.get(name, "ensemble" if name.startswith("ensemble") else None)
-        v = f"{val[key]['overall']:.2f}" if key else "-"
-        print(f"{name:<56} {v:>16} {acc:>14.2f}")
-    g = val["gain_over_equal"]
-    print(
-        f"weight fit on the fitting half: cross-validated accuracy by prior strength {val['cv_accuracy_by_prior']};"
-        f" fitted weights {', '.join(f'{w:.2f}' for w in val['fitted_weights'])} gain {g['percent']:+.2f}"
-        f" +- {g['se']:.2f} (clustered by image) over equal weights -> {'kept' if g['kept'] else 'equal weights'}"
-    )
-    return {"val": {k: val[k]["overall"] for k in (*val_of.values(), "ensemble")}, "test": rows, "box_map": box_map}
+    return {**print_table(out, vqa_root, box_map, val, test, time.time() - start), "box_map": box_map}
 
 
 if __name__ == "__main__":
