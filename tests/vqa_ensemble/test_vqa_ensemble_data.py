@@ -86,3 +86,17 @@ def test_image_files_take_the_id_from_the_name(tmp_path: Path) -> None:
     for name in ("COCO_val2014_000000262148.jpg", "2345.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert [i for i, _ in image_files(tmp_path)] == [2345, 262148]
+
+
+def test_the_data_module_is_what_the_modules_read_and_another_is_refused(vqa_world) -> None:
+    from types import SimpleNamespace
+
+    from vislang.vqa_ensemble.data import COCODetectionDataModule, VQAData
+    from vislang.vqa_ensemble.module import vqa_data
+
+    dm = _dm(vqa_world)
+    assert isinstance(dm, VQAData) and vqa_data(SimpleNamespace(datamodule=dm)) is dm
+    assert vqa_data(None) is None and vqa_data(SimpleNamespace(datamodule=None)) is None
+    detection = COCODetectionDataModule(train_json="instances.json", image_dir="images")
+    with pytest.raises(TypeError, match="not a VQA data module"):
+        vqa_data(SimpleNamespace(datamodule=detection))
