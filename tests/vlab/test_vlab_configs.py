@@ -142,7 +142,8 @@ def test_demo_config_runs_with_its_callbacks_and_two_eval_loaders(
 @pytest.mark.slow
 def test_msrvtt_config_under_two_process_ddp(msrvtt_root: Path, tmp_path: Path, tiny_cli_args) -> None:
     """Retrieval-only training leaves the decoder unused: DDP must not see it as trainable, and the
-    evaluation must count the 2 test videos once although the 2 ranks see one each."""
+    evaluation must count the 2 test videos once although the 2 ranks see one each, also when ITM
+    re-ranks them (each rank gathers the metric's similarities and every video's decoder memory)."""
     import subprocess
 
     config = CONFIGS[[c.stem for c in CONFIGS].index("msrvtt")]
@@ -156,6 +157,7 @@ def test_msrvtt_config_under_two_process_ddp(msrvtt_root: Path, tmp_path: Path, 
             *tiny_cli_args,
             f"--data.init_args.root={msrvtt_root}",
             "--data.init_args.eval_batch_size=1",
+            "--model.init_args.itm_rerank_k=2",
             "--trainer.callbacks=[]",
             "--trainer.enable_checkpointing=false",
             "--trainer.strategy=ddp",

@@ -389,7 +389,7 @@ class VLABModule(LightningModule):
             print("\nheld-out scores after training (validation split):")
             print(format_scores(self.last_scores))
 
-    def _finish_evaluation(self, split: str) -> dict[str, dict[str, float]]:
+    def _finish_evaluation(self, split: Literal["val", "test"]) -> dict[str, dict[str, float]]:
         """Compute each task's metrics over the whole split (every sample once, under DDP too) and log them."""
         metrics: dict[Task, SampleMetric] = {
             "retrieval": self.retrieval_metric,
