@@ -31,14 +31,14 @@ demo: $(STAMP)
 demo-%: $(STAMP)
 	$(VENV)/bin/lightning fit --config packages/$*/configs/demo.yaml
 
-# CMAE's demo is a driver: two seeds x (CMAE, plain MAE) pre-trainings of configs/demo.yaml, two at a time,
+# CMAE's demo is a driver (a script, not library code): two seeds x (CMAE, plain MAE) pre-trainings of configs/demo.yaml, two at a time,
 # each followed by few-label fine-tuning and probes, then one table (packages/cmae/README.md, "Demo").
 demo-cmae: $(STAMP)
-	$(PY) -m vislang.cmae.demo
+	$(PY) packages/cmae/scripts/demo.py
 
-# The VQA entry's demo is a driver: train a detector, extract features to stores, train two members, ensemble.
+# The VQA entry's demo is a driver script: train a detector, extract features to stores, train two members, ensemble.
 demo-vqa_ensemble: $(STAMP)
-	$(PY) -m vislang.vqa_ensemble.demo
+	$(PY) packages/vqa_ensemble/scripts/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -31,6 +31,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from vislang.shared.cli import trainer_presets, with_preset_trainer
+
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC_TOKENIZER = str(REPO / "shared/src/vislang/shared/assets/synthetic_wordpiece")
 
@@ -38,8 +40,8 @@ SYNTHETIC_TOKENIZER = str(REPO / "shared/src/vislang/shared/assets/synthetic_wor
 MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     "cmae": {"preset": "tiny", "init_weights": None},  # video configs: video_tiny (see _model_preset)
     "vlab": {"preset": "tiny", "clip_weights": None, "decoder_weights": None, "gradient_checkpointing": False},
-    "soho": {"preset": "tiny", "init_weights": None, "max_text_len": 24},
-    "pixelbert": {"preset": "tiny", "init_weights": None, "max_text_len": 24, "num_samples": 8},
+    "soho": {"init_weights": None, "max_text_len": 24},
+    "pixelbert": {"init_weights": None, "max_text_len": 24},
     "pixellm": {
         "preset": "tiny",
         "llava_weights": None,
@@ -50,6 +52,7 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
         "eval_num_points": None,
     },
 }
+PAPER_OVERRIDES: dict[str, dict[str, Any]] = {"pixelbert": {"num_samples": 8}}  # inside `model.paper.init_args`
 TOKENIZER_KEYS = ("tokenizer", "decoder_tokenizer")
 # 16-mixed: the GradScaler's first scale. torch's default 2**16 overflows some random-init tiny models' fp16
 # gradients on the first step (Pixel-BERT: the scaler skips it and halves, as it does early in a GPU run), and a
@@ -130,13 +133,18 @@ def _data_overrides(package: str, init_args: dict[str, Any], work: Path, batch_s
 def rehearsal_config(config: Path, work: Path, batch_size: int) -> dict[str, Any]:
     """The paper config with the model shrunk and the data synthetic; trainer settings left as configured."""
     package = config.parts[-3]
-    cfg = yaml.safe_load(config.read_text())
+    cfg = with_preset_trainer(yaml.safe_load(config.read_text()))
     model = cfg["model"].setdefault("init_args", {})
-    preset = _model_preset(package, str(model.get("preset", "")))
+    paper_args = model["paper"].setdefault("init_args", {}) if isinstance(model.get("paper"), dict) else model
+    preset = _model_preset(package, str(paper_args.get("preset", "")))
     for key, value in MODEL_OVERRIDES[package].items():
         if key in model or key == "preset" or value is not None:
             model[key] = value
-    model["preset"] = preset
+    for key, value in PAPER_OVERRIDES.get(package, {}).items():  # SOHO / Pixel-BERT: their `paper:` spec
+        paper_args[key] = value
+    paper_args["preset"] = preset
+    if paper_args is not model:
+        model.pop("preset", None)
     for key in list(model):  # no pretrained starts: the tiny model is random (nothing to download)
         if key.endswith("_weights"):
             model[key] = None
@@ -341,7 +349,7 @@ def main() -> None:
 
 def _fsdp() -> dict[str, Any]:
     """The shared FSDP preset's strategy (the `fsdp` preset), wrapping every tiny model's blocks."""
-    preset = yaml.safe_load((REPO / "shared/configs/trainer/fsdp.yaml").read_text())
+    preset = yaml.safe_load(trainer_presets()["fsdp"].read_text())
     return preset["strategy"]
 
 

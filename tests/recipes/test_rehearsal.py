@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from vislang.shared.cli import trainer_presets
 from vislang.shared.recipe import DROP_LAST, optimizer_steps_per_epoch, paper_configs, recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,7 +229,7 @@ FSDP_CONFIG = REPO / "packages/cmae/configs/imagenet_finetune_vit_base.yaml"
 
 @pytest.mark.slow
 def test_ddp_preset_under_simulated_slurm(tmp_path: Path) -> None:
-    ddp = yaml.safe_load((REPO / "shared/configs/trainer/ddp.yaml").read_text())
+    ddp = yaml.safe_load(trainer_presets()["ddp"].read_text())
     amp = run(MULTINODE_CONFIG, tmp_path, world=2, launcher="slurm", strategy=ddp["strategy"])
     fp32 = run(MULTINODE_CONFIG, tmp_path, world=2, launcher="slurm", strategy=ddp["strategy"], fp32=True)
     assert {r["cluster_environment"] for r in amp} == {"SLURMEnvironment"}
@@ -247,7 +248,7 @@ def test_ddp_preset_under_torchrun(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
 def test_fsdp_preset(launcher: str, tmp_path: Path) -> None:
-    """shared/configs/trainer/fsdp.yaml's strategy (vislang.shared.strategies.FSDP) on 2 CPU processes.
+    """The `fsdp` trainer preset's strategy (vislang.shared.strategies.FSDP) on 2 CPU processes.
 
     On CMAE fine-tuning: CMAE pre-training's EMA target update reads the online parameters, which FSDP has
     flattened and sharded (see the README's Multi-node notes)."""

@@ -264,6 +264,20 @@ def trainer_presets() -> dict[str, Path]:
     }
 
 
+def with_preset_trainer(config: dict[str, Any]) -> dict[str, Any]:
+    """A config read as YAML, with its ``trainer_preset`` stacked under its ``trainer`` keys as the CLI
+    does (for tools that read configs without the CLI: recipes, rehearsals)."""
+    config = dict(config)
+    name = config.pop("trainer_preset", None)
+    if name:
+        presets = trainer_presets()
+        if name not in presets:
+            raise ValueError(f"trainer_preset: no trainer preset {name!r}; one of {', '.join(sorted(presets))}")
+        preset = yaml.safe_load(presets[name].read_text()) or {}
+        config["trainer"] = {**preset, **(config.get("trainer") or {})}
+    return config
+
+
 def _config_files(argv: list[str]) -> list[tuple[int, str]]:
     """(position, path) of every ``--config``/``-c`` file on the command line."""
     found = []

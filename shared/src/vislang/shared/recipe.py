@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from vislang.shared.cli import with_preset_trainer
+
 __all__ = [
     "PAPERS",
     "Paper",
@@ -96,7 +98,7 @@ class Recipe:
 
 
 def _cfg(config: Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(config).read_text())
+    return with_preset_trainer(yaml.safe_load(Path(config).read_text()))
 
 
 def _key(config: Path) -> str:
@@ -162,6 +164,7 @@ def recipe(config: str | Path, gpus: int | None = None, items: dict[str, int] | 
     config = Path(config)
     cfg = _cfg(config)
     trainer, model = cfg.get("trainer", {}), cfg["model"].get("init_args", {})
+    model = {**model, **(model.get("optimiser") or {})}  # the single-stream modules group theirs as `optimiser`
     data_class, data = cfg["data"]["class_path"], cfg["data"].get("init_args", {})
     paper = PAPERS.get(_key(config))
     if gpus is None:

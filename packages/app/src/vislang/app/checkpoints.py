@@ -34,7 +34,7 @@ DEMOS: dict[str, Demo] = {
     "pixellm": Demo("--pixellm-ckpt", ("demo_outputs/pixellm/checkpoints/last.ckpt",), "make demo-pixellm"),
     # packages/vlab/configs/demo.yaml: ModelCheckpoint(dirpath=demo_outputs/vlab/checkpoints, save_last)
     "vlab": Demo("--vlab-ckpt", ("demo_outputs/vlab/checkpoints/last.ckpt",), "make demo-vlab"),
-    # vislang.vqa_ensemble.demo: `lightning validate` of demo_ensemble.yaml writes the fitted weights and the
+    # packages/vqa_ensemble/scripts/demo.py: `lightning validate` of demo_ensemble.yaml writes the fitted weights and the
     # member list to this JSON; the detector's checkpoint is found beside it (see `--vqa-detector`)
     "vqa": Demo("--vqa-ckpt", ("demo_outputs/vqa_ensemble/ensemble/weights.json",), "make demo-vqa_ensemble"),
     "vqa_detector": Demo(

@@ -51,7 +51,12 @@ def load_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = Non
     missing, empty, truncated or undecodable file raises `SampleLoadError` naming it (``name`` names a
     file object), which `RobustDataset` skips and counts.
     """
-    label = name if name is not None else getattr(source, "name", source)
+    if name is not None:
+        label = name
+    elif isinstance(source, str | os.PathLike):
+        label = os.fspath(source)
+    else:
+        label = getattr(source, "name", "<file object>")
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
