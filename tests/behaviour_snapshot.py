@@ -35,7 +35,10 @@ def _tensor_digests(tree: object, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(tree, torch.Tensor):
         data = tree.detach().cpu().contiguous()
-        out[prefix] = f"{tuple(data.shape)} {data.dtype} " + hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+        out[prefix] = (
+            f"{tuple(data.shape)} {data.dtype} "
+            + hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+        )
     elif isinstance(tree, dict):
         for key, value in tree.items():
             out.update(_tensor_digests(value, f"{prefix}/{key}"))

@@ -52,7 +52,7 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
         "eval_num_points": None,
     },
 }
-PAPER_OVERRIDES: dict[str, dict[str, Any]] = {"pixelbert": {"num_samples": 8}}  # inside `model.paper.init_args`
+PAPER_OVERRIDES: dict[str, dict[str, Any]] = {"pixelbert": {"num_samples": 8}}  # inside `model.init_args.paper`
 TOKENIZER_KEYS = ("tokenizer", "decoder_tokenizer")
 # 16-mixed: the GradScaler's first scale. torch's default 2**16 overflows some random-init tiny models' fp16
 # gradients on the first step (Pixel-BERT: the scaler skips it and halves, as it does early in a GPU run), and a
@@ -135,7 +135,7 @@ def rehearsal_config(config: Path, work: Path, batch_size: int) -> dict[str, Any
     package = config.parts[-3]
     cfg = with_preset_trainer(yaml.safe_load(config.read_text()))
     model = cfg["model"].setdefault("init_args", {})
-    paper_args = model["paper"].setdefault("init_args", {}) if isinstance(model.get("paper"), dict) else model
+    paper_args = model["paper"] if isinstance(model.get("paper"), dict) else model  # SOHO / Pixel-BERT: `paper:`
     preset = _model_preset(package, str(paper_args.get("preset", "")))
     for key, value in MODEL_OVERRIDES[package].items():
         if key in model or key == "preset" or value is not None:

@@ -172,6 +172,9 @@ def _generic(group: str, init_args: Mapping[str, Any], package: str) -> list[Mis
     found: list[Missing] = []
     writes_synthetic = any(init_args.get(name) for name in SYNTHETIC_SWITCHES)
     for name, value in init_args.items():
+        if isinstance(value, Mapping) and "class_path" not in value:  # a typed group (SOHO's `paper:`)
+            found += _generic(f"{group}.{name}", value, package)
+            continue
         if not isinstance(value, str):
             continue
         key = f"{group}.{name}"

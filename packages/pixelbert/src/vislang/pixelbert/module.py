@@ -7,6 +7,8 @@ Tasks, metrics and the SGD (CNN) + AdamW (Transformer) optimisation are
 
 from __future__ import annotations
 
+from typing import Any
+
 from vislang.pixelbert.model import PixelBERTSpec
 from vislang.singlestream.module import SingleStreamModule
 
@@ -18,3 +20,13 @@ class PixelBERTModule(SingleStreamModule):
 
     paper_type = PixelBERTSpec
     paper: PixelBERTSpec
+
+    def __init__(self, paper: PixelBERTSpec = PixelBERTSpec(), **kwargs: Any) -> None:
+        """PixelBERTModule: the paper's part typed as its own dataclass, every other argument ``SingleStreamModule``'s.
+
+        Args:
+            paper: Pixel-BERT's part: the preset, the pixel embedding and Random Pixel Sampling, with their
+                switches (the package README's differences table says which setting is official).
+            **kwargs: ``SingleStreamModule``'s arguments (tokenizer, weights, text length, optimiser, ...).
+        """
+        super().__init__(paper=paper, **kwargs)

@@ -292,11 +292,14 @@ class SingleStreamModel(nn.Module):
         return self.fuse(input_ids, text_mask, visual), visual
 
 
+@dataclass(frozen=True)
 class SingleStreamPaper:
     """What a paper adds to the single-stream core, as one typed ``SingleStreamModule`` argument (``paper:``).
 
-    A paper package subclasses it with a dataclass of its preset and visual-embedding switches
-    (``vislang.soho.model.SOHOSpec``, ``vislang.pixelbert.model.PixelBERTSpec``) and implements ``build``.
+    A paper package subclasses it with a frozen dataclass of its preset and visual-embedding switches
+    (``vislang.soho.model.SOHOSpec``, ``vislang.pixelbert.model.PixelBERTSpec``) and implements ``build``;
+    its module types ``paper`` with that dataclass, so the CLI shows (and a config sets) each switch as
+    ``model.init_args.paper.<field>``, documented in ``--model.help``.
 
     Attributes:
         mlm_on_negatives: Also train MLM on ITM-negative captions (official SOHO code: True; Pixel-BERT,

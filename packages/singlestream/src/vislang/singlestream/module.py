@@ -114,7 +114,7 @@ class SingleStreamModule(LightningModule):
         """
         super().__init__()
         if isinstance(paper, Mapping):  # read back from a checkpoint's hyper-parameters (see _plain)
-            paper = self.paper_type(**paper.get("init_args", {}))
+            paper = self.paper_type(**paper)
         if isinstance(optimiser, Mapping):
             optimiser = OptimiserRecipe(**optimiser)
         if not isinstance(paper, self.paper_type):
@@ -487,10 +487,7 @@ class SingleStreamModule(LightningModule):
 
 
 def _plain(spec: Any) -> dict[str, Any]:
-    """A spec dataclass as plain data, as LightningCLI stores it in the hyper-parameters (a checkpoint is read
-    with ``weights_only``, which refuses other classes): a ``SingleStreamPaper`` as ``class_path`` +
-    ``init_args``, the optimiser recipe as its fields; tuples as lists."""
-    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
-    if isinstance(spec, SingleStreamPaper):
-        return {"class_path": f"{type(spec).__module__}.{type(spec).__qualname__}", "init_args": fields}
-    return fields
+    """A spec dataclass (the paper's part, the optimiser recipe) as plain data, its fields, as LightningCLI stores
+    it in the hyper-parameters (a checkpoint is read with ``weights_only``, which refuses other classes); tuples
+    as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}

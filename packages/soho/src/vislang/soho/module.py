@@ -7,6 +7,8 @@ argument, a ``vislang.soho.model.SOHOSpec`` (preset, visual dictionary, MVM), an
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +26,16 @@ class SOHOModule(SingleStreamModule):
 
     paper_type = SOHOSpec
     paper: SOHOSpec
+
+    def __init__(self, paper: SOHOSpec = SOHOSpec(), **kwargs: Any) -> None:
+        """SOHOModule: the paper's part typed as its own dataclass, every other argument ``SingleStreamModule``'s.
+
+        Args:
+            paper: SOHO's part: the preset, the visual dictionary and masked visual modelling, with their switches
+                (the package README's differences table says which setting is official).
+            **kwargs: ``SingleStreamModule``'s arguments (tokenizer, weights, text length, optimiser, ...).
+        """
+        super().__init__(paper=paper, **kwargs)
 
     def extra_pretrain_losses(self, hidden: Tensor, visual: VisualTokens, text_len: int) -> dict[str, Tensor]:
         """Masked Visual Modelling (Sec. 3.3): predict the dictionary index of every masked visual token."""

@@ -67,9 +67,27 @@ class DetectorModule(LightningModule):
     """Faster R-CNN training (torchvision losses: RPN objectness/box + Fast R-CNN class/box) in any of the
     ``detector.HEADS`` layouts; validation reports the COCO box mAP (pycocotools) when the data has a val split.
 
-    Args mirror ``build_detector``; ``min_size`` with several values is multi-scale training (entry §1).
     An attribute head is not trained here (no attribute loss): import one with ``convert.py``.
-    Optimiser: SGD momentum 0.9 with linear warm-up and cosine decay.
+
+    Args:
+        backbone: See ``detector.BACKBONES``.
+        num_classes: Object classes + background (1600 VG objects + 1 in bottom-up-attention).
+        min_size: Shorter-side sizes; several values = multi-scale training, one drawn per batch (entry §1).
+        max_size: Longer-side cap.
+        anchor_sizes: ``fpn``: one size per level P2..P6; ``c4`` / ``c5``: every size on the one level.
+        representation_size: Width of the two-FC box head (``fpn``, ``c5``); the ``c4`` head's width is res5's.
+        norm: ``frozen_bn`` (the released detectors) or ``bn``; see ``detector.build_backbone``.
+        rpn_batch_size_per_image: Anchors sampled per image for the RPN losses.
+        box_batch_size_per_image: RoIs sampled per image for the box-head losses.
+        rpn_proposals: Proposals kept after NMS per image.
+        head: ``fpn`` (the entry), ``c4`` (bottom-up attention), ``c5`` (grid-feats-vqa).
+        stride_in_1x1: Downsample in each stage's first 1x1 conv (MSRA / Caffe ResNets), not in the 3x3.
+        res5_dilation: Dilation of res5's 3x3 convs (bottom-up Caffe model and grid-feats: 2).
+        rpn_channels: Hidden width of the single-level RPN head (bottom-up attention: 512; None = input width).
+        lr: SGD learning rate.
+        momentum: SGD momentum (0.9).
+        weight_decay: SGD weight decay.
+        warmup_steps: Linear warm-up steps before the cosine decay.
     """
 
     def __init__(
@@ -144,11 +162,14 @@ class VQAModule(LightningModule):
         feature_set: Name of the data module's feature set this member reads (``region``, ``grid``, ...).
         text_model: ``bert-base-uncased`` / ``bert-large-uncased`` / a local directory, or ``tiny``.
         tokenizer: Tokenizer of ``text_model`` (used to size the ``tiny`` BERT's embeddings).
-        tiny_bert_layers / tiny_bert_hidden: Size of the ``tiny`` BERT.
+        tiny_bert_layers: Transformer layers of the ``tiny`` BERT.
+        tiny_bert_hidden: Hidden width of the ``tiny`` BERT.
         use_boxes: Add a box-geometry embedding to each visual feature.
-        lr: Co-attention learning rate (MCAN: 1e-4 small, 5e-5 large). bert_lr: BERT's learning rate.
+        lr: Co-attention learning rate (MCAN: 1e-4 small, 5e-5 large).
+        bert_lr: BERT's learning rate (fine-tuned at its own rate).
         warmup_epochs: MCAN warm-up: lr x (e+1)/(warmup_epochs+1) in epoch e < warmup_epochs.
-        decay_epochs / decay_factor: Step decay (MCAN: x0.2 at epochs 10 and 12).
+        decay_epochs: Epochs at which the step decay multiplies the rate (MCAN: 10 and 12).
+        decay_factor: The step decay's factor (MCAN: 0.2).
         weight_decay: AdamW decoupled weight decay (MCAN: 0 with Adam).
         metric_version: Official accuracy version (``2021`` = EvalAI since 2021).
         results_dir: Write ``{split}_results.json`` (EvalAI format) and the metrics here on validate/test.
