@@ -51,12 +51,23 @@ __all__ = [
 # Visual encoder: a torchvision ResNet / ResNeXt trunk up to C5, then SOHO's neck
 # --------------------------------------------------------------------------------------------------------
 
-CNN_ARCHS: dict[str, dict[str, Any]] = {
+
+@dataclass(frozen=True)
+class ResNetLayout:
+    """A torchvision ``ResNet``'s constructor arguments: block type, blocks per stage, ResNeXt grouping."""
+
+    block: type[BasicBlock] | type[Bottleneck]
+    layers: tuple[int, int, int, int]
+    groups: int = 1
+    width_per_group: int = 64
+
+
+CNN_ARCHS: dict[str, ResNetLayout] = {
     # The papers' backbones (ImageNet-pretrained there; random here, weights are never downloaded).
-    "resnet50": {"block": Bottleneck, "layers": [3, 4, 6, 3]},  # Pixel-BERT R50
-    "resnet101": {"block": Bottleneck, "layers": [3, 4, 23, 3]},  # SOHO
-    "resnext152_32x8d": {"block": Bottleneck, "layers": [3, 8, 36, 3], "groups": 32, "width_per_group": 8},  # X152
-    "resnet18": {"block": BasicBlock, "layers": [2, 2, 2, 2]},  # the official SOHO release
+    "resnet50": ResNetLayout(Bottleneck, (3, 4, 6, 3)),  # Pixel-BERT R50
+    "resnet101": ResNetLayout(Bottleneck, (3, 4, 23, 3)),  # SOHO
+    "resnext152_32x8d": ResNetLayout(Bottleneck, (3, 8, 36, 3), groups=32, width_per_group=8),  # X152
+    "resnet18": ResNetLayout(BasicBlock, (2, 2, 2, 2)),  # the official SOHO release
 }
 TINY_CNN = "tiny"
 """Demo/test size: timm's ``ResNet`` class (torchvision's hard-codes the 64..512 widths) with one basic
@@ -75,8 +86,8 @@ def build_cnn(arch: str) -> nn.Module:
         )
     if arch not in CNN_ARCHS:
         raise ValueError(f"unknown CNN arch {arch!r}; choose from {sorted([*CNN_ARCHS, TINY_CNN])}")
-    spec = dict(CNN_ARCHS[arch])
-    return ResNet(spec.pop("block"), spec.pop("layers"), **spec)
+    layout = CNN_ARCHS[arch]
+    return ResNet(layout.block, list(layout.layers), groups=layout.groups, width_per_group=layout.width_per_group)
 
 
 class GridEncoder(nn.Module):
