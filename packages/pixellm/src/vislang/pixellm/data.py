@@ -604,16 +604,20 @@ class PixelLMDataModule(LightningDataModule):
             under `refer_seg/images/mscoco/images` with `train2014/`, `train2017/`, `val2017/` in it.
         muse_image_layout: `official`: `file_name` entries under `<muse_image_dir>/train2014/`; `flat`: directly
             under `muse_image_dir` (the synthetic writer's). `coco_url` entries: `<muse_image_dir>/<train2017|val2017>/`.
-        muse_train / muse_val / muse_test: JSON file names under `muse_root` (test: few- and many-target).
+        muse_train: the training JSON's file name under `muse_root` (None: no MUSE training).
+        muse_val: the validation JSON's file name under `muse_root` (None: no MUSE validation).
+        muse_test: the test JSONs' file names under `muse_root` (the few- and the many-target split).
         refer_root: refer layout root (None: no refCOCO).
         refer_train: `dataset|split_by` sets to train on, e.g. `refcoco|unc`, `refcocog|umd`.
-        refer_val / refer_test: `dataset|split_by|split` sets to evaluate (one expression per question).
+        refer_val: `dataset|split_by|split` sets to validate on (one expression per question).
+        refer_test: `dataset|split_by|split` sets to test on (one expression per question).
         refer_expressions_per_question: training questions pack up to this many referring expressions of one
             image (released 3).
         sem_seg_root: the released `dataset_dir` holding the semantic-segmentation sources (None: none).
         sem_seg_sources: which of `ade20k`, `cocostuff`, `pascal_part`, `paco_lvis` (default all four; the
             released default also lists mapillary, not read here); each is drawn equally often.
-        vqa_json / vqa_image_dir: LLaVA-Instruct-150K JSON and its COCO train2017 images (None: no VQA).
+        vqa_json: the LLaVA-Instruct-150K JSON (None: no VQA in the mixture).
+        vqa_image_dir: its COCO train2017 image folder.
         sample_rates: training mixture weights per source (`sem_seg`, `refer`, `vqa`, `muse`); the released
             recipe mixes sem_seg 2 : refer_seg 9 : vqa 2 : MUSE 4.
         samples_per_epoch: training items each process (GPU) draws per epoch, the released meaning (its
@@ -624,9 +628,11 @@ class PixelLMDataModule(LightningDataModule):
             MUSE first (train: this many scenes; val: a tenth).
         synthetic_image_size: side of the synthetic scenes.
         synthetic_seed: seed of the synthetic world, and of the sem_seg sources' class draws.
-        image_size / patch_size: the CLIP input and patch (the model's `vision` config).
+        image_size: the CLIP input side (the model's `vision` config).
+        patch_size: the CLIP patch side (the model's `vision` config).
         normalisation: `sam` (released code) or `clip`.
-        batch_size / eval_batch_size: questions per process in a training / evaluation batch.
+        batch_size: questions per process in a training batch.
+        eval_batch_size: questions per process in an evaluation batch.
         num_workers: loader worker processes.
         val_limit: evaluate on at most this many questions per validation set (None: all).
         max_failure_fraction: unreadable images are skipped and counted once each; more than this fraction of

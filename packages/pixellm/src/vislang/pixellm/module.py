@@ -82,12 +82,14 @@ class PixelLMModule(LightningModule):
         prompt_template: the user turn with `{question}` and `<image>`; llava_v1 by default.
         fusion: `weighted` (registered scalars) or `linear` (the paper's projection φ).
         tokens_per_scale: N (official 3).
-        ce_weight / bce_weight / dice_weight: λ's of the text CE, the (refinement-weighted) BCE and Dice
-            (official 1.0 / 2.0 / 0.5).
+        ce_weight: λ of the text cross-entropy (official 1.0).
+        bce_weight: λ of the (refinement-weighted) mask BCE (official 2.0).
+        dice_weight: λ of the mask Dice loss (official 0.5).
         refinement_alpha: α of the target refinement loss on pixels claimed by >= 2 predicted masks; 1.0 =
             plain BCE, the released code (whose refinement loss is commented out).
-        train_vision / train_llm: also train CLIP / the LLM base (the paper freezes both; a from-scratch
-            demo without pretrained weights trains them).
+        train_vision: also train CLIP (the paper freezes it; a from-scratch demo without pretrained weights
+            trains it).
+        train_llm: also train the LLM base (the paper freezes it, as CLIP; the from-scratch demo trains it).
         llava_weights: local LLaVA checkpoint directory (HF layout) to start from (LLM; CLIP if saved).
         clip_weights: local HF CLIP directory (`openai/clip-vit-large-patch14-336`) for the vision tower
             (a released PixelLM holds none, so loading one needs it).
@@ -95,8 +97,10 @@ class PixelLMModule(LightningModule):
             model was trained (the last row taken as CLS), `fixed` with CLS at index 0.
         pixellm_weights: local released PixelLM checkpoint directory (HF layout) to start from.
         init_weights: a checkpoint of this module (fine-tuning; hyper-parameters stay the config's).
-        lr / weight_decay / betas / warmup_steps: AdamW with linear warm-up then linear decay to 0
-            (official 3e-4, 0, (0.9, 0.95), 100).
+        lr: AdamW peak learning rate (official 3e-4); linear warm-up, then linear decay to 0.
+        weight_decay: AdamW weight decay (official 0).
+        betas: AdamW betas (official (0.9, 0.95)).
+        warmup_steps: linear warm-up steps (official 100).
         max_new_tokens: generation length at evaluation (official 512).
         model_max_length: training sequences are truncated to this many tokens (official 512).
         eval_num_points: MUSE matching cost on this many random points (official 12,544); None = all pixels.

@@ -226,7 +226,9 @@ class VQADataModule(LightningDataModule):
         vg_features: Feature set name -> VG store directories (same names as ``features``).
         max_question_tokens: Question length incl. [CLS]/[SEP] (MCAN cuts at 14 words).
         drop_unanswerable: Drop training questions with no in-vocabulary answer (ViLT).
-        batch_size / eval_batch_size / num_workers: Loader settings.
+        batch_size: Questions per process in a training batch.
+        eval_batch_size: Questions per process in an evaluation batch.
+        num_workers: Loader worker processes.
         max_failure_fraction: Images whose features cannot be read (failed at extraction, damaged shard) are
             skipped and counted once; more than this fraction of a split's images stops the run.
     """
@@ -485,7 +487,12 @@ class COCODetectionDataModule(LightningDataModule):
     the synthetic world's ``write_coco_instances``).
 
     Args:
-        train_json / val_json: Instances files. image_dir / val_image_dir: Their image folders.
+        train_json: The training instances file (COCO format).
+        image_dir: The training images' folder.
+        val_json: The validation instances file (None: no validation, no box mAP).
+        val_image_dir: The validation images' folder.
+        batch_size: Images per process in a batch.
+        num_workers: Loader worker processes.
         hflip: Random horizontal flips in training.
     """
 
