@@ -14,20 +14,20 @@ from vislang.app.inputs import (
     check_question,
     check_video,
     list_videos,
-    load_image,
+    load_upload,
 )
 
 
 def test_rgb_image_passes_unchanged(tmp_path: Path) -> None:
     array = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     Image.fromarray(array).save(tmp_path / "a.png")
-    checked = load_image(tmp_path / "a.png")
+    checked = load_upload(tmp_path / "a.png")
     assert np.array_equal(checked.array, array) and checked.notes == []
 
 
 def test_grayscale_becomes_rgb_with_a_note(tmp_path: Path) -> None:
     Image.fromarray(np.full((20, 30), 77, dtype=np.uint8), mode="L").save(tmp_path / "g.png")
-    checked = load_image(tmp_path / "g.png")
+    checked = load_upload(tmp_path / "g.png")
     assert checked.array.shape == (20, 30, 3) and (checked.array == 77).all()
     assert "converted to RGB" in checked.notes[0]
 
@@ -36,7 +36,7 @@ def test_rgba_is_put_on_white(tmp_path: Path) -> None:
     rgba = np.zeros((20, 20, 4), dtype=np.uint8)
     rgba[:, :10] = (255, 0, 0, 255)  # left half opaque red, right half fully transparent
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
-    checked = load_image(tmp_path / "t.png")
+    checked = load_upload(tmp_path / "t.png")
     assert tuple(checked.array[5, 2]) == (255, 0, 0) and tuple(checked.array[5, 15]) == (255, 255, 255)
     assert "transparent" in checked.notes[0]
 
@@ -44,12 +44,12 @@ def test_rgba_is_put_on_white(tmp_path: Path) -> None:
 def test_one_pixel_image_is_refused(tmp_path: Path) -> None:
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     with pytest.raises(InputError, match=r"dot\.png: 1x1 px is too small"):
-        load_image(tmp_path / "dot.png")
+        load_upload(tmp_path / "dot.png")
 
 
 def test_6000_by_4000_photo_is_shrunk(tmp_path: Path) -> None:
     Image.new("RGB", (6000, 4000), (10, 200, 30)).save(tmp_path / "big.jpg", quality=50)
-    checked = load_image(tmp_path / "big.jpg")
+    checked = load_upload(tmp_path / "big.jpg")
     assert checked.array.shape == (round(4000 * MAX_SIDE / 6000), MAX_SIDE, 3)
     assert "6000x4000 px shrunk" in checked.notes[0]
 
@@ -57,19 +57,19 @@ def test_6000_by_4000_photo_is_shrunk(tmp_path: Path) -> None:
 def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     Image.new("1", (9000, 9000)).save(tmp_path / "bomb.png")  # 81 MP, a few kB on disk
     with pytest.raises(InputError, match=r"bomb\.png: 9000x9000 px is over the 40 MP limit"):
-        load_image(tmp_path / "bomb.png")
+        load_upload(tmp_path / "bomb.png")
 
 
 @pytest.mark.parametrize("content", [b"hello, I am text\n", b"", b"\x89PNG\r\n\x1a\n truncated"])
 def test_a_file_that_is_not_an_image_is_refused(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "notes.png").write_bytes(content)
     with pytest.raises(InputError, match=r"notes\.png: not an image Pillow can read"):
-        load_image(tmp_path / "notes.png")
+        load_upload(tmp_path / "notes.png")
 
 
 def test_no_upload_is_refused() -> None:
     with pytest.raises(InputError, match="no image: upload"):
-        load_image(None)
+        load_upload(None)
 
 
 @pytest.mark.parametrize("text", ["", "   ", None, "\n\t"])

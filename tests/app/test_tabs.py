@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vislang.app.cmae_tab import DISPLAY_SIDE, load_cmae, reconstruct
-from vislang.app.inputs import CheckedImage, InputError, load_image
+from vislang.app.inputs import CheckedImage, InputError, load_upload
 from vislang.app.pixellm_tab import DISPLAY_MIN_SIDE, answer_phrases, load_pixellm, run_pixellm
 from vislang.app.vlab_tab import describe_video, load_vlab, rank_videos
 from vislang.app.vqa_tab import VQAPredictor
@@ -42,7 +42,7 @@ def test_pixellm_tab_overlay_colours_match_the_legend(
 ) -> None:
     """With two known masks in the answer, each mask's pixels carry the legend colour of its words."""
     model = load_pixellm(pixellm_ckpt)
-    image = load_image(scene_image)
+    image = load_upload(scene_image)
     masks = np.zeros((2, 64, 64), dtype=bool)
     masks[0, :10, :10], masks[1, 40:, 40:] = True, True
     known = SegmentationResult("the shapes are the red circle [SEG] and the blue star [SEG].", masks, [0.9, 0.6], 0)
@@ -82,12 +82,12 @@ def test_pixellm_tab_overlay_colours_match_the_legend(
 
 def test_pixellm_tab_runs_the_model(pixellm_ckpt: Path, scene_image: Path, tmp_path: Path) -> None:
     model = load_pixellm(pixellm_ckpt)
-    result = run_pixellm(model, load_image(scene_image), "which shapes are red?", tmp_path)
+    result = run_pixellm(model, load_upload(scene_image), "which shapes are red?", tmp_path)
     overlay = Image.open(result.overlay)
     assert overlay.size == (DISPLAY_MIN_SIDE, DISPLAY_MIN_SIDE) and isinstance(result.answer, str)
     assert len(result.targets) == result.answer.count("[SEG]")  # one mask per complete codebook group
     with pytest.raises(InputError, match="empty question"):
-        run_pixellm(model, load_image(scene_image), "  ", tmp_path)
+        run_pixellm(model, load_upload(scene_image), "  ", tmp_path)
 
 
 def test_a_file_that_is_not_the_tabs_checkpoint_is_refused(tmp_path: Path, cmae_ckpt: Path, pixellm_ckpt: Path) -> None:
@@ -137,7 +137,7 @@ def test_vlab_caption_and_answer(vlab_ckpt: Path, videos: Path) -> None:
 
 def test_cmae_masked_input_reconstruction_and_target(cmae_ckpt: Path, scene_image: Path) -> None:
     module = load_cmae(cmae_ckpt)
-    result = reconstruct(module, load_image(scene_image), 0.75, seed=1)
+    result = reconstruct(module, load_upload(scene_image), 0.75, seed=1)
     c = module.model.config
     patches = (c.img_size // c.patch_size) ** 2
     assert result.masked_fraction == pytest.approx(int(patches * 0.75) / patches, abs=1 / patches)
@@ -159,14 +159,14 @@ def test_cmae_masked_input_reconstruction_and_target(cmae_ckpt: Path, scene_imag
                 assert np.abs(result.masked[cell].reshape(-1, 3) - mean).max() <= 1
     assert masked_cells / grid**2 == pytest.approx(result.masked_fraction, abs=1 / patches)
     # the same seed masks the same patches
-    again = reconstruct(module, load_image(scene_image), 0.75, seed=1)
+    again = reconstruct(module, load_upload(scene_image), 0.75, seed=1)
     assert np.array_equal(again.masked, result.masked)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5])
 def test_cmae_refuses_a_mask_ratio_outside_0_1(cmae_ckpt: Path, scene_image: Path, ratio: float) -> None:
     with pytest.raises(InputError, match="mask ratio"):
-        reconstruct(load_cmae(cmae_ckpt), load_image(scene_image), ratio)
+        reconstruct(load_cmae(cmae_ckpt), load_upload(scene_image), ratio)
 
 
 def test_cmae_refuses_a_checkpoint_of_another_model(vlab_ckpt: Path) -> None:
@@ -185,7 +185,7 @@ def test_vqa_features_are_the_ones_the_extraction_command_stores(
     from vislang.vqa_ensemble.features import FeatureStore
 
     predictor = VQAPredictor(vqa_ensemble["weights"], vqa_ensemble["detector"])
-    image = load_image(scene_image)
+    image = load_upload(scene_image)
     ours = predictor.features(image)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -216,7 +216,7 @@ def test_vqa_features_are_the_ones_the_extraction_command_stores(
 
 def test_vqa_answer_is_the_weighted_member_average(vqa_ensemble: dict[str, Path], scene_image: Path) -> None:
     predictor = VQAPredictor(vqa_ensemble["weights"], vqa_ensemble["detector"])
-    result = predictor.predict(load_image(scene_image), "what color is the circle?")
+    result = predictor.predict(load_upload(scene_image), "what color is the circle?")
     assert result.weights == [0.3, 0.7] and len(result.members) == 2
     # the fixture's members know 4 and 5 answers: their top-5 lists are their whole sigmoid outputs
     members = [dict(m["top"]) for m in result.members]
@@ -230,7 +230,7 @@ def test_vqa_answer_is_the_weighted_member_average(vqa_ensemble: dict[str, Path]
         assert score == pytest.approx(expected[answer], abs=1e-6)
     assert result.answer == max(expected, key=expected.get)
     with pytest.raises(InputError, match="empty question"):
-        predictor.predict(load_image(scene_image), " ")
+        predictor.predict(load_upload(scene_image), " ")
 
 
 def test_vqa_refuses_a_detector_the_members_never_saw(vqa_ensemble: dict[str, Path], tmp_path: Path) -> None:
@@ -247,5 +247,5 @@ def test_vqa_refuses_a_detector_the_members_never_saw(vqa_ensemble: dict[str, Pa
 
 
 def test_images_from_the_checks_are_what_the_models_take(scene_image: Path) -> None:
-    image = load_image(scene_image)
+    image = load_upload(scene_image)
     assert isinstance(image, CheckedImage) and image.array.dtype == np.uint8 and image.array.shape == (64, 64, 3)

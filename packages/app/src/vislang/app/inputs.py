@@ -32,7 +32,7 @@ __all__ = [
     "check_question",
     "check_video",
     "list_videos",
-    "load_image",
+    "load_upload",
 ]
 
 MAX_UPLOAD_MB = 50
@@ -62,8 +62,11 @@ class CheckedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def load_image(path: str | os.PathLike[str] | None) -> CheckedImage:
-    """Decode an uploaded image file into RGB, or raise `InputError` saying why it cannot be used."""
+def load_upload(path: str | os.PathLike[str] | None) -> CheckedImage:
+    """Decode an uploaded image file into RGB, or raise `InputError` saying why it cannot be used.
+
+    Not `vislang.shared.data.images.load_image` (a dataset's files, decoded as the official pipelines do):
+    an upload is checked for size first and normalised by `as_rgb` (transparency on white), with notes."""
     if path is None or str(path) == "":
         raise InputError("no image: upload a picture (PNG, JPEG, WebP, BMP, ...) first")
     path = Path(path)

@@ -18,7 +18,7 @@ import gradio as gr
 
 from vislang.app.checkpoints import Resolved, resolve_checkpoint
 from vislang.app.cmae_tab import load_cmae, reconstruct
-from vislang.app.inputs import InputError, check_video, load_image
+from vislang.app.inputs import InputError, check_video, load_upload
 from vislang.app.pixellm_tab import load_pixellm, run_pixellm
 from vislang.app.vlab_tab import describe_video, load_vlab, rank_videos
 from vislang.app.vqa_tab import VQAPredictor
@@ -104,7 +104,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
     def segment(image_file: str | None, question: str, progress: Any = PROGRESS) -> tuple[Any, str, str]:
         try:
             model = pixellm.get(progress)
-            image = load_image(image_file)
+            image = load_upload(image_file)
             progress(0.3, desc="generating the answer and the masks")
             result = run_pixellm(model, image, question, out)
         except Exception as error:  # noqa: BLE001 (answered in the page; the worker stays free)
@@ -148,7 +148,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
     def answer_vqa(image_file: str | None, question: str, progress: Any = PROGRESS) -> tuple[str, str]:
         try:
             predictor = vqa.get(progress)
-            image = load_image(image_file)
+            image = load_upload(image_file)
             progress(0.3, desc="detector features, then each member")
             result = predictor.predict(image, question)
         except Exception as error:  # noqa: BLE001 (answered in the page; the worker stays free)
@@ -172,7 +172,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
     ) -> tuple[Any, Any, Any, str]:
         try:
             module = cmae.get(progress)
-            image = load_image(image_file)
+            image = load_upload(image_file)
             result = reconstruct(module, image, ratio, int(seed or 0))
         except Exception as error:  # noqa: BLE001 (answered in the page; the worker stays free)
             return None, None, None, _bad(error)
