@@ -12,6 +12,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
+LIBRARIES = {"shared", "singlestream"}  # distributions that papers build on; every other is one paper
 DISTRIBUTIONS = [REPO / "shared", *sorted(p.parent for p in (REPO / "packages").glob("*/pyproject.toml"))]
 
 
@@ -59,9 +60,11 @@ def test_paper_packages_depend_on_shared_and_never_on_each_other(distribution_di
     declared = declared_distributions(distribution_dir)
     assert "vislang-shared" in declared
     own = distribution_dir.name
-    allowed = {"shared", own}
-    if own == "app":  # vislang-app serves several papers (DESIGN.md): it may import the ones it declares
-        allowed |= {d.removeprefix("vislang-").replace("-", "_") for d in declared if d.startswith("vislang-")}
+    vislang_declared = {d.removeprefix("vislang-").replace("-", "_") for d in declared if d.startswith("vislang-")}
+    if own != "app":  # vislang-app serves several papers (DESIGN.md): it may import the ones it declares
+        # a paper package stands on the libraries only: shared, and the single-stream core (SOHO, Pixel-BERT)
+        assert vislang_declared <= LIBRARIES, f"{own} depends on another paper: {sorted(vislang_declared - LIBRARIES)}"
+    allowed = {"shared", own} | vislang_declared
     for path in (distribution_dir / "src").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
