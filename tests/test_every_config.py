@@ -41,7 +41,9 @@ def test_config_parses_and_uses_its_own_package(config: Path, capsys) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     for group in ("model", "data"):
         class_path = printed[group]["class_path"]
-        assert class_path.startswith((f"vislang.{package}.", "vislang.shared.", "vislang.singlestream.")), f"{group}: {class_path}"
+        assert class_path.startswith((f"vislang.{package}.", "vislang.shared.", "vislang.singlestream.")), (
+            f"{group}: {class_path}"
+        )
 
 
 def _interpolations(tree: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
