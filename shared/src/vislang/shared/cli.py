@@ -342,9 +342,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VislangCLI:
     global DEBUG
     argv = sys.argv[1:] if args is None else args  # a list, or a dict config (no flags to look at then)
     DEBUG = isinstance(argv, list) and "--debug" in argv
-    if DEBUG:
-        args = [arg for arg in argv if arg != "--debug"]
-    if isinstance(argv, list):
+    if isinstance(argv, list):  # a dict config has no flags and names no presets
         args = with_trainer_presets([arg for arg in argv if arg != "--debug"])
     return VislangCLI(
         LightningModule,
